@@ -1,0 +1,213 @@
+//! Session ids and namespaces: the only strings that ever reach a backend as
+//! part of a key, path or query, and only after a strict parse.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+
+use crate::error::{Error, Result};
+
+/// Random bytes in a session id: 256 bits, well above the 128 the contract asks.
+const ID_BYTES: usize = 32;
+/// Length of the id's text: unpadded base64url of [`ID_BYTES`].
+pub const SESSION_ID_LEN: usize = 43;
+/// Longest namespace accepted.
+pub const NAMESPACE_MAX_LEN: usize = 64;
+
+/// A session id: 256 bits from the operating system's CSPRNG, written as 43
+/// characters of unpadded base64url (`A–Z a–z 0–9 - _`).
+///
+/// The only way to get one is [`SessionId::generate`] or the strict
+/// [`SessionId::parse`], so a value of this type is safe to use as a file
+/// name, a Redis key part or a bound SQL parameter.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(String);
+
+impl SessionId {
+    /// A new id from the OS CSPRNG.
+    ///
+    /// # Panics
+    /// If the operating system cannot provide random bytes. There is no safe
+    /// fallback for a bearer token, so this refuses to make a weak one.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; ID_BYTES];
+        if let Err(e) = getrandom::fill(&mut bytes) {
+            panic!("the OS random number generator failed ({e}); refusing to issue a guessable session id");
+        }
+        SessionId(URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// Parse untrusted text (a cookie, a header, a CLI argument).
+    ///
+    /// Accepts exactly the 43-character canonical base64url form that
+    /// [`SessionId::generate`] makes; anything else is [`Error::InvalidId`].
+    pub fn parse(text: &str) -> Result<Self> {
+        let invalid = |reason| Error::InvalidId {
+            what: "session id",
+            reason,
+        };
+        // Length first, so a 10 kB or 1 MB cookie costs nothing more.
+        if text.len() != SESSION_ID_LEN {
+            return Err(invalid("must be exactly 43 characters"));
+        }
+        if !text.bytes().all(is_base64url) {
+            return Err(invalid("must use only A-Z a-z 0-9 - _"));
+        }
+        // The decoder rejects non-canonical trailing bits, so every id has
+        // exactly one spelling and cannot alias another record.
+        match URL_SAFE_NO_PAD.decode(text) {
+            Ok(bytes) if bytes.len() == ID_BYTES => Ok(SessionId(text.to_owned())),
+            _ => Err(invalid("is not a canonical id")),
+        }
+    }
+
+    /// The id's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn is_base64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Debug shows only a prefix: a session id is a bearer credential and should
+/// not end up whole in logs.
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({}…)", &self.0[..6])
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        SessionId::parse(s)
+    }
+}
+
+/// The application a record belongs to (seed 002's "app id"): records are
+/// keyed by `(namespace, id)`, so several applications can share one store
+/// and never see each other's sessions.
+///
+/// 1 to 64 characters of `A–Z a–z 0–9 - _`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Namespace(String);
+
+impl Namespace {
+    /// Parse and validate a namespace.
+    pub fn new(text: &str) -> Result<Self> {
+        let invalid = |reason| Error::InvalidId {
+            what: "namespace",
+            reason,
+        };
+        if text.is_empty() || text.len() > NAMESPACE_MAX_LEN {
+            return Err(invalid("must be 1 to 64 characters"));
+        }
+        if !text.bytes().all(is_base64url) {
+            return Err(invalid("must use only A-Z a-z 0-9 - _"));
+        }
+        Ok(Namespace(text.to_owned()))
+    }
+
+    /// The namespace's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Namespace {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Namespace::new(s)
+    }
+}
+
+/// The full address of one record: `(namespace, id)`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionKey {
+    /// The application the session belongs to.
+    pub namespace: Namespace,
+    /// The session's id.
+    pub id: SessionId,
+}
+
+impl SessionKey {
+    /// Key of `id` in `namespace`.
+    pub fn new(namespace: Namespace, id: SessionId) -> Self {
+        SessionKey { namespace, id }
+    }
+}
+
+impl fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{:?}", self.namespace, self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn generated_ids_parse_and_are_distinct() {
+        let ids: HashSet<String> = (0..10_000)
+            .map(|_| SessionId::generate().as_str().to_owned())
+            .collect();
+        assert_eq!(ids.len(), 10_000);
+        for id in ids.iter().take(100) {
+            assert_eq!(SessionId::parse(id).unwrap().as_str(), id);
+        }
+    }
+
+    #[test]
+    fn hostile_ids_are_rejected() {
+        let long = "a".repeat(10_000);
+        let cases = [
+            "",
+            "../../etc/passwd",
+            "' OR 1=1 --",
+            long.as_str(),
+            "ééééééééééééééééééééééééééééééééééééééééééé",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA/",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\0",
+            // Right length and alphabet, but non-canonical trailing bits.
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB",
+        ];
+        for case in cases {
+            assert!(
+                matches!(SessionId::parse(case), Err(Error::InvalidId { .. })),
+                "accepted {case:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn namespaces_are_validated() {
+        assert!(Namespace::new("shop-2_a").is_ok());
+        for bad in ["", "a/b", "..", "a b", "x'--", &"n".repeat(65)] {
+            assert!(Namespace::new(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn debug_does_not_leak_the_whole_id() {
+        let id = SessionId::generate();
+        assert!(!format!("{id:?}").contains(id.as_str()));
+    }
+}

@@ -1,0 +1,381 @@
+//! The per-application entry point: a [`Manager`] opens [`Session`]s of one
+//! namespace in one store under one [`Policy`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{Stream, TryStreamExt};
+
+use crate::error::{Error, Result};
+use crate::id::{Namespace, SessionId, SessionKey};
+use crate::record::{Record, Timestamp};
+use crate::session::{ReadOnlySession, Session};
+use crate::store::{Cursor, SessionStore, SweepBatch};
+
+/// How concurrent requests on one session are kept from losing each other's
+/// updates (seed 002's choices).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Policy {
+    /// One request per session at a time: opening takes the session's lock
+    /// and holds it until commit, rollback or drop. Others wait in arrival
+    /// order up to the wait timeout, then get [`Error::LockTimeout`]. No update
+    /// is ever lost.
+    #[default]
+    Serialized,
+    /// No lock; a save carries the version it read, and if someone saved
+    /// meanwhile it fails with [`Error::Conflict`] so the caller can retry.
+    Optimistic,
+    /// No lock and no check: the last save wins and concurrent updates are
+    /// lost. Only for data where that is acceptable.
+    Lossy,
+}
+
+/// Settings of a [`Manager`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionConfig {
+    /// Concurrency policy.
+    pub policy: Policy,
+    /// A session not used for this long expires.
+    pub idle_timeout: Duration,
+    /// A session expires this long after creation, however busy.
+    pub absolute_timeout: Option<Duration>,
+    /// Lease of a session lock; renewed while the session is held, so a long
+    /// request keeps it and a crashed one frees it after at most this long.
+    pub lease: Duration,
+    /// Whether an open session renews its lease in the background.
+    pub renew_lease: bool,
+    /// How long to wait for another request's lock.
+    pub lock_wait: Duration,
+    /// An unchanged session is touched (expiry slid forward) at most this
+    /// often, so read-mostly traffic does not write on every request.
+    pub touch_interval: Duration,
+    /// Largest encoded session accepted; above it a commit fails with
+    /// [`Error::TooLarge`] before anything is written.
+    pub max_record_bytes: usize,
+    /// Refuse a store that cannot serve several processes (the memory store).
+    pub require_multi_process: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            policy: Policy::Serialized,
+            idle_timeout: Duration::from_secs(24 * 3600),
+            absolute_timeout: None,
+            lease: Duration::from_secs(30),
+            renew_lease: true,
+            lock_wait: Duration::from_secs(10),
+            touch_interval: Duration::from_secs(60),
+            max_record_bytes: 1024 * 1024,
+            require_multi_process: false,
+        }
+    }
+}
+
+/// Called when sessions end, for data kept outside the store (seed 002).
+///
+/// Listeners run on the task that deleted or swept; keep them short or
+/// spawn. Both methods do nothing by default.
+#[async_trait]
+pub trait SessionListener: Send + Sync + 'static {
+    /// A session was deleted through [`Session::delete`] or [`Manager::delete`].
+    async fn on_delete(&self, _key: &SessionKey) {}
+    /// A session was removed by a sweep because it expired.
+    async fn on_expire(&self, _key: &SessionKey) {}
+}
+
+/// What a full sweep did (seed 004's `(n_deleted, n_remaining)`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Expired records deleted.
+    pub deleted: u64,
+    /// Live records left in the namespace after the sweep.
+    pub remaining: u64,
+}
+
+/// Opens sessions of one namespace. Cheap to clone; share one per application.
+#[derive(Clone)]
+pub struct Manager {
+    pub(crate) inner: Arc<ManagerInner>,
+}
+
+pub(crate) struct ManagerInner {
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) namespace: Namespace,
+    pub(crate) config: SessionConfig,
+    pub(crate) listeners: Vec<Arc<dyn SessionListener>>,
+}
+
+impl fmt::Debug for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manager")
+            .field("store", &self.inner.store)
+            .field("namespace", &self.inner.namespace)
+            .field("config", &self.inner.config)
+            .field("listeners", &self.inner.listeners.len())
+            .finish()
+    }
+}
+
+/// Builds a [`Manager`].
+pub struct ManagerBuilder {
+    store: Arc<dyn SessionStore>,
+    namespace: Namespace,
+    config: SessionConfig,
+    listeners: Vec<Arc<dyn SessionListener>>,
+}
+
+impl ManagerBuilder {
+    /// Replace the whole configuration.
+    pub fn config(mut self, config: SessionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Set the concurrency policy.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.config.policy = policy;
+        self
+    }
+
+    /// Set the idle timeout.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.config.idle_timeout = d;
+        self
+    }
+
+    /// Set the absolute timeout.
+    pub fn absolute_timeout(mut self, d: Option<Duration>) -> Self {
+        self.config.absolute_timeout = d;
+        self
+    }
+
+    /// Set the lock lease.
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.config.lease = d;
+        self
+    }
+
+    /// Turn background lease renewal on or off.
+    pub fn renew_lease(mut self, on: bool) -> Self {
+        self.config.renew_lease = on;
+        self
+    }
+
+    /// Set the lock wait timeout.
+    pub fn lock_wait(mut self, d: Duration) -> Self {
+        self.config.lock_wait = d;
+        self
+    }
+
+    /// Set the minimum interval between touches of an unchanged session.
+    pub fn touch_interval(mut self, d: Duration) -> Self {
+        self.config.touch_interval = d;
+        self
+    }
+
+    /// Set the size limit of an encoded session.
+    pub fn max_record_bytes(mut self, n: usize) -> Self {
+        self.config.max_record_bytes = n;
+        self
+    }
+
+    /// Refuse stores that cannot serve several processes.
+    pub fn require_multi_process(mut self, on: bool) -> Self {
+        self.config.require_multi_process = on;
+        self
+    }
+
+    /// Add a listener for deletes and expiries.
+    pub fn listener(mut self, listener: Arc<dyn SessionListener>) -> Self {
+        self.listeners.push(listener);
+        self
+    }
+
+    /// Check the configuration against the store and build the manager.
+    pub fn build(self) -> Result<Manager> {
+        let caps = self.store.capabilities();
+        if self.config.require_multi_process && !caps.multi_process {
+            return Err(Error::Unsupported(format!(
+                "{:?} keeps sessions in one process, but this manager requires a store shared by several processes",
+                self.store
+            )));
+        }
+        if self.config.lease.is_zero() {
+            return Err(Error::Config("the lock lease must be longer than zero".into()));
+        }
+        if self.config.idle_timeout.is_zero() {
+            return Err(Error::Config("the idle timeout must be longer than zero".into()));
+        }
+        Ok(Manager {
+            inner: Arc::new(ManagerInner {
+                store: self.store,
+                namespace: self.namespace,
+                config: self.config,
+                listeners: self.listeners,
+            }),
+        })
+    }
+}
+
+impl Manager {
+    /// A manager with the default configuration (`Serialized`, 24 h idle).
+    pub fn new(store: Arc<dyn SessionStore>, namespace: Namespace) -> Result<Self> {
+        Self::builder(store, namespace).build()
+    }
+
+    /// Start configuring a manager.
+    pub fn builder(store: Arc<dyn SessionStore>, namespace: Namespace) -> ManagerBuilder {
+        ManagerBuilder {
+            store,
+            namespace,
+            config: SessionConfig::default(),
+            listeners: Vec::new(),
+        }
+    }
+
+    /// The store behind this manager.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.inner.store
+    }
+
+    /// This manager's namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.inner.namespace
+    }
+
+    /// This manager's configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn key(&self, id: &SessionId) -> SessionKey {
+        SessionKey::new(self.inner.namespace.clone(), id.clone())
+    }
+
+    /// Open the session `id` for a request, or a new one.
+    ///
+    /// Under [`Policy::Serialized`] this takes the session's lock (waiting up
+    /// to `lock_wait`) and holds it until the session is committed, rolled
+    /// back or dropped. An id with no live session — unknown, expired,
+    /// deleted — gives a new session with a *fresh* id, never the one offered,
+    /// so a client cannot choose its own id (session fixation).
+    pub async fn open(&self, id: Option<&SessionId>) -> Result<Session> {
+        Session::open(self.clone(), id).await
+    }
+
+    /// Open `id` for reading only: no lock is taken and nothing is ever
+    /// written. `None` if there is no live session under `id`.
+    pub async fn open_read_only(&self, id: &SessionId) -> Result<Option<ReadOnlySession>> {
+        let record = self.inner.store.load(&self.key(id)).await?;
+        record.map(|r| ReadOnlySession::new(id.clone(), &r)).transpose()
+    }
+
+    /// Delete session `id` without taking its lock (an administrator's or
+    /// another device's logout). A request that holds the session will get
+    /// [`Error::Gone`] or [`Error::LeaseLost`] on save instead of reviving it.
+    pub async fn delete(&self, id: &SessionId) -> Result<bool> {
+        let key = self.key(id);
+        let deleted = self.inner.store.delete(&key).await?;
+        if deleted {
+            self.notify_delete(&key).await;
+        }
+        Ok(deleted)
+    }
+
+    /// Sweep every expired session of this namespace in batches of `batch`,
+    /// running expiry listeners for each deleted one. Locked and renewed
+    /// sessions are never deleted.
+    pub async fn sweep_expired(&self, batch: usize) -> Result<SweepReport> {
+        sweep_notifying(self.inner.store.as_ref(), &self.inner.namespace, batch, &self.inner.listeners).await
+    }
+
+    pub(crate) async fn notify_delete(&self, key: &SessionKey) {
+        for l in &self.inner.listeners {
+            l.on_delete(key).await;
+        }
+    }
+
+    /// When a session last used at `now` and created at `created` expires.
+    pub(crate) fn expiry(&self, created: Timestamp, now: Timestamp) -> Timestamp {
+        let idle = now.saturating_add(self.inner.config.idle_timeout);
+        match self.inner.config.absolute_timeout {
+            Some(abs) => idle.min(created.saturating_add(abs)),
+            None => idle,
+        }
+    }
+
+    /// Whether an unchanged session last accessed at `record.accessed` is due
+    /// for a touch.
+    pub(crate) fn touch_due(&self, record: &Record, now: Timestamp) -> bool {
+        now.saturating_sub(self.inner.config.touch_interval) >= record.accessed
+    }
+}
+
+/// Every batch of a full sweep of `namespace`, as a stream: bounded memory
+/// however many sessions there are, and a natural place for a progress bar.
+pub fn sweep_batches<'a>(
+    store: &'a dyn SessionStore,
+    namespace: &'a Namespace,
+    now: Timestamp,
+    batch: usize,
+) -> impl Stream<Item = Result<SweepBatch>> + Send + 'a {
+    futures::stream::try_unfold(Some(None::<Cursor>), move |state| async move {
+        let Some(cursor) = state else {
+            return Ok(None);
+        };
+        let b = store.sweep_expired(namespace, now, cursor, batch.max(1)).await?;
+        let next = b.next.clone().map(Some);
+        Ok(Some((b, next)))
+    })
+}
+
+/// Sweep every expired session of `namespace` and report
+/// `(deleted, remaining)`, without listeners. See [`Manager::sweep_expired`].
+pub async fn sweep_expired(store: &dyn SessionStore, namespace: &Namespace, batch: usize) -> Result<SweepReport> {
+    sweep_notifying(store, namespace, batch, &[]).await
+}
+
+async fn sweep_notifying(
+    store: &dyn SessionStore,
+    namespace: &Namespace,
+    batch: usize,
+    listeners: &[Arc<dyn SessionListener>],
+) -> Result<SweepReport> {
+    let mut deleted = 0u64;
+    let mut batches = std::pin::pin!(sweep_batches(store, namespace, Timestamp::now(), batch));
+    while let Some(b) = batches.try_next().await? {
+        deleted += b.deleted.len() as u64;
+        for id in b.deleted {
+            let key = SessionKey::new(namespace.clone(), id);
+            for l in listeners {
+                l.on_expire(&key).await;
+            }
+        }
+    }
+    Ok(SweepReport {
+        deleted,
+        remaining: store.count(namespace).await?,
+    })
+}
+
+/// Every live id of `namespace`, page by page, as a stream.
+pub fn list_ids<'a>(
+    store: &'a dyn SessionStore,
+    namespace: &'a Namespace,
+    page: usize,
+) -> impl Stream<Item = Result<SessionId>> + Send + 'a {
+    futures::stream::try_unfold(Some(None::<Cursor>), move |state| async move {
+        let Some(cursor) = state else {
+            return Ok(None);
+        };
+        let p = store.list_ids(namespace, cursor, page.max(1)).await?;
+        let next = p.next.map(Some);
+        Ok(Some((futures::stream::iter(p.ids.into_iter().map(Ok)), next)))
+    })
+    .try_flatten()
+}

@@ -1,0 +1,582 @@
+//! The in-memory store: one process only, for tests, demos and single-process
+//! deployments that accept losing sessions on restart.
+//!
+//! Locks are a per-key FIFO queue with direct hand-off: the releaser picks the
+//! next waiter, makes it the holder and wakes it through a oneshot channel, so
+//! a waiter starts the moment the lock is free and nobody polls.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::id::{Namespace, SessionId, SessionKey};
+use crate::record::{Record, RecordWrite, Timestamp};
+use crate::store::{
+    Capabilities, Cursor, IdPage, Lease, LockGuard, LockKind, LockOptions, SessionStore, SweepBatch,
+};
+
+/// Default size limit of one encoded record.
+const DEFAULT_MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
+
+/// Sessions in this process's memory. Cloning shares the same sessions.
+///
+/// Capabilities say `multi_process: false`: two processes would each have
+/// their own sessions, so a [`Manager`](crate::Manager) that requires
+/// multi-process safety refuses it.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    table: Mutex<BTreeMap<Namespace, BTreeMap<SessionId, Slot>>>,
+    next_token: AtomicU64,
+    max_record_bytes: Option<usize>,
+}
+
+/// Everything known about one key: its record and its lock queue.
+#[derive(Debug, Default)]
+struct Slot {
+    record: Option<Record>,
+    holder: Option<Holder>,
+    waiters: VecDeque<Waiter>,
+}
+
+#[derive(Debug)]
+struct Holder {
+    token: u64,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    token: u64,
+    lease: Duration,
+    wake: oneshot::Sender<()>,
+}
+
+impl Slot {
+    fn live_record(&self, now: Timestamp) -> Option<&Record> {
+        self.record.as_ref().filter(|r| r.is_live_at(now))
+    }
+
+    fn is_locked(&self, now: Instant) -> bool {
+        self.holder.as_ref().is_some_and(|h| h.deadline > now)
+    }
+
+    /// Give the lock to the first waiter still waiting. Invariant afterwards:
+    /// no holder implies no waiters.
+    fn hand_off(&mut self, now: Instant) {
+        while let Some(w) = self.waiters.pop_front() {
+            self.holder = Some(Holder {
+                token: w.token,
+                deadline: now + w.lease,
+            });
+            if w.wake.send(()).is_ok() {
+                return;
+            }
+        }
+        self.holder = None;
+    }
+
+    /// Drop a holder whose lease ran out, passing the lock on.
+    fn reap_lapsed_holder(&mut self, now: Instant) {
+        if self.holder.as_ref().is_some_and(|h| h.deadline <= now) {
+            self.hand_off(now);
+        }
+    }
+
+    fn release(&mut self, token: u64) {
+        if self.holder.as_ref().is_some_and(|h| h.token == token) {
+            self.hand_off(Instant::now());
+        }
+    }
+
+    fn is_unused(&self) -> bool {
+        self.record.is_none() && self.holder.is_none() && self.waiters.is_empty()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty store that rejects records larger than `limit` bytes.
+    pub fn with_max_record_bytes(limit: usize) -> Self {
+        MemoryStore {
+            shared: Arc::new(Shared {
+                max_record_bytes: Some(limit),
+                ..Shared::default()
+            }),
+        }
+    }
+
+    fn max_record_bytes(&self) -> usize {
+        self.shared.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES)
+    }
+
+    fn check_size(&self, write: &RecordWrite) -> Result<()> {
+        let limit = self.max_record_bytes();
+        if write.data.len() > limit {
+            return Err(Error::TooLarge {
+                size: write.data.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn table(&self) -> MutexGuard<'_, BTreeMap<Namespace, BTreeMap<SessionId, Slot>>> {
+        // A panic while holding this lock cannot leave a slot half-updated in
+        // a way later calls misread (every update is a few plain assignments),
+        // so a poisoned lock is taken over rather than poisoning the store.
+        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Run `f` on the slot of `key`, creating it if needed, and drop the slot
+    /// afterwards if it no longer holds anything.
+    fn with_slot<T>(&self, key: &SessionKey, f: impl FnOnce(&mut Slot) -> T) -> T {
+        let mut table = self.table();
+        let ns = table.entry(key.namespace.clone()).or_default();
+        let slot = ns.entry(key.id.clone()).or_default();
+        let out = f(slot);
+        if slot.is_unused() {
+            ns.remove(&key.id);
+            if ns.is_empty() {
+                table.remove(&key.namespace);
+            }
+        }
+        out
+    }
+
+    fn new_token(&self) -> u64 {
+        self.next_token.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(false, false, LockKind::InProcess, self.max_record_bytes())
+    }
+
+    async fn load(&self, key: &SessionKey) -> Result<Option<Record>> {
+        let now = Timestamp::now();
+        Ok(self.shared.with_slot(key, |slot| slot.live_record(now).cloned()))
+    }
+
+    async fn create(&self, key: &SessionKey, write: RecordWrite) -> Result<Record> {
+        self.check_size(&write)?;
+        let now = Timestamp::now();
+        self.shared.with_slot(key, |slot| {
+            if let Some(live) = slot.live_record(now) {
+                return Err(Error::Conflict {
+                    expected: 0,
+                    found: live.version,
+                });
+            }
+            let record = write.into_record(1);
+            slot.record = Some(record.clone());
+            Ok(record)
+        })
+    }
+
+    async fn save(&self, key: &SessionKey, write: RecordWrite, expected: Option<u64>) -> Result<u64> {
+        self.check_size(&write)?;
+        let now = Timestamp::now();
+        self.shared.with_slot(key, |slot| {
+            let Some(live) = slot.live_record(now) else {
+                return Err(Error::Gone);
+            };
+            if let Some(expected) = expected {
+                if live.version != expected {
+                    return Err(Error::Conflict {
+                        expected,
+                        found: live.version,
+                    });
+                }
+            }
+            let version = live.version + 1;
+            let created = live.created;
+            slot.record = Some(Record {
+                created,
+                ..write.into_record(version)
+            });
+            Ok(version)
+        })
+    }
+
+    async fn delete(&self, key: &SessionKey) -> Result<bool> {
+        let now = Timestamp::now();
+        Ok(self.shared.with_slot(key, |slot| {
+            let was_live = slot.live_record(now).is_some();
+            slot.record = None;
+            was_live
+        }))
+    }
+
+    async fn touch(&self, key: &SessionKey, accessed: Timestamp, expires: Timestamp) -> Result<bool> {
+        let now = Timestamp::now();
+        Ok(self.shared.with_slot(key, |slot| match slot.record.as_mut() {
+            Some(r) if r.is_live_at(now) => {
+                r.accessed = accessed;
+                r.expires = expires;
+                true
+            }
+            _ => false,
+        }))
+    }
+
+    async fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockGuard>> {
+        let started = Instant::now();
+        let give_up_at = started + options.wait;
+        let token = self.shared.new_token();
+
+        let mut woken = {
+            let queued = self.shared.with_slot(key, |slot| {
+                let now = Instant::now();
+                slot.reap_lapsed_holder(now);
+                if slot.holder.is_none() {
+                    slot.holder = Some(Holder {
+                        token,
+                        deadline: now + options.lease,
+                    });
+                    return None;
+                }
+                let (wake, woken) = oneshot::channel();
+                slot.waiters.push_back(Waiter {
+                    token,
+                    lease: options.lease,
+                    wake,
+                });
+                Some(woken)
+            });
+            match queued {
+                None => return Ok(self.guard(key, token, options.lease)),
+                Some(woken) => woken,
+            }
+        };
+
+        // If this future is dropped while queued (the request was cancelled),
+        // the registration takes us out of the queue, or releases the lock if
+        // it was handed to us in the meantime.
+        let mut registration = Registration {
+            shared: &self.shared,
+            key,
+            token,
+            armed: true,
+        };
+        loop {
+            // Wake when handed the lock, when the holder's lease lapses, or at
+            // our own deadline, whichever comes first.
+            let holder_lapses = self
+                .shared
+                .with_slot(key, |slot| slot.holder.as_ref().map(|h| h.deadline));
+            let wake_at = holder_lapses.map_or(give_up_at, |d| d.min(give_up_at));
+            let handed = match tokio::time::timeout_at(wake_at.into(), &mut woken).await {
+                Ok(Ok(())) => true,
+                Err(_elapsed) => false,
+                // The sender is only dropped unsent once our receiver is gone,
+                // which cannot happen while we wait on it; polling a finished
+                // receiver again would panic, so stop here (the registration
+                // cleans up the queue).
+                Ok(Err(_)) => return Err(Error::backend("memory lock queue lost a waiter")),
+            };
+            let outcome = self.shared.with_slot(key, |slot| {
+                let now = Instant::now();
+                if handed || slot.holder.as_ref().is_some_and(|h| h.token == token) {
+                    return Some(true);
+                }
+                slot.reap_lapsed_holder(now);
+                if slot.holder.as_ref().is_some_and(|h| h.token == token) {
+                    return Some(true);
+                }
+                if now >= give_up_at {
+                    slot.waiters.retain(|w| w.token != token);
+                    return Some(false);
+                }
+                None
+            });
+            match outcome {
+                Some(true) => {
+                    registration.armed = false;
+                    return Ok(self.guard(key, token, options.lease));
+                }
+                Some(false) => {
+                    registration.armed = false;
+                    return Err(Error::LockTimeout {
+                        waited: started.elapsed(),
+                    });
+                }
+                None => continue,
+            }
+        }
+    }
+
+    async fn list_ids(&self, namespace: &Namespace, cursor: Option<Cursor>, limit: usize) -> Result<IdPage> {
+        let after = parse_cursor(cursor)?;
+        let now = Timestamp::now();
+        let table = self.shared.table();
+        let Some(ns) = table.get(namespace) else {
+            return Ok(IdPage::default());
+        };
+        let mut live = ns
+            .range((after.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded))
+            .filter(|(_, slot)| slot.live_record(now).is_some())
+            .map(|(id, _)| id);
+        let ids: Vec<SessionId> = live.by_ref().take(limit.max(1)).cloned().collect();
+        let next = match (live.next(), ids.last()) {
+            (Some(_), Some(last)) => Some(Cursor(last.as_str().to_owned())),
+            _ => None,
+        };
+        Ok(IdPage { ids, next })
+    }
+
+    async fn count(&self, namespace: &Namespace) -> Result<u64> {
+        let now = Timestamp::now();
+        let table = self.shared.table();
+        Ok(table.get(namespace).map_or(0, |ns| {
+            ns.values().filter(|s| s.live_record(now).is_some()).count() as u64
+        }))
+    }
+
+    async fn sweep_expired(
+        &self,
+        namespace: &Namespace,
+        now: Timestamp,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<SweepBatch> {
+        let after = parse_cursor(cursor)?;
+        let lock_now = Instant::now();
+        let mut table = self.shared.table();
+        let Some(ns) = table.get_mut(namespace) else {
+            return Ok(SweepBatch::default());
+        };
+        let mut deleted = Vec::new();
+        let mut last = None;
+        let range = (after.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded);
+        for (id, slot) in ns.range_mut(range).take(limit.max(1)) {
+            last = Some(id.clone());
+            // Check and delete under one table lock: a touch cannot slip in
+            // between, and a held lock means a request is using the session.
+            let expired = slot.record.as_ref().is_some_and(|r| !r.is_live_at(now));
+            if expired && !slot.is_locked(lock_now) {
+                slot.record = None;
+                deleted.push(id.clone());
+            }
+        }
+        let more = match &last {
+            Some(last) => ns.range((Bound::Excluded(last), Bound::Unbounded)).next().is_some(),
+            None => false,
+        };
+        ns.retain(|_, slot| !slot.is_unused());
+        if ns.is_empty() {
+            table.remove(namespace);
+        }
+        Ok(SweepBatch {
+            deleted,
+            next: if more {
+                last.map(|id| Cursor(id.as_str().to_owned()))
+            } else {
+                None
+            },
+        })
+    }
+}
+
+fn parse_cursor(cursor: Option<Cursor>) -> Result<Option<SessionId>> {
+    cursor
+        .map(|c| SessionId::parse(&c.0).map_err(|_| Error::Config("not a cursor of this store".into())))
+        .transpose()
+}
+
+impl MemoryStore {
+    fn guard(&self, key: &SessionKey, token: u64, lease: Duration) -> Box<dyn LockGuard> {
+        let now = Timestamp::now();
+        let (record, deadline) = self.shared.with_slot(key, |slot| {
+            let deadline = slot.holder.as_ref().map_or_else(|| Instant::now() + lease, |h| h.deadline);
+            (slot.live_record(now).cloned(), deadline)
+        });
+        Box::new(MemoryLockGuard {
+            store: self.clone(),
+            key: key.clone(),
+            token,
+            lease: Lease {
+                token: token.to_string(),
+                deadline,
+            },
+            record,
+            released: false,
+        })
+    }
+}
+
+/// Cleans up after a `lock` future dropped while it was queued.
+struct Registration<'a> {
+    shared: &'a Shared,
+    key: &'a SessionKey,
+    token: u64,
+    armed: bool,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let token = self.token;
+            self.shared.with_slot(self.key, |slot| {
+                slot.waiters.retain(|w| w.token != token);
+                slot.release(token);
+            });
+        }
+    }
+}
+
+/// A held lock of the [`MemoryStore`].
+#[derive(Debug)]
+pub struct MemoryLockGuard {
+    store: MemoryStore,
+    key: SessionKey,
+    token: u64,
+    lease: Lease,
+    record: Option<Record>,
+    released: bool,
+}
+
+impl MemoryLockGuard {
+    /// Check the fence and release, then run `write` on the slot if the fence
+    /// held. Releasing whatever the outcome is what the contract promises.
+    fn finish<T>(mut self, write: impl FnOnce(&mut Slot, Option<&Record>) -> Result<T>) -> Result<T> {
+        self.released = true;
+        let token = self.token;
+        let loaded = self.record.take();
+        self.store.shared.with_slot(&self.key, |slot| {
+            let held = slot
+                .holder
+                .as_ref()
+                .is_some_and(|h| h.token == token && h.deadline > Instant::now());
+            let out = if held {
+                write(slot, loaded.as_ref())
+            } else {
+                Err(Error::LeaseLost)
+            };
+            slot.release(token);
+            out
+        })
+    }
+}
+
+/// What the fenced writer finds: the loaded record must still be the live one.
+fn check_unchanged(slot: &Slot, loaded: Option<&Record>, now: Timestamp) -> Result<()> {
+    match (loaded, slot.live_record(now)) {
+        (Some(loaded), Some(live)) if live.version == loaded.version => Ok(()),
+        (Some(loaded), Some(live)) => Err(Error::Conflict {
+            expected: loaded.version,
+            found: live.version,
+        }),
+        (Some(_), None) => Err(Error::Gone),
+        (None, None) => Ok(()),
+        (None, Some(live)) => Err(Error::Conflict {
+            expected: 0,
+            found: live.version,
+        }),
+    }
+}
+
+#[async_trait]
+impl LockGuard for MemoryLockGuard {
+    fn key(&self) -> &SessionKey {
+        &self.key
+    }
+
+    fn record(&self) -> Option<&Record> {
+        self.record.as_ref()
+    }
+
+    fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    async fn renew(&mut self, lease: Duration) -> Result<()> {
+        let token = self.token;
+        let deadline = self.store.shared.with_slot(&self.key, |slot| {
+            let now = Instant::now();
+            match slot.holder.as_mut() {
+                Some(h) if h.token == token && h.deadline > now => {
+                    h.deadline = now + lease;
+                    Ok(h.deadline)
+                }
+                _ => Err(Error::LeaseLost),
+            }
+        })?;
+        self.lease.deadline = deadline;
+        Ok(())
+    }
+
+    async fn save_and_unlock(self: Box<Self>, write: RecordWrite) -> Result<u64> {
+        self.store.check_size(&write)?;
+        self.finish(|slot, loaded| {
+            let now = Timestamp::now();
+            check_unchanged(slot, loaded, now)?;
+            let (version, created) = match loaded {
+                Some(r) => (r.version + 1, r.created),
+                None => (1, write.created),
+            };
+            slot.record = Some(Record {
+                created,
+                ..write.into_record(version)
+            });
+            Ok(version)
+        })
+    }
+
+    async fn touch_and_unlock(self: Box<Self>, accessed: Timestamp, expires: Timestamp) -> Result<()> {
+        self.finish(|slot, loaded| {
+            let now = Timestamp::now();
+            check_unchanged(slot, loaded, now)?;
+            match slot.record.as_mut() {
+                Some(r) if loaded.is_some() => {
+                    r.accessed = accessed;
+                    r.expires = expires;
+                    Ok(())
+                }
+                _ => Err(Error::Gone),
+            }
+        })
+    }
+
+    async fn delete_and_unlock(self: Box<Self>) -> Result<bool> {
+        self.finish(|slot, _| {
+            let was_live = slot.live_record(Timestamp::now()).is_some();
+            slot.record = None;
+            Ok(was_live)
+        })
+    }
+
+    async fn unlock(mut self: Box<Self>) -> Result<()> {
+        self.released = true;
+        let token = self.token;
+        self.store.shared.with_slot(&self.key, |slot| slot.release(token));
+        Ok(())
+    }
+}
+
+impl Drop for MemoryLockGuard {
+    fn drop(&mut self) {
+        if !self.released {
+            let token = self.token;
+            self.store.shared.with_slot(&self.key, |slot| slot.release(token));
+        }
+    }
+}

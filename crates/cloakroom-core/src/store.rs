@@ -1,0 +1,252 @@
+//! The backend contract: [`SessionStore`] for records, [`LockGuard`] for one
+//! held per-session lock.
+//!
+//! Both traits are object-safe, so a store can be picked at run time
+//! (`Arc<dyn SessionStore>`) and a third-party crate can add a backend. The
+//! `cloakroom-conformance` crate checks every clause written here.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::id::{Namespace, SessionId, SessionKey};
+use crate::record::{Record, RecordWrite, Timestamp};
+
+/// How a backend implements per-session locks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LockKind {
+    /// A lock table inside one process (the memory store).
+    InProcess,
+    /// Lease columns or keys with an owner token (SQLite, Redis).
+    Lease,
+    /// A database row lock held by a transaction (Postgres, MySQL).
+    RowLock,
+    /// An advisory `flock` on a lock file (the file store).
+    FileLock,
+}
+
+/// What a backend can promise, so the [`Manager`](crate::Manager) can refuse
+/// a deployment that cannot keep cloakroom's guarantees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Locks and records are shared by several OS processes (and hosts, for
+    /// network stores). False for the memory store: two processes each have
+    /// their own, so sessions would diverge.
+    pub multi_process: bool,
+    /// Records survive a restart of the process (and of the server, as far as
+    /// the server is configured to persist).
+    pub durable: bool,
+    /// How locks are held.
+    pub lock: LockKind,
+    /// Largest encoded record the backend accepts.
+    pub max_record_bytes: usize,
+    /// The backend deletes expired records by itself (Redis key TTLs), so a
+    /// sweep finds nothing to delete and only reports what remains.
+    pub expires_natively: bool,
+}
+
+impl Capabilities {
+    /// Capabilities with the given flags and lock kind.
+    pub const fn new(multi_process: bool, durable: bool, lock: LockKind, max_record_bytes: usize) -> Self {
+        Capabilities {
+            multi_process,
+            durable,
+            lock,
+            max_record_bytes,
+            expires_natively: false,
+        }
+    }
+
+    /// The same capabilities, for a backend that expires records by itself.
+    pub const fn expiring_natively(mut self) -> Self {
+        self.expires_natively = true;
+        self
+    }
+}
+
+/// How to take a session lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockOptions {
+    /// How long the lock is valid without renewal. Never zero: a lock without
+    /// a lease is what left phpredis sessions locked forever.
+    pub lease: Duration,
+    /// How long to wait for a current holder before [`Error::LockTimeout`](crate::Error::LockTimeout).
+    pub wait: Duration,
+}
+
+impl LockOptions {
+    /// Lock options with a lease and a wait timeout. A zero lease is raised
+    /// to one millisecond so that no lock can ever be held without one.
+    pub fn new(lease: Duration, wait: Duration) -> Self {
+        LockOptions {
+            lease: lease.max(Duration::from_millis(1)),
+            wait,
+        }
+    }
+}
+
+/// The lease of a held lock, as seen by its holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The fencing token that identifies this hold (a random token, or the
+    /// lock generation): a save made with an older token is refused.
+    pub token: String,
+    /// When the lease runs out unless renewed, on this process's clock.
+    pub deadline: Instant,
+}
+
+/// A page of session ids from [`SessionStore::list_ids`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdPage {
+    /// The ids on this page.
+    pub ids: Vec<SessionId>,
+    /// Where the next page starts; `None` when the listing is complete.
+    pub next: Option<Cursor>,
+}
+
+/// An opaque position in a listing or a sweep, returned by the store and
+/// handed back unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Cursor(pub String);
+
+/// One batch of a sweep, from [`SessionStore::sweep_expired`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepBatch {
+    /// The ids this batch deleted (so expiry listeners can run).
+    pub deleted: Vec<SessionId>,
+    /// Where the next batch starts; `None` when the sweep is complete.
+    pub next: Option<Cursor>,
+}
+
+/// A session store: records keyed by `(namespace, id)`, with per-session
+/// locks.
+///
+/// Ids and namespaces arrive already validated (their types cannot be built
+/// otherwise). Every method is atomic with respect to every other on the same
+/// key, across all processes the store's [`Capabilities`] claim to serve.
+/// "Live" below means present with `expires` after the current time; an
+/// expired record behaves exactly like a missing one, swept or not.
+#[async_trait]
+pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
+    /// What this store can promise.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The live record under `key`, or `None`. Takes no lock and ignores
+    /// locks: a reader may see the last committed version while a writer
+    /// holds the lock, never a partial write.
+    async fn load(&self, key: &SessionKey) -> Result<Option<Record>>;
+
+    /// Insert a new record at version 1 and return it. Replaces an expired
+    /// record; a live one is left untouched and the call fails with
+    /// [`Error::Conflict`](crate::Error::Conflict).
+    async fn create(&self, key: &SessionKey, write: RecordWrite) -> Result<Record>;
+
+    /// Replace the data of a live record, keeping its `created` time, and
+    /// return the new version (old + 1).
+    ///
+    /// With `expected = Some(v)` this is a compare-and-set: a live record at
+    /// another version fails with [`Error::Conflict`](crate::Error::Conflict).
+    /// With `None` the last writer wins (the `Lossy` policy).
+    ///
+    /// Never creates: a missing or expired record fails with
+    /// [`Error::Gone`](crate::Error::Gone), so a save cannot bring back a
+    /// session that was logged out meanwhile. Ignores locks, which is what
+    /// unlocked policies ask for; locked writers use [`LockGuard::save_and_unlock`].
+    async fn save(&self, key: &SessionKey, write: RecordWrite, expected: Option<u64>) -> Result<u64>;
+
+    /// Delete the record under `key` whatever its lock state; returns whether
+    /// a live record was deleted. A holder of the lock will then get
+    /// [`Error::Gone`](crate::Error::Gone) or
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when it saves.
+    async fn delete(&self, key: &SessionKey) -> Result<bool>;
+
+    /// Set `accessed` and `expires` of a live record without rewriting its
+    /// data or changing its version; returns whether a live record was found.
+    async fn touch(&self, key: &SessionKey, accessed: Timestamp, expires: Timestamp) -> Result<bool>;
+
+    /// Take the lock on `key` and load the live record with it, in as few
+    /// round trips as the backend allows.
+    ///
+    /// The key need not exist: a lock on a missing session is still a lock
+    /// (and [`LockGuard::record`] is `None`). Waiters are served in arrival
+    /// order as far as the backend allows and are woken promptly when the
+    /// lock is released (a notification where the backend has one, a short
+    /// backoff where it has none, never a fixed sleep). A holder whose lease
+    /// ran out no longer blocks anyone. Waiting longer than `options.wait`
+    /// fails with [`Error::LockTimeout`](crate::Error::LockTimeout).
+    async fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockGuard>>;
+
+    /// One page of the ids of live records in `namespace`, starting at
+    /// `cursor` (`None` for the first page), at most `limit` ids. Pages never
+    /// load record data, so listing a million sessions takes bounded memory.
+    /// Ids present for the whole listing are returned exactly once.
+    async fn list_ids(&self, namespace: &Namespace, cursor: Option<Cursor>, limit: usize) -> Result<IdPage>;
+
+    /// Number of live records in `namespace`.
+    async fn count(&self, namespace: &Namespace) -> Result<u64>;
+
+    /// Delete up to `limit` records of `namespace` that are expired at `now`,
+    /// starting at `cursor`, and return their ids.
+    ///
+    /// A record whose lock is held is skipped, and the expiry check and the
+    /// delete are one atomic step, so a session renewed meanwhile (seed 001's
+    /// race) is never deleted. Call again with the returned cursor until it is
+    /// `None`; [`sweep_expired`](crate::sweep_expired) does that for you.
+    async fn sweep_expired(
+        &self,
+        namespace: &Namespace,
+        now: Timestamp,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<SweepBatch>;
+}
+
+/// One held per-session lock, with the record loaded under it.
+///
+/// Dropping a guard without calling one of its `*_unlock` methods releases
+/// the lock (synchronously where the backend can, otherwise on a spawned
+/// task); if even that fails, the lease frees it. So a cancelled or panicking
+/// request never leaves a session locked past its lease.
+#[async_trait]
+pub trait LockGuard: Send + Sync + fmt::Debug {
+    /// The key this guard locks.
+    fn key(&self) -> &SessionKey;
+
+    /// The live record as loaded when the lock was taken; `None` for a new
+    /// session.
+    fn record(&self) -> Option<&Record>;
+
+    /// The current lease.
+    fn lease(&self) -> &Lease;
+
+    /// Extend the lease to `lease` from now. Fails with
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) if the lease had already
+    /// run out (even if nobody took the lock meanwhile: the holder cannot know).
+    async fn renew(&mut self, lease: Duration) -> Result<()>;
+
+    /// Write the record and release the lock, in as few round trips as the
+    /// backend allows; returns the new record's version.
+    ///
+    /// Fenced: if the lease ran out, fails with
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) and changes nothing. If
+    /// the guard loaded a record that is now gone (deleted by an unlocked
+    /// writer, or expired), fails with [`Error::Gone`](crate::Error::Gone); if
+    /// it loaded none, this creates the record. The lock is released whatever
+    /// the outcome.
+    async fn save_and_unlock(self: Box<Self>, write: RecordWrite) -> Result<u64>;
+
+    /// Set `accessed` and `expires` of the loaded record (no data rewrite, no
+    /// version bump) and release the lock. Fenced like `save_and_unlock`.
+    async fn touch_and_unlock(self: Box<Self>, accessed: Timestamp, expires: Timestamp) -> Result<()>;
+
+    /// Delete the record and release the lock; returns whether a live record
+    /// was deleted. Fenced like `save_and_unlock`.
+    async fn delete_and_unlock(self: Box<Self>) -> Result<bool>;
+
+    /// Release the lock without writing.
+    async fn unlock(self: Box<Self>) -> Result<()>;
+}

@@ -1,0 +1,1 @@
+//! Cross-process, crash and restart tests live in `tests/`.
