@@ -135,6 +135,13 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     /// What this store can promise.
     fn capabilities(&self) -> Capabilities;
 
+    /// Create the tables, indexes or directories the store needs, if they
+    /// are missing. Idempotent and safe to run from several processes at once;
+    /// stores that need nothing keep this default.
+    async fn migrate(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The live record under `key`, or `None`. Takes no lock and ignores
     /// locks: a reader may see the last committed version while a writer
     /// holds the lock, never a partial write.
