@@ -1,1 +1,175 @@
-//! conformance
+//! The contract suite every cloakroom session store runs.
+//!
+//! A backend opts in with one file and copies no test:
+//!
+//! ```ignore
+//! // tests/conformance.rs
+//! use std::sync::Arc;
+//! use cloakroom_conformance::{conformance_tests, Unreachable};
+//! use cloakroom_core::SessionStore;
+//!
+//! async fn store() -> Result<Arc<dyn SessionStore>, Unreachable> {
+//!     Ok(Arc::new(MyStore::connect("…").await.map_err(|e| {
+//!         Unreachable::new("mystore", e.to_string(), "systemctl start mystore")
+//!     })?))
+//! }
+//!
+//! conformance_tests!(store);
+//! ```
+//!
+//! That expands to one `#[tokio::test]` per case in [`cases`], so each clause
+//! of the contract passes or fails on its own, by name, and the cases run in
+//! parallel. Every case works in a fresh random [`Namespace`], so a shared
+//! database or Redis needs no cleanup between cases.
+//!
+//! A store whose server is down is reported as skipped, with the command that
+//! starts it — unless `CLOAKROOM_REQUIRE_BACKENDS=1` is set (as CI does), in
+//! which case the case fails: nothing is skipped silently.
+//!
+//! The crate needs `tokio` (features `macros`, `rt-multi-thread`) among the
+//! backend's dev-dependencies.
+
+use std::sync::Arc;
+
+use cloakroom_core::{ManagerBuilder, Namespace, SessionId, SessionKey, SessionStore};
+
+pub mod cases;
+mod record;
+
+pub use record::{expired_write, write_expiring_in, write_with};
+
+/// A store whose server could not be reached: the case is skipped (or fails
+/// under `CLOAKROOM_REQUIRE_BACKENDS=1`), with the command that starts it.
+#[derive(Debug, Clone)]
+pub struct Unreachable {
+    /// Backend name, e.g. `"postgres"`.
+    pub backend: &'static str,
+    /// What went wrong when connecting.
+    pub reason: String,
+    /// The command that starts the service on a developer machine.
+    pub start_with: &'static str,
+}
+
+impl Unreachable {
+    /// An unreachable backend with the reason and the command that starts it.
+    pub fn new(backend: &'static str, reason: impl Into<String>, start_with: &'static str) -> Self {
+        Unreachable {
+            backend,
+            reason: reason.into(),
+            start_with,
+        }
+    }
+}
+
+/// What each case gets: the store under test and a namespace of its own.
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    /// The store under test.
+    pub store: Arc<dyn SessionStore>,
+    /// A fresh namespace no other case uses.
+    pub namespace: Namespace,
+}
+
+impl Fixture {
+    /// A fixture on `store` with a fresh random namespace.
+    pub fn new(store: Arc<dyn SessionStore>) -> Self {
+        let id = SessionId::generate();
+        let namespace = match Namespace::new(&format!("conf-{}", &id.as_str()[..16])) {
+            Ok(ns) => ns,
+            Err(e) => panic!("a generated namespace failed validation: {e}"),
+        };
+        Fixture { store, namespace }
+    }
+
+    /// The key of `id` in this fixture's namespace.
+    pub fn key(&self, id: &SessionId) -> SessionKey {
+        SessionKey::new(self.namespace.clone(), id.clone())
+    }
+
+    /// A key for a new random id.
+    pub fn new_key(&self) -> SessionKey {
+        self.key(&SessionId::generate())
+    }
+
+    /// A manager builder on this store and namespace.
+    pub fn manager(&self) -> ManagerBuilder {
+        cloakroom_core::Manager::builder(Arc::clone(&self.store), self.namespace.clone())
+    }
+}
+
+/// Whether unreachable backends fail instead of being skipped.
+pub fn backends_required() -> bool {
+    std::env::var("CLOAKROOM_REQUIRE_BACKENDS").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+#[doc(hidden)]
+pub fn __setup(store: Result<Arc<dyn SessionStore>, Unreachable>) -> Option<Fixture> {
+    match store {
+        Ok(store) => Some(Fixture::new(store)),
+        Err(u) if backends_required() => panic!(
+            "{} is required (CLOAKROOM_REQUIRE_BACKENDS is set) but unreachable: {}\n  start it with: {}",
+            u.backend, u.reason, u.start_with
+        ),
+        Err(u) => {
+            eprintln!(
+                "SKIPPED: {} unreachable ({}); start it with: {}",
+                u.backend, u.reason, u.start_with
+            );
+            None
+        }
+    }
+}
+
+/// Generate one `#[tokio::test]` per conformance case, each calling
+/// `$factory().await` for its store. See the crate docs.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:path) => {
+        $crate::__conformance_cases!($factory;
+            crud_round_trip,
+            create_does_not_overwrite_a_live_record,
+            touch_changes_expiry_not_data_or_version,
+            expired_records_are_never_returned,
+            namespaces_are_isolated,
+            compare_and_set_detects_a_newer_version,
+            optimistic_sessions_conflict,
+            lossy_sessions_let_the_last_writer_win,
+            serialized_sessions_lose_no_update,
+            lock_wait_times_out_within_the_bound,
+            lock_on_a_missing_session_locks_and_creates,
+            expired_lease_fences_the_late_writer,
+            dropped_guard_releases_the_lock,
+            cancelled_and_panicking_holders_release_the_lock,
+            cancelled_waiter_does_not_block_the_queue,
+            lease_is_renewed_while_a_session_is_held,
+            guard_touch_and_delete,
+            logout_is_not_undone_by_a_late_save,
+            sweep_counts_exactly_and_spares_locked_and_renewed,
+            listeners_hear_deletes_and_expiries,
+            hostile_ids_are_rejected_before_the_store,
+            metacharacters_in_values_round_trip,
+            corrupt_record_is_reported_and_unlocked,
+            oversize_record_is_refused_and_nothing_written,
+            listing_is_complete_with_ten_thousand_sessions,
+            cycle_id_moves_data_and_retires_the_old_id,
+            unknown_id_gets_a_fresh_id,
+            read_only_open_never_locks,
+            rollback_discards_and_releases,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($factory:path; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                if let Some(fixture) = $crate::__setup($factory().await) {
+                    $crate::cases::$case(fixture).await;
+                }
+            }
+        )*
+    };
+}

@@ -129,7 +129,10 @@ impl SessionData {
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let corrupt = |reason: String| Error::Corrupt { reason };
         let Some((header, body)) = bytes.split_at_checked(MAGIC.len() + 1) else {
-            return Err(corrupt(format!("{} bytes is too short for a record header", bytes.len())));
+            return Err(corrupt(format!(
+                "{} bytes is too short for a record header",
+                bytes.len()
+            )));
         };
         if &header[..MAGIC.len()] != MAGIC {
             return Err(corrupt("missing the CLK header".into()));
@@ -141,8 +144,8 @@ impl SessionData {
             )));
         }
         let mut reader = body;
-        let values: BTreeMap<String, ByteBuf> = rmp_serde::from_read(&mut reader)
-            .map_err(|e| corrupt(format!("undecodable body: {e}")))?;
+        let values: BTreeMap<String, ByteBuf> =
+            rmp_serde::from_read(&mut reader).map_err(|e| corrupt(format!("undecodable body: {e}")))?;
         if !reader.is_empty() {
             return Err(corrupt(format!("{} trailing bytes after the body", reader.len())));
         }
@@ -175,14 +178,23 @@ mod tests {
         d.insert("name", "zoë ' OR 1=1 --").unwrap();
         let back = SessionData::decode(&d.encode()).unwrap();
         assert_eq!(back.get::<u64>("hits").unwrap(), Some(41));
-        assert_eq!(back.get::<String>("name").unwrap().as_deref(), Some("zoë ' OR 1=1 --"));
+        assert_eq!(
+            back.get::<String>("name").unwrap().as_deref(),
+            Some("zoë ' OR 1=1 --")
+        );
         assert_eq!(back.get::<u64>("missing").unwrap(), None);
     }
 
     #[test]
     fn a_value_of_the_wrong_type_names_key_and_type_and_spares_the_rest() {
         let mut d = SessionData::new();
-        d.insert("cart", &CartV1 { items: vec!["a".into()] }).unwrap();
+        d.insert(
+            "cart",
+            &CartV1 {
+                items: vec!["a".into()],
+            },
+        )
+        .unwrap();
         d.insert("hits", &3u32).unwrap();
         let back = SessionData::decode(&d.encode()).unwrap();
         let err = back.get::<Vec<u64>>("cart").unwrap_err();
@@ -197,9 +209,21 @@ mod tests {
     #[test]
     fn old_values_read_as_a_grown_struct() {
         let mut d = SessionData::new();
-        d.insert("cart", &CartV1 { items: vec!["x".into()] }).unwrap();
+        d.insert(
+            "cart",
+            &CartV1 {
+                items: vec!["x".into()],
+            },
+        )
+        .unwrap();
         let v2: CartV2 = d.get("cart").unwrap().unwrap();
-        assert_eq!(v2, CartV2 { items: vec!["x".into()], coupon: None });
+        assert_eq!(
+            v2,
+            CartV2 {
+                items: vec!["x".into()],
+                coupon: None
+            }
+        );
     }
 
     #[test]

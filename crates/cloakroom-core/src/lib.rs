@@ -49,7 +49,9 @@ pub use manager::{
 pub use memory::{MemoryLockGuard, MemoryStore};
 pub use record::{Record, RecordWrite, Timestamp};
 pub use session::{ReadOnlySession, Session};
-pub use store::{Capabilities, Cursor, IdPage, Lease, LockGuard, LockKind, LockOptions, SessionStore, SweepBatch};
+pub use store::{
+    Capabilities, Cursor, IdPage, Lease, LockGuard, LockKind, LockOptions, SessionStore, SweepBatch,
+};
 
 /// Re-exported so backends implement the traits with the same macro version.
 pub use async_trait::async_trait;

@@ -291,7 +291,13 @@ impl Manager {
     /// running expiry listeners for each deleted one. Locked and renewed
     /// sessions are never deleted.
     pub async fn sweep_expired(&self, batch: usize) -> Result<SweepReport> {
-        sweep_notifying(self.inner.store.as_ref(), &self.inner.namespace, batch, &self.inner.listeners).await
+        sweep_notifying(
+            self.inner.store.as_ref(),
+            &self.inner.namespace,
+            batch,
+            &self.inner.listeners,
+        )
+        .await
     }
 
     pub(crate) async fn notify_delete(&self, key: &SessionKey) {
@@ -336,7 +342,11 @@ pub fn sweep_batches<'a>(
 
 /// Sweep every expired session of `namespace` and report
 /// `(deleted, remaining)`, without listeners. See [`Manager::sweep_expired`].
-pub async fn sweep_expired(store: &dyn SessionStore, namespace: &Namespace, batch: usize) -> Result<SweepReport> {
+pub async fn sweep_expired(
+    store: &dyn SessionStore,
+    namespace: &Namespace,
+    batch: usize,
+) -> Result<SweepReport> {
     sweep_notifying(store, namespace, batch, &[]).await
 }
 

@@ -378,7 +378,10 @@ impl SessionStore for MemoryStore {
             }
         }
         let more = match &last {
-            Some(last) => ns.range((Bound::Excluded(last), Bound::Unbounded)).next().is_some(),
+            Some(last) => ns
+                .range((Bound::Excluded(last), Bound::Unbounded))
+                .next()
+                .is_some(),
             None => false,
         };
         ns.retain(|_, slot| !slot.is_unused());
@@ -406,7 +409,10 @@ impl MemoryStore {
     fn guard(&self, key: &SessionKey, token: u64, lease: Duration) -> Box<dyn LockGuard> {
         let now = Timestamp::now();
         let (record, deadline) = self.shared.with_slot(key, |slot| {
-            let deadline = slot.holder.as_ref().map_or_else(|| Instant::now() + lease, |h| h.deadline);
+            let deadline = slot
+                .holder
+                .as_ref()
+                .map_or_else(|| Instant::now() + lease, |h| h.deadline);
             (slot.live_record(now).cloned(), deadline)
         });
         Box::new(MemoryLockGuard {

@@ -124,7 +124,13 @@ impl Session {
         }
     }
 
-    fn stored(manager: Manager, id: SessionId, data: SessionData, record: Record, lock: Option<HeldLock>) -> Session {
+    fn stored(
+        manager: Manager,
+        id: SessionId,
+        data: SessionData,
+        record: Record,
+        lock: Option<HeldLock>,
+    ) -> Session {
         Session {
             manager,
             id,
@@ -286,11 +292,18 @@ impl Session {
         }
     }
 
-    async fn commit_cycled(self, old_id: SessionId, guard: Option<Box<dyn LockGuard>>, now: Timestamp) -> Result<()> {
+    async fn commit_cycled(
+        self,
+        old_id: SessionId,
+        guard: Option<Box<dyn LockGuard>>,
+        now: Timestamp,
+    ) -> Result<()> {
         let store = self.manager.store();
         // The new id is fresh from the CSPRNG and known to nobody yet, so it
         // needs no lock; the old one is still locked by `guard` if Serialized.
-        store.create(&self.manager.key(&self.id), self.write(now)?).await?;
+        store
+            .create(&self.manager.key(&self.id), self.write(now)?)
+            .await?;
         match guard {
             Some(guard) => guard.delete_and_unlock().await.map(drop),
             None => store.delete(&self.manager.key(&old_id)).await.map(drop),

@@ -1,0 +1,194 @@
+//! Hostile and broken input (contract §3 SessionId, §4.9; seeds 000, 003).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloakroom_core::{list_ids, Error, Namespace, SessionData, SessionId};
+use futures::TryStreamExt;
+
+use super::{must, opts};
+use crate::record::write_with;
+use crate::Fixture;
+
+/// §3: hostile ids and namespaces fail the strict parse with `InvalidId`, so
+/// no backend ever sees them, and the store is left empty.
+pub async fn hostile_ids_are_rejected_before_the_store(f: Fixture) {
+    let huge = "A".repeat(10_000);
+    let hostile = [
+        "",
+        "../../etc/passwd",
+        "..%2F..%2Fetc%2Fpasswd",
+        "' OR 1=1 --",
+        "'; DROP TABLE sessions; --",
+        "{ns:id}",
+        "*",
+        huge.as_str(),
+        "ÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅÅ",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\0",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA/",
+    ];
+    for text in hostile {
+        match SessionId::parse(text) {
+            Err(Error::InvalidId { .. }) => {}
+            other => panic!("id {:?} must be InvalidId, got {other:?}", text.get(..40)),
+        }
+        if !text.is_empty() && text.len() <= 64 && text.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            continue;
+        }
+        assert!(
+            Namespace::new(text).is_err(),
+            "namespace {:?} was accepted",
+            text.get(..40)
+        );
+    }
+    assert_eq!(must(f.store.count(&f.namespace).await, "count"), 0);
+}
+
+/// Seed 003: values full of SQL, Lua, path and key metacharacters are data,
+/// stored and read back byte for byte.
+pub async fn metacharacters_in_values_round_trip(f: Fixture) {
+    let m = must(f.manager().build(), "manager");
+    let nasty = [
+        "'; DROP TABLE sessions; --",
+        "\" OR \"\"=\"",
+        "1; DELETE FROM sessions WHERE 1=1",
+        "$1 $2 ? ?? :name @p1",
+        "{ns:id}:lock * [a-z] \\",
+        "../../etc/passwd\0after-nul",
+        "redis.call('FLUSHALL')",
+        "émoji 🍪 – ünïcödé",
+    ];
+    let mut s = must(m.open(None).await, "open");
+    for (i, v) in nasty.iter().enumerate() {
+        must(s.insert(&format!("k{i}"), v), "insert");
+        must(s.insert(v, &i), "a metacharacter key");
+    }
+    let bin: Vec<u8> = (0..=255).collect();
+    must(s.insert("bytes", &bin), "insert bytes");
+    let id = s.id().clone();
+    must(s.commit().await, "commit");
+    let r = must(m.open_read_only(&id).await, "read").expect("session");
+    for (i, v) in nasty.iter().enumerate() {
+        assert_eq!(
+            must(r.get::<String>(&format!("k{i}")), "get").as_deref(),
+            Some(*v)
+        );
+        assert_eq!(must(r.get::<usize>(v), "get by nasty key"), Some(i));
+    }
+    assert_eq!(must(r.get::<Vec<u8>>("bytes"), "bytes"), Some(bin));
+}
+
+/// §3 Codec, §4.9: stored bytes that are not a record are `Corrupt` — not a
+/// panic — and the lock taken to read them is released.
+pub async fn corrupt_record_is_reported_and_unlocked(f: Fixture) {
+    let m = must(f.manager().lock_wait(Duration::from_secs(2)).build(), "manager");
+    for garbage in [
+        &b""[..],
+        b"\x80\x04\x95pickled",
+        b"CLK\x09future",
+        b"CLK\x01\xdd\xff\xff\xff\xff",
+    ] {
+        let key = f.new_key();
+        must(f.store.create(&key, write_with(garbage)).await, "create garbage");
+        match m.open(Some(&key.id)).await {
+            Err(Error::Corrupt { .. }) => {}
+            other => panic!("opening {garbage:?} must be Corrupt, got {other:?}"),
+        }
+        match m.open_read_only(&key.id).await {
+            Err(Error::Corrupt { .. }) => {}
+            other => panic!("reading {garbage:?} must be Corrupt, got {other:?}"),
+        }
+        let g = must(
+            f.store.lock(&key, opts(30_000, 2_000)).await,
+            "the lock must be free after Corrupt",
+        );
+        must(g.unlock().await, "unlock");
+    }
+}
+
+/// §4.9: a session over the size limit is refused with `TooLarge` and the
+/// stored version stays as it was.
+pub async fn oversize_record_is_refused_and_nothing_written(f: Fixture) {
+    let m = must(f.manager().max_record_bytes(4096).build(), "manager");
+    let mut s = must(m.open(None).await, "open");
+    must(s.insert("small", "ok"), "insert");
+    let id = s.id().clone();
+    must(s.commit().await, "commit");
+    let before = must(f.store.load(&f.key(&id)).await, "load").expect("record");
+
+    let mut s = must(m.open(Some(&id)).await, "open");
+    must(s.insert("big", &"x".repeat(5000)), "insert");
+    match s.commit().await {
+        Err(Error::TooLarge { size, limit: 4096 }) if size > 4096 => {}
+        other => panic!("a 5 kB session under a 4 kB limit must be TooLarge, got {other:?}"),
+    }
+    let after = must(f.store.load(&f.key(&id)).await, "load").expect("record");
+    assert_eq!(after, before, "a refused oversize commit changed the record");
+    let g = must(
+        f.store.lock(&f.key(&id), opts(30_000, 2_000)).await,
+        "TooLarge must release the lock",
+    );
+    must(g.unlock().await, "unlock");
+
+    // The store enforces its own advertised limit too.
+    let limit = f.store.capabilities().max_record_bytes;
+    if limit <= 16 * 1024 * 1024 {
+        match f
+            .store
+            .create(&f.new_key(), write_with(&vec![0u8; limit + 1]))
+            .await
+        {
+            Err(Error::TooLarge { .. }) => {}
+            other => {
+                panic!("a record over the store's own {limit}-byte limit must be TooLarge, got {other:?}")
+            }
+        }
+    }
+}
+
+/// §4.6: listing 10,000 sessions page by page returns each exactly once.
+pub async fn listing_is_complete_with_ten_thousand_sessions(f: Fixture) {
+    const N: usize = 10_000;
+    let bytes = {
+        let mut d = SessionData::new();
+        must(d.insert("n", &1u8), "insert");
+        Arc::new(d.encode())
+    };
+    let ids: Vec<SessionId> = (0..N).map(|_| SessionId::generate()).collect();
+    let created: Vec<SessionId> = futures::stream::iter(ids.iter().cloned())
+        .map(|id| {
+            let (store, key, bytes) = (Arc::clone(&f.store), f.key(&id), Arc::clone(&bytes));
+            async move { store.create(&key, write_with(&bytes)).await.map(|_| id) }
+        })
+        .buffer_unordered(32)
+        .try_collect()
+        .await
+        .unwrap_or_else(|e| panic!("creating {N} sessions: {e:?}"));
+    assert_eq!(created.len(), N);
+
+    let listed: Vec<SessionId> = must(
+        list_ids(f.store.as_ref(), &f.namespace, 333).try_collect().await,
+        "list",
+    );
+    let unique: HashSet<&SessionId> = listed.iter().collect();
+    assert_eq!(unique.len(), listed.len(), "listing returned an id twice");
+    assert_eq!(
+        unique,
+        ids.iter().collect::<HashSet<_>>(),
+        "listing is not exactly the created ids"
+    );
+    assert_eq!(must(f.store.count(&f.namespace).await, "count"), N as u64);
+
+    futures::stream::iter(ids)
+        .map(|id| {
+            let (store, key) = (Arc::clone(&f.store), f.key(&id));
+            async move { store.delete(&key).await }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<bool>>()
+        .await
+        .unwrap_or_else(|e| panic!("cleaning up: {e:?}"));
+}
+
+use futures::StreamExt as _;
