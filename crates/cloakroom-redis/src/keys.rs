@@ -1,0 +1,155 @@
+//! Key layout. Every key of one session carries the hash tag `{ns:id}`, so the
+//! record, its lock and its wake list live in one Cluster slot and one script
+//! may touch all three:
+//!
+//! ```text
+//! <prefix>{<ns>:<id>}        hash: data, version, created, accessed, expires
+//! <prefix>{<ns>:<id>}:lock   string: the holder's random token, PX lease
+//! <prefix>{<ns>:<id>}:wake   list: at most one element, pushed on release
+//! ```
+//!
+//! Namespaces and ids are strictly parsed (`A-Z a-z 0-9 - _`), so they cannot
+//! contain braces, colons or glob characters; the prefix is checked when the
+//! store is configured.
+
+use cloakroom_core::{Error, Namespace, Result, SessionId, SessionKey};
+
+/// Default key prefix.
+pub const DEFAULT_PREFIX: &str = "cloakroom:";
+
+/// How this store names its keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct KeyLayout {
+    prefix: String,
+}
+
+/// The keys of one session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SessionKeys {
+    pub record: String,
+    pub lock: String,
+    pub wake: String,
+}
+
+impl KeyLayout {
+    /// A layout with `prefix`, which must not contain `{` or `}` (they would
+    /// move the hash tag off the session and split its keys across slots).
+    pub fn new(prefix: &str) -> Result<Self> {
+        if prefix.contains(['{', '}']) {
+            return Err(Error::Config(
+                "redis key prefix must not contain '{' or '}'".into(),
+            ));
+        }
+        Ok(KeyLayout {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn session(&self, key: &SessionKey) -> SessionKeys {
+        let record = format!(
+            "{}{{{}:{}}}",
+            self.prefix,
+            key.namespace.as_str(),
+            key.id.as_str()
+        );
+        SessionKeys {
+            lock: format!("{record}:lock"),
+            wake: format!("{record}:wake"),
+            record,
+        }
+    }
+
+    /// `SCAN MATCH` pattern for the record keys of `namespace`: the trailing
+    /// `}` leaves out lock and wake keys, which end in `:lock` / `:wake`.
+    pub fn scan_pattern(&self, namespace: &Namespace) -> String {
+        format!("{}{{{}:*}}", escape_glob(&self.prefix), namespace.as_str())
+    }
+
+    /// The session id of a record key found by [`scan_pattern`](Self::scan_pattern),
+    /// or `None` for anything that is not exactly such a key.
+    pub fn id_of(&self, namespace: &Namespace, key: &[u8]) -> Option<SessionId> {
+        let key = std::str::from_utf8(key).ok()?;
+        let inner = key
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('{')?
+            .strip_prefix(namespace.as_str())?
+            .strip_prefix(':')?
+            .strip_suffix('}')?;
+        SessionId::parse(inner).ok()
+    }
+}
+
+/// Escape the glob characters of `SCAN MATCH` so a prefix matches literally.
+fn escape_glob(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The Redis Cluster slot of `key` (CRC16/XMODEM of the hash tag, mod 16384),
+/// used to find the node a waiter must block on.
+pub(crate) fn slot_of(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &bytes[open + 1..];
+            rest.iter().position(|&b| b == b'}').map(|close| &rest[..close])
+        })
+        .filter(|tag| !tag.is_empty())
+        .unwrap_or(bytes);
+    crc16_xmodem(tagged) % 16384
+}
+
+fn crc16_xmodem(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc16_matches_the_cluster_spec_example() {
+        // The Redis Cluster specification's check value for "123456789".
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
+        assert_eq!(slot_of("foo"), 12182);
+        assert_eq!(slot_of("{user1000}.following"), slot_of("{user1000}.followers"));
+    }
+
+    #[test]
+    fn layout_round_trips_ids_and_skips_lock_keys() {
+        let layout = KeyLayout::new("app*:").unwrap();
+        let ns = Namespace::new("shop").unwrap();
+        let id = SessionId::generate();
+        let keys = layout.session(&SessionKey::new(ns.clone(), id.clone()));
+        assert_eq!(layout.id_of(&ns, keys.record.as_bytes()), Some(id));
+        assert_eq!(layout.id_of(&ns, keys.lock.as_bytes()), None);
+        assert_eq!(layout.id_of(&ns, keys.wake.as_bytes()), None);
+        assert_eq!(layout.scan_pattern(&ns), "app\\*:{shop:*}");
+        assert_eq!(slot_of(&keys.record), slot_of(&keys.lock));
+        assert_eq!(slot_of(&keys.record), slot_of(&keys.wake));
+        assert!(KeyLayout::new("a{b").is_err());
+    }
+}

@@ -1,0 +1,47 @@
+//! The Lua scripts: every check-then-write happens inside one of them, so a
+//! token or version check and the write it guards are one atomic step (never
+//! a GET followed by a SET).
+//!
+//! Each script is `common.lua` followed by its own file. redis-rs's
+//! [`Script`] sends `EVALSHA` and, on `NOSCRIPT` (a restarted or failed-over
+//! server), loads the script and retries, so a script costs one round trip in
+//! the steady state. Every script touches only the keys of one session, which
+//! share a hash tag and hence a Cluster slot.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+const COMMON: &str = include_str!("lua/common.lua");
+
+fn with_common(body: &str) -> Script {
+    Script::new(&format!("{COMMON}\n{body}"))
+}
+
+/// All scripts, built once per process.
+pub(crate) struct Scripts {
+    /// Lock-and-load.
+    pub lock: Script,
+    /// Save, touch, delete or plain unlock, then release: the guard's exits.
+    pub finish: Script,
+    /// Token-checked lease extension.
+    pub renew: Script,
+    /// Insert at version 1 unless live.
+    pub create: Script,
+    /// Unlocked save, optionally compare-and-set.
+    pub save: Script,
+    /// Unlocked touch.
+    pub touch: Script,
+    /// Unlocked delete.
+    pub delete: Script,
+}
+
+pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    lock: with_common(include_str!("lua/lock.lua")),
+    finish: with_common(include_str!("lua/finish.lua")),
+    renew: with_common(include_str!("lua/renew.lua")),
+    create: with_common(include_str!("lua/create.lua")),
+    save: with_common(include_str!("lua/save.lua")),
+    touch: with_common(include_str!("lua/touch.lua")),
+    delete: with_common(include_str!("lua/delete.lua")),
+});

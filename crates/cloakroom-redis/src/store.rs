@@ -1,0 +1,458 @@
+//! [`RedisStore`]: the [`SessionStore`] implementation.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cloakroom_core::{
+    async_trait, Capabilities, Cursor, Error, IdPage, Lease, LockGuard, LockKind, LockOptions, Namespace,
+    Record, RecordWrite, Result, SessionId, SessionKey, SessionStore, SweepBatch, Timestamp,
+};
+use redis::Value;
+
+use crate::config::RedisConfig;
+use crate::conn::{masters, Conn, SlotRange};
+use crate::error::{map_redis, unexpected_reply};
+use crate::guard::RedisLockGuard;
+use crate::keys::{KeyLayout, SessionKeys};
+use crate::reply::{self, LockReply, Status};
+use crate::scripts::SCRIPTS;
+use crate::wait::{WaiterPool, Woken};
+
+/// Longest single wait on a wake list before re-checking the lock. Only a
+/// fallback: a release wakes a waiter at once; this bounds the delay if a
+/// wake-up is lost (a waiter killed right after collecting it).
+const MAX_BLOCK: Duration = Duration::from_secs(1);
+
+/// How long an uncollected wake-up stays in a session's wake list.
+pub(crate) const WAKE_TTL_MS: u64 = 2_000;
+
+/// Sessions in Redis or Redis Cluster. Cloning shares the connections.
+///
+/// Records expire by themselves (`PEXPIREAT`), so
+/// [`sweep_expired`](SessionStore::sweep_expired) deletes nothing and the
+/// capabilities say [`expires_natively`](Capabilities::expires_natively).
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Conn,
+    keys: KeyLayout,
+    waiters: WaiterPool,
+    max_record_bytes: usize,
+    cluster: bool,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("cluster", &self.inner.cluster)
+            .field("prefix", &self.inner.keys.prefix())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connect with a cloakroom Redis URL: `redis://host:port[/db][?prefix=…]`
+    /// for one node, `redis+cluster://host:port[,host:port…][?prefix=…]` (or
+    /// `?cluster=true`) for a Cluster. See [`RedisConfig::from_url`].
+    pub async fn from_url(url: &str) -> Result<Self> {
+        Self::connect(RedisConfig::from_url(url)?).await
+    }
+
+    /// Connect with a configuration.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        let keys = KeyLayout::new(&config.prefix)?;
+        let conn = Conn::connect(&config).await?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                conn,
+                waiters: WaiterPool::new(&config),
+                keys,
+                max_record_bytes: config.max_record_bytes,
+                cluster: config.cluster,
+            }),
+        })
+    }
+
+    /// Whether this store talks to a Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.cluster
+    }
+
+    /// The keys of a session: `(record, lock, wake list)`. For tests and
+    /// operators inspecting the server.
+    pub fn session_keys(&self, key: &SessionKey) -> (String, String, String) {
+        let k = self.inner.keys.session(key);
+        (k.record, k.lock, k.wake)
+    }
+
+    pub(crate) fn conn(&self) -> Conn {
+        self.inner.conn.clone()
+    }
+
+    pub(crate) fn check_size(&self, write: &RecordWrite) -> Result<()> {
+        let limit = self.inner.max_record_bytes;
+        if write.data.len() > limit {
+            return Err(Error::TooLarge {
+                size: write.data.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Release a lock from outside any guard (a dropped guard, a cancelled
+    /// `lock` call) on a spawned task, if there is a runtime to spawn on.
+    /// Token-checked, so it never frees someone else's lock; if it cannot
+    /// run, the lease frees the lock.
+    pub(crate) fn release_detached(&self, keys: SessionKeys, token: String) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.clone();
+        handle.spawn(async move {
+            let mut conn = store.conn();
+            let result: redis::RedisResult<Value> = SCRIPTS
+                .finish
+                .key(&keys.record)
+                .key(&keys.lock)
+                .key(&keys.wake)
+                .arg(&token)
+                .arg("unlock")
+                .arg(Timestamp::now().as_millis())
+                .arg(0)
+                .arg(WAKE_TTL_MS)
+                .invoke_async(&mut conn)
+                .await;
+            if let Err(err) = result {
+                tracing::warn!(error = %err, "releasing a dropped redis session lock failed; its lease will free it");
+            }
+        });
+    }
+
+    async fn masters(&self) -> Result<Vec<Option<SlotRange>>> {
+        if self.inner.cluster {
+            let slots = self.conn().cluster_slots().await?;
+            Ok(masters(&slots).into_iter().map(Some).collect())
+        } else {
+            Ok(vec![None])
+        }
+    }
+}
+
+fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::backend(format!("no randomness for a lock token: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Releases the lock if a `lock` call is dropped while its script is in
+/// flight: the script may have taken the lock without anyone to hold it.
+struct InFlight<'a> {
+    store: &'a RedisStore,
+    keys: &'a SessionKeys,
+    token: &'a str,
+    armed: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.store
+                .release_detached(self.keys.clone(), self.token.to_owned());
+        }
+    }
+}
+
+/// A listing position: `<node index>:<SCAN cursor>:<last id taken from the
+/// batch at that cursor, or empty>`. The id lets a page end in the middle of a
+/// SCAN batch (SCAN's COUNT is only a hint), resuming by re-scanning the same
+/// cursor and skipping ids up to it in sorted order.
+struct ListPosition {
+    node: usize,
+    scan: u64,
+    after: Option<SessionId>,
+}
+
+impl ListPosition {
+    fn parse(cursor: Option<Cursor>) -> Result<Self> {
+        let Some(Cursor(text)) = cursor else {
+            return Ok(ListPosition {
+                node: 0,
+                scan: 0,
+                after: None,
+            });
+        };
+        let bad = || Error::Config("not a cursor of this store".into());
+        let mut parts = text.splitn(3, ':');
+        let node = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let scan = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let after = match parts.next() {
+            None | Some("") => None,
+            Some(id) => Some(SessionId::parse(id).map_err(|_| bad())?),
+        };
+        Ok(ListPosition { node, scan, after })
+    }
+
+    fn cursor(&self) -> Cursor {
+        let after = self.after.as_ref().map_or("", SessionId::as_str);
+        Cursor(format!("{}:{}:{after}", self.node, self.scan))
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(true, true, LockKind::Lease, self.inner.max_record_bytes).expiring_natively()
+    }
+
+    async fn load(&self, key: &SessionKey) -> Result<Option<Record>> {
+        let keys = self.inner.keys.session(key);
+        let reply: Value = redis::cmd("HMGET")
+            .arg(&keys.record)
+            .arg(&["data", "version", "created", "accessed", "expires"])
+            .query_async(&mut self.conn())
+            .await
+            .map_err(map_redis)?;
+        let Value::Array(fields) = &reply else {
+            return Err(unexpected_reply("HMGET", &reply));
+        };
+        if fields.get(1).is_none_or(|v| *v == Value::Nil) {
+            return Ok(None);
+        }
+        let record = reply::record(&reply, fields)?;
+        Ok(record.is_live_at(Timestamp::now()).then_some(record))
+    }
+
+    async fn create(&self, key: &SessionKey, write: RecordWrite) -> Result<Record> {
+        self.check_size(&write)?;
+        let keys = self.inner.keys.session(key);
+        let reply: Value = SCRIPTS
+            .create
+            .key(&keys.record)
+            .arg(Timestamp::now().as_millis())
+            .arg(&write.data)
+            .arg(write.created.as_millis())
+            .arg(write.accessed.as_millis())
+            .arg(write.expires.as_millis())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(map_redis)?;
+        match reply::status("create", &reply)? {
+            Status::Ok(_) => Ok(write.into_record(1)),
+            Status::Conflict(found) => Err(Error::Conflict { expected: 0, found }),
+            _ => Err(unexpected_reply("create", &reply)),
+        }
+    }
+
+    async fn save(&self, key: &SessionKey, write: RecordWrite, expected: Option<u64>) -> Result<u64> {
+        self.check_size(&write)?;
+        let keys = self.inner.keys.session(key);
+        let reply: Value = SCRIPTS
+            .save
+            .key(&keys.record)
+            .arg(Timestamp::now().as_millis())
+            .arg(expected.map(|v| v.to_string()).unwrap_or_default())
+            .arg(&write.data)
+            .arg(write.accessed.as_millis())
+            .arg(write.expires.as_millis())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(map_redis)?;
+        match reply::status("save", &reply)? {
+            Status::Ok(version) => u64::try_from(version).map_err(|_| unexpected_reply("save", &reply)),
+            Status::Gone => Err(Error::Gone),
+            Status::Conflict(found) => Err(Error::Conflict {
+                expected: expected.unwrap_or(0),
+                found,
+            }),
+            Status::Lost => Err(unexpected_reply("save", &reply)),
+        }
+    }
+
+    async fn delete(&self, key: &SessionKey) -> Result<bool> {
+        let keys = self.inner.keys.session(key);
+        let deleted: i64 = SCRIPTS
+            .delete
+            .key(&keys.record)
+            .arg(Timestamp::now().as_millis())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(map_redis)?;
+        Ok(deleted == 1)
+    }
+
+    async fn touch(&self, key: &SessionKey, accessed: Timestamp, expires: Timestamp) -> Result<bool> {
+        let keys = self.inner.keys.session(key);
+        let touched: i64 = SCRIPTS
+            .touch
+            .key(&keys.record)
+            .arg(Timestamp::now().as_millis())
+            .arg(accessed.as_millis())
+            .arg(expires.as_millis())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(map_redis)?;
+        Ok(touched == 1)
+    }
+
+    async fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockGuard>> {
+        let started = Instant::now();
+        let give_up_at = started + options.wait;
+        let keys = self.inner.keys.session(key);
+        let token = new_token()?;
+        let lease_ms = millis(options.lease);
+        let mut conn = self.conn();
+        loop {
+            // The lease starts on the server after this instant, so a deadline
+            // counted from here never outlasts the server's.
+            let sent = Instant::now();
+            let mut in_flight = InFlight {
+                store: self,
+                keys: &keys,
+                token: &token,
+                armed: true,
+            };
+            let reply: Value = SCRIPTS
+                .lock
+                .key(&keys.record)
+                .key(&keys.lock)
+                .arg(&token)
+                .arg(lease_ms)
+                .arg(Timestamp::now().as_millis())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(map_redis)?;
+            in_flight.armed = false;
+            drop(in_flight);
+            let pttl = match reply::lock_reply(&reply) {
+                Ok(LockReply::Acquired(record)) => {
+                    return Ok(Box::new(RedisLockGuard::new(
+                        self.clone(),
+                        key.clone(),
+                        keys,
+                        Lease {
+                            token,
+                            deadline: sent + options.lease,
+                        },
+                        record,
+                    )));
+                }
+                Ok(LockReply::Held { pttl }) => pttl,
+                Err(err) => {
+                    // We may hold the lock with a record we cannot read:
+                    // do not keep it.
+                    self.release_detached(keys, token);
+                    return Err(err);
+                }
+            };
+
+            let now = Instant::now();
+            if now >= give_up_at {
+                return Err(Error::LockTimeout {
+                    waited: started.elapsed(),
+                });
+            }
+            // Wake on release, when the holder's lease runs out, or at our
+            // deadline, whichever comes first.
+            let mut block = (give_up_at - now).min(MAX_BLOCK);
+            match u64::try_from(pttl) {
+                Ok(ms) => block = block.min(Duration::from_millis(ms)),
+                // -2: the lock vanished since the SET NX; try again at once.
+                Err(_) if pttl == -2 => continue,
+                // -1: a lock without expiry that this crate never sets.
+                Err(_) => {}
+            }
+            if block.is_zero() {
+                continue;
+            }
+            match self.inner.waiters.wait(&mut conn, &keys.wake, block).await? {
+                Woken::Notified | Woken::TimedOut => {}
+            }
+        }
+    }
+
+    async fn list_ids(&self, namespace: &Namespace, cursor: Option<Cursor>, limit: usize) -> Result<IdPage> {
+        let limit = limit.max(1);
+        let mut pos = ListPosition::parse(cursor)?;
+        let nodes = self.masters().await?;
+        let pattern = self.inner.keys.scan_pattern(namespace);
+        let count = limit.clamp(10, 1000);
+        let mut conn = self.conn();
+        let mut ids: Vec<SessionId> = Vec::with_capacity(limit);
+        while let Some(node) = nodes.get(pos.node) {
+            let (next_scan, keys) = conn.scan(node.as_ref(), pos.scan, &pattern, count).await?;
+            let mut batch: Vec<SessionId> = keys
+                .iter()
+                .filter_map(|k| self.inner.keys.id_of(namespace, k))
+                .collect();
+            batch.sort();
+            batch.dedup();
+            if let Some(after) = pos.after.take() {
+                batch.retain(|id| *id > after);
+            }
+            let room = limit - ids.len();
+            if batch.len() > room {
+                // The page fills up inside this batch: the next page re-scans
+                // the same cursor and starts after the last id taken here.
+                batch.truncate(room);
+                pos.after = batch.last().cloned();
+                ids.extend(batch);
+                return Ok(IdPage {
+                    ids,
+                    next: Some(pos.cursor()),
+                });
+            }
+            ids.extend(batch);
+            if next_scan == 0 {
+                pos.node += 1;
+                pos.scan = 0;
+            } else {
+                pos.scan = next_scan;
+            }
+        }
+        Ok(IdPage { ids, next: None })
+    }
+
+    async fn count(&self, namespace: &Namespace) -> Result<u64> {
+        let nodes = self.masters().await?;
+        let pattern = self.inner.keys.scan_pattern(namespace);
+        let mut conn = self.conn();
+        let mut total = 0u64;
+        for node in &nodes {
+            let mut scan = 0;
+            loop {
+                let (next, keys) = conn.scan(node.as_ref(), scan, &pattern, 1000).await?;
+                total += keys
+                    .iter()
+                    .filter(|k| self.inner.keys.id_of(namespace, k).is_some())
+                    .count() as u64;
+                if next == 0 {
+                    break;
+                }
+                scan = next;
+            }
+        }
+        Ok(total)
+    }
+
+    async fn sweep_expired(
+        &self,
+        _namespace: &Namespace,
+        _now: Timestamp,
+        _cursor: Option<Cursor>,
+        _limit: usize,
+    ) -> Result<SweepBatch> {
+        // Redis deletes each record at its PEXPIREAT time by itself: there is
+        // nothing left to delete, and no expired record is ever returned.
+        Ok(SweepBatch::default())
+    }
+}

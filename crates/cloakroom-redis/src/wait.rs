@@ -1,0 +1,174 @@
+//! Waiting for a lock: `BLPOP` on the session's wake list, which the holder's
+//! release pushes to in the same script that frees the lock.
+//!
+//! `BLPOP` blocks its connection, so it never runs on the shared multiplexed
+//! connection (it would stall every other request queued behind it). Each
+//! waiting task borrows a dedicated connection from a small idle pool, or
+//! opens one, to the node that owns the session's slot. A connection is put
+//! back only after its `BLPOP` has answered; if the wait is cancelled or cut
+//! short by our own timer, the connection is dropped instead, because a
+//! `BLPOP` still pending on it would delay whatever used it next.
+//!
+//! Redis checks blocking timeouts only about every 100 ms (`hz 10`), so the
+//! precise deadline is our own timer; the server timeout is a backstop.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cloakroom_core::{Error, Result};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ErrorKind, ServerErrorKind, Value};
+
+use crate::config::RedisConfig;
+use crate::conn::{Conn, SlotRange};
+use crate::error::map_redis;
+use crate::keys::slot_of;
+
+/// Idle blocking connections kept per node.
+const MAX_IDLE_PER_NODE: usize = 16;
+/// Added to the server-side `BLPOP` timeout so our timer normally fires first.
+const SERVER_TIMEOUT_SLACK: Duration = Duration::from_millis(250);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How a wait ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Woken {
+    /// A release pushed to the wake list: try the lock again.
+    Notified,
+    /// Our timer ran out first: re-check the lock (its holder's lease may be
+    /// over) or give up at the deadline.
+    TimedOut,
+}
+
+#[derive(Debug)]
+pub(crate) struct WaiterPool {
+    cluster: bool,
+    /// The single node's URL, or `user:pass@` for Cluster node URLs.
+    single_url: String,
+    userinfo: String,
+    clients: Mutex<HashMap<String, redis::Client>>,
+    idle: Mutex<HashMap<String, Vec<MultiplexedConnection>>>,
+    /// Cluster slot map, refreshed when empty or when a node answers MOVED.
+    slots: Mutex<Vec<SlotRange>>,
+}
+
+impl WaiterPool {
+    pub fn new(config: &RedisConfig) -> Self {
+        WaiterPool {
+            cluster: config.cluster,
+            single_url: config.nodes.first().cloned().unwrap_or_default(),
+            userinfo: config.userinfo.clone(),
+            clients: Mutex::default(),
+            idle: Mutex::default(),
+            slots: Mutex::default(),
+        }
+    }
+
+    /// Block until the wake list of a session gets an element or `timeout`
+    /// passes. `shared` is used to look up the Cluster slot map.
+    pub async fn wait(&self, shared: &mut Conn, wake_key: &str, timeout: Duration) -> Result<Woken> {
+        let node = self.node_for(shared, wake_key).await?;
+        let mut conn = self.take(&node).await?;
+        let server_timeout = (timeout + SERVER_TIMEOUT_SLACK).as_secs_f64();
+        let mut cmd = redis::cmd("BLPOP");
+        cmd.arg(wake_key).arg(format!("{server_timeout:.3}"));
+        let outcome = tokio::time::timeout(timeout, cmd.query_async::<Value>(&mut conn)).await;
+        match outcome {
+            Err(_elapsed) => Ok(Woken::TimedOut),
+            Ok(Ok(value)) => {
+                self.put_back(node, conn);
+                Ok(if value == Value::Nil {
+                    Woken::TimedOut
+                } else {
+                    Woken::Notified
+                })
+            }
+            Ok(Err(err))
+                if matches!(
+                    err.kind(),
+                    ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)
+                ) =>
+            {
+                // The slot moved: learn the new map and let the caller retry.
+                self.lock_slots().clear();
+                self.put_back(node, conn);
+                Ok(Woken::TimedOut)
+            }
+            Ok(Err(err)) => {
+                self.lock_slots().clear();
+                Err(map_redis(err))
+            }
+        }
+    }
+
+    async fn node_for(&self, shared: &mut Conn, key: &str) -> Result<String> {
+        if !self.cluster {
+            return Ok(String::new());
+        }
+        let slot = slot_of(key);
+        if let Some(node) = find(&self.lock_slots(), slot) {
+            return Ok(node);
+        }
+        let fresh = shared.cluster_slots().await?;
+        let node = find(&fresh, slot);
+        *self.lock_slots() = fresh;
+        node.ok_or_else(|| Error::unavailable(format!("no cluster node serves slot {slot}")))
+    }
+
+    async fn take(&self, node: &str) -> Result<MultiplexedConnection> {
+        if let Some(conn) = self.lock_idle().get_mut(node).and_then(Vec::pop) {
+            return Ok(conn);
+        }
+        let client = {
+            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            match clients.get(node) {
+                Some(client) => client.clone(),
+                None => {
+                    let url = if self.cluster {
+                        format!("redis://{}{node}/", self.userinfo)
+                    } else {
+                        self.single_url.clone()
+                    };
+                    let client = redis::Client::open(url).map_err(map_redis)?;
+                    clients.insert(node.to_owned(), client.clone());
+                    client
+                }
+            }
+        };
+        // No response timeout: a BLPOP is meant to sit there; our own timer
+        // bounds the wait.
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(None);
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(map_redis)
+    }
+
+    fn put_back(&self, node: String, conn: MultiplexedConnection) {
+        let mut idle = self.lock_idle();
+        let conns = idle.entry(node).or_default();
+        if conns.len() < MAX_IDLE_PER_NODE {
+            conns.push(conn);
+        }
+    }
+
+    // The pools hold plain data that a panic cannot leave half-updated, so a
+    // poisoned lock is taken over.
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<MultiplexedConnection>>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, Vec<SlotRange>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn find(slots: &[SlotRange], slot: u16) -> Option<String> {
+    slots
+        .iter()
+        .find(|r| r.start <= slot && slot <= r.end)
+        .map(|r| format!("{}:{}", r.host, r.port))
+}
