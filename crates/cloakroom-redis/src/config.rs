@@ -142,6 +142,13 @@ impl RedisConfig {
         }
     }
 
+    /// The same nodes, reached with the Cluster client (for a plain
+    /// `redis://` URL that names a Cluster node).
+    pub fn into_cluster(mut self) -> Self {
+        self.cluster = true;
+        self
+    }
+
     /// Use `prefix` before every key (default `cloakroom:`).
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
