@@ -155,6 +155,7 @@ macro_rules! conformance_tests {
             unknown_id_gets_a_fresh_id,
             read_only_open_never_locks,
             rollback_discards_and_releases,
+            hashed_ids_keep_no_bearer_token_in_the_store,
         );
     };
 }

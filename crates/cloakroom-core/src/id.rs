@@ -67,6 +67,16 @@ impl SessionId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id a store keeps instead of this one when ids are hashed
+    /// ([`SessionConfig::hash_ids`](crate::SessionConfig::hash_ids)):
+    /// SHA-256 of the id, in the same 43-character form. A leaked store then
+    /// holds no live bearer token, and 256-bit random ids need no salt: there
+    /// is nothing to guess a preimage from.
+    pub fn hashed(&self) -> SessionId {
+        use sha2::{Digest, Sha256};
+        SessionId(URL_SAFE_NO_PAD.encode(Sha256::digest(self.0.as_bytes())))
+    }
 }
 
 fn is_base64url(b: u8) -> bool {
@@ -203,6 +213,19 @@ mod tests {
         for bad in ["", "a/b", "..", "a b", "x'--", &"n".repeat(65)] {
             assert!(Namespace::new(bad).is_err(), "accepted {bad:?}");
         }
+    }
+
+    #[test]
+    fn hashed_ids_are_valid_ids_distinct_from_the_original() {
+        let id = SessionId::generate();
+        let h = id.hashed();
+        assert_ne!(h, id);
+        assert_eq!(
+            SessionId::parse(h.as_str()).unwrap(),
+            h,
+            "a hashed id must be a canonical id"
+        );
+        assert_eq!(id.hashed(), h, "hashing is deterministic");
     }
 
     #[test]

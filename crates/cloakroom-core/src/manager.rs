@@ -58,6 +58,11 @@ pub struct SessionConfig {
     pub max_record_bytes: usize,
     /// Refuse a store that cannot serve several processes (the memory store).
     pub require_multi_process: bool,
+    /// Key records by [`SessionId::hashed`] instead of the id itself, so a
+    /// leaked store (a backup, a replica, a `KEYS` dump) holds no usable
+    /// session cookie. Listeners, listings and the CLI then see the hashed
+    /// ids. Switching this on logs every existing session out.
+    pub hash_ids: bool,
 }
 
 impl Default for SessionConfig {
@@ -72,6 +77,7 @@ impl Default for SessionConfig {
             touch_interval: Duration::from_secs(60),
             max_record_bytes: 1024 * 1024,
             require_multi_process: false,
+            hash_ids: false,
         }
     }
 }
@@ -190,6 +196,12 @@ impl ManagerBuilder {
         self
     }
 
+    /// Store a hash of each id instead of the id (see [`SessionConfig::hash_ids`]).
+    pub fn hash_ids(mut self, on: bool) -> Self {
+        self.config.hash_ids = on;
+        self
+    }
+
     /// Add a listener for deletes and expiries.
     pub fn listener(mut self, listener: Arc<dyn SessionListener>) -> Self {
         self.listeners.push(listener);
@@ -253,8 +265,15 @@ impl Manager {
         &self.inner.config
     }
 
-    pub(crate) fn key(&self, id: &SessionId) -> SessionKey {
-        SessionKey::new(self.inner.namespace.clone(), id.clone())
+    /// The store key of session `id`: the one place ids become keys, so
+    /// hashing ids covers every operation on every backend.
+    pub fn key(&self, id: &SessionId) -> SessionKey {
+        let stored = if self.inner.config.hash_ids {
+            id.hashed()
+        } else {
+            id.clone()
+        };
+        SessionKey::new(self.inner.namespace.clone(), stored)
     }
 
     /// Open the session `id` for a request, or a new one.

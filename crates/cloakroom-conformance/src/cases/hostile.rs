@@ -192,3 +192,43 @@ pub async fn listing_is_complete_with_ten_thousand_sessions(f: Fixture) {
 }
 
 use futures::StreamExt as _;
+
+/// Issue 8 security: with `hash_ids`, the store holds only SHA-256 of each
+/// id, never the bearer token itself, and every operation still works.
+pub async fn hashed_ids_keep_no_bearer_token_in_the_store(f: Fixture) {
+    let m = must(f.manager().hash_ids(true).build(), "manager");
+    let mut s = must(m.open(None).await, "open");
+    must(s.insert("user", "alice"), "insert");
+    let id = s.id().clone();
+    must(s.commit().await, "commit");
+
+    assert_eq!(
+        must(f.store.load(&f.key(&id)).await, "load raw id"),
+        None,
+        "the raw id is a store key"
+    );
+    assert!(must(f.store.load(&f.key(&id.hashed())).await, "load hashed").is_some());
+    let listed = must(f.store.list_ids(&f.namespace, None, 10).await, "list").ids;
+    assert_eq!(
+        listed,
+        vec![id.hashed()],
+        "the listing must show only the hashed id"
+    );
+
+    let mut s = must(m.open(Some(&id)).await, "open by the cookie's id");
+    assert_eq!(must(s.get::<String>("user"), "get").as_deref(), Some("alice"));
+    s.cycle_id();
+    let new = s.id().clone();
+    must(s.commit().await, "commit cycled");
+    assert!(
+        must(m.open_read_only(&id).await, "old").is_none(),
+        "the old id survived cycle_id"
+    );
+    let r = must(m.open_read_only(&new).await, "new").expect("the cycled session");
+    assert_eq!(must(r.get::<String>("user"), "get").as_deref(), Some("alice"));
+    assert!(
+        must(m.delete(&new).await, "delete"),
+        "delete by the cookie's id must work"
+    );
+    assert_eq!(must(f.store.count(&f.namespace).await, "count"), 0);
+}
