@@ -1,0 +1,72 @@
+//! The seam between the shared row-lock store and one database: how to open
+//! a pool, how to take a row lock within a deadline, how a holder's lease is
+//! enforced, and what the server's error codes mean.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use cloakroom_core::{Result, SessionKey};
+use sqlx::pool::PoolConnection;
+use sqlx::Pool;
+
+use crate::config::StoreConfig;
+use crate::driver::{BoxFuture, Driver, RecordRow};
+use crate::error::Failure;
+use crate::sql::{Dialect, Statements};
+
+/// One database the row-lock store runs on.
+pub trait Backend: Send + Sync + fmt::Debug + Sized + 'static {
+    /// The sqlx database.
+    #[doc(hidden)]
+    type DB: Driver;
+
+    /// Name used in messages.
+    const NAME: &'static str;
+    /// URL schemes accepted; the first is the driver's own.
+    const SCHEMES: &'static [&'static str];
+    /// Whether the guard must end a lapsed holder's transaction itself
+    /// (the server has no sub-second idle-transaction timeout).
+    const CLIENT_LEASE_WATCHDOG: bool;
+    /// Ends the locking transaction, keeping its writes.
+    const COMMIT: &'static str;
+    /// Ends the locking transaction, dropping its writes (and its placeholder row).
+    const ROLLBACK: &'static str;
+    /// Starts a plain read-committed transaction (for sweeps).
+    const BEGIN: &'static str;
+    /// Returns the server's id for the current connection, as a signed integer.
+    const CONNECTION_ID: &'static str;
+
+    #[doc(hidden)]
+    fn dialect() -> Dialect;
+
+    #[doc(hidden)]
+    fn pool(url: &str, config: &StoreConfig) -> Result<Pool<Self::DB>>;
+
+    #[doc(hidden)]
+    fn classify_database(err: &dyn sqlx::error::DatabaseError) -> Failure;
+
+    /// Begin the locking transaction on `conn` and lock the row of `key`,
+    /// inserting a placeholder row if the key is missing, giving up at
+    /// `give_up`. Returns the locked row. On a lock timeout this returns
+    /// `Ok(None)`; the caller maps it to `LockTimeout`.
+    #[doc(hidden)]
+    fn lock_row<'a>(
+        conn: &'a mut PoolConnection<Self::DB>,
+        sql: &'a Statements,
+        key: &'a SessionKey,
+        lease: Duration,
+        give_up: Instant,
+    ) -> BoxFuture<'a, std::result::Result<Option<RecordRow>, sqlx::Error>>;
+
+    /// Extend the server-side part of the lease (if any) to `lease` from now.
+    #[doc(hidden)]
+    fn renew<'a>(
+        conn: &'a mut PoolConnection<Self::DB>,
+        lease: Duration,
+    ) -> BoxFuture<'a, std::result::Result<(), sqlx::Error>>;
+}
+
+/// Whole milliseconds of `d`, at least 1 (0 turns most database timeouts off).
+pub fn millis_at_least_one(d: Duration) -> u128 {
+    d.as_millis().max(1)
+}

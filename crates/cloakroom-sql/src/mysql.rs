@@ -1,0 +1,150 @@
+//! MySQL and MariaDB: `innodb_lock_wait_timeout` counts whole seconds, so a
+//! lock waits in the server for the whole seconds of its wait and polls with
+//! `FOR UPDATE NOWAIT` and a short backoff for the rest; the guard's watchdog
+//! ends a holder's transaction at its lease (the server has no sub-second
+//! idle-transaction timeout). Locking transactions run at READ COMMITTED so
+//! that they take no gap locks.
+
+use std::time::{Duration, Instant};
+
+use cloakroom_core::{Error, Result, SessionKey};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::{MySql, Pool};
+
+use crate::backend::Backend;
+use crate::config::StoreConfig;
+use crate::driver::{BoxFuture, Driver, RecordRow};
+use crate::error::{mysql_code, Failure};
+use crate::sql::{Dialect, Statements};
+use crate::store::key_params;
+use crate::store::RowLockStore;
+
+/// A cloakroom session store on MySQL 8 or MariaDB 10.6+ (row locks).
+pub type MysqlStore = RowLockStore<Mysql>;
+
+/// A held lock of a [`MysqlStore`].
+pub type MysqlLockGuard = crate::guard::RowLockGuard<Mysql>;
+
+/// The MySQL / MariaDB [`Backend`].
+#[derive(Debug)]
+pub struct Mysql;
+
+/// Longest pause between two `NOWAIT` attempts.
+const MAX_BACKOFF: Duration = Duration::from_millis(16);
+
+impl Backend for Mysql {
+    type DB = MySql;
+    const NAME: &'static str = "mysql";
+    const SCHEMES: &'static [&'static str] = &["mysql", "mariadb"];
+    const CLIENT_LEASE_WATCHDOG: bool = true;
+    // The lock's wait setting is put back so that unlocked statements on this
+    // pooled connection wait as long as the server's default says.
+    const COMMIT: &'static str = "COMMIT; SET SESSION innodb_lock_wait_timeout = DEFAULT";
+    const ROLLBACK: &'static str = "ROLLBACK; SET SESSION innodb_lock_wait_timeout = DEFAULT";
+    const BEGIN: &'static str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN";
+    const CONNECTION_ID: &'static str = "SELECT CAST(CONNECTION_ID() AS SIGNED)";
+
+    fn dialect() -> Dialect {
+        Dialect::MySql
+    }
+
+    fn pool(url: &str, config: &StoreConfig) -> Result<Pool<Self::DB>> {
+        let options: MySqlConnectOptions = url
+            .parse()
+            .map_err(|e| Error::Config(format!("invalid MySQL URL: {e}")))?;
+        Ok(MySqlPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_lazy_with(options))
+    }
+
+    fn classify_database(err: &dyn sqlx::error::DatabaseError) -> Failure {
+        mysql_code(err)
+    }
+
+    fn lock_row<'a>(
+        conn: &'a mut PoolConnection<Self::DB>,
+        sql: &'a Statements,
+        key: &'a SessionKey,
+        _lease: Duration,
+        give_up: Instant,
+    ) -> BoxFuture<'a, std::result::Result<Option<RecordRow>, sqlx::Error>> {
+        Box::pin(async move {
+            let mut begin = true;
+            let mut first_attempt = true;
+            let mut backoff = Duration::from_millis(1);
+            loop {
+                let left = give_up.saturating_duration_since(Instant::now());
+                if begin {
+                    // Whole seconds only; 0 (MariaDB) means "do not wait".
+                    let script = format!(
+                        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; \
+                         SET SESSION innodb_lock_wait_timeout = {}; BEGIN",
+                        left.as_secs()
+                    );
+                    MySql::run_script(conn, &script).await?;
+                    begin = false;
+                }
+                // Wait in the server (queued, woken at once) for the whole
+                // seconds set above; only the first attempt, as the setting
+                // may exceed what is left later.
+                let select = if first_attempt && left.as_secs() >= 1 {
+                    &sql.lock_wait
+                } else {
+                    &sql.lock_nowait
+                };
+                first_attempt = false;
+                let attempt = match MySql::fetch_records(conn, select, key_params(key, [])).await {
+                    Ok(rows) => match rows.into_iter().next() {
+                        Some(row) => return Ok(Some(row)),
+                        None => insert_placeholder(conn, sql, key).await,
+                    },
+                    Err(e) => Err(e),
+                };
+                match attempt {
+                    Ok(Some(row)) => return Ok(Some(row)),
+                    // Someone else created the row meanwhile: lock that one.
+                    Ok(None) => continue,
+                    Err(e) => match crate::error::classify(&e, mysql_code) {
+                        Failure::LockBusy => {}
+                        // A deadlock victim's whole transaction is rolled back.
+                        Failure::Deadlock => begin = true,
+                        _ => return Err(e),
+                    },
+                }
+                let left = give_up.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                tokio::time::sleep(backoff.min(left)).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        })
+    }
+
+    fn renew<'a>(
+        _conn: &'a mut PoolConnection<Self::DB>,
+        _lease: Duration,
+    ) -> BoxFuture<'a, std::result::Result<(), sqlx::Error>> {
+        // The lease lives in the guard's watchdog; nothing to tell the server.
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Insert the lock placeholder for a missing session; the inserting
+/// transaction holds the new row's lock. `None` if the key exists after all.
+async fn insert_placeholder(
+    conn: &mut PoolConnection<MySql>,
+    sql: &Statements,
+    key: &SessionKey,
+) -> std::result::Result<Option<RecordRow>, sqlx::Error> {
+    let inserted = MySql::run(conn, &sql.insert_placeholder, key_params(key, [])).await?;
+    Ok((inserted == 1).then(|| RecordRow {
+        data: Vec::new(),
+        version: 0,
+        created: 0,
+        accessed: 0,
+        expires: 0,
+    }))
+}

@@ -1,0 +1,239 @@
+//! Every SQL statement of both backends, built once per store from the
+//! validated table name. Values are always bound parameters; the only text
+//! spliced in is the table name (validated by [`TableName`]) and, in
+//! [`Statements::sweep_delete`], a run of placeholders.
+//!
+//! Columns: `namespace`, `id`, `data`, `version`, `created`, `accessed`,
+//! `expires`; times are BIGINT milliseconds since the epoch, compared with the
+//! client's [`Timestamp::now`](cloakroom_core::Timestamp::now) everywhere so
+//! that one clock decides what is live.
+//!
+//! A row with `version = 0` is a *lock placeholder*: `lock` inserts it to
+//! have a row to lock for a session that does not exist yet. It lives inside
+//! the locking transaction only (a rollback removes it), and every statement
+//! here that reads or writes records filters it out with `version > 0`.
+
+use crate::config::TableName;
+
+/// Which database the statements are for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    MySql,
+}
+
+/// The columns a record-reading statement selects, in [`RecordRow`](crate::driver::RecordRow) order.
+const RECORD_COLUMNS: &str = "data, version, created, accessed, expires";
+
+/// The statements of one store.
+#[derive(Debug)]
+pub struct Statements {
+    dialect: Dialect,
+    table: TableName,
+    /// Idempotent schema script (several statements, no parameters).
+    pub migrate: String,
+    /// `(ns, id, now)` → the live record.
+    pub load: String,
+    /// `(ns, id, now)` → version of the live record, to tell `Conflict` from `Gone`.
+    pub live_version: String,
+    /// `(data, created, accessed, expires, ns, id, now)`: reuse an expired row for a new record.
+    pub create_over_expired: String,
+    /// `(ns, id, data, created, accessed, expires)`: insert a new record unless the key exists.
+    pub create_insert: String,
+    /// `(data, accessed, expires, ns, id, expected, now)`: compare-and-set save of a live record.
+    pub save_cas: String,
+    /// `(ns, id, now)`: delete a live record.
+    pub delete_live: String,
+    /// `(accessed, expires, ns, id, now)`: touch a live record.
+    pub touch_live: String,
+    /// `(ns, after, now, limit)` → ids of live records after a cursor.
+    pub list_ids: String,
+    /// `(ns, now)` → number of live records.
+    pub count: String,
+    /// `(ns, after, now, limit)` → ids of expired, unlocked records, now locked by this transaction.
+    pub sweep_select: String,
+    /// `(data, version, created, accessed, expires, ns, id)`: the lock holder's write.
+    pub held_save: String,
+    /// `(accessed, expires, ns, id)`: the lock holder's touch.
+    pub held_touch: String,
+    /// `(ns, id)`: the lock holder's delete.
+    pub held_delete: String,
+    /// `(ns, id)`: insert a lock placeholder unless the key exists (MySQL).
+    pub insert_placeholder: String,
+    /// `(ns, id)` → the row, locked; waits up to the session's lock timeout.
+    pub lock_wait: String,
+    /// `(ns, id)` → the row, locked, or a lock error at once (MySQL).
+    pub lock_nowait: String,
+    /// `(ns, id, ns, id)` → the row, locked, inserting a placeholder first if
+    /// the key is missing, in one statement (Postgres).
+    pub lock_or_insert: String,
+}
+
+impl Statements {
+    pub fn new(dialect: Dialect, table: &TableName) -> Self {
+        let t = table.as_str();
+        let s = |sql: String| number_params(dialect, &sql);
+        let live = "namespace = ? AND id = ? AND version > 0 AND expires > ?";
+        let insert_ignore = match dialect {
+            Dialect::Postgres => "INSERT INTO",
+            Dialect::MySql => "INSERT IGNORE INTO",
+        };
+        let on_conflict_nothing = match dialect {
+            Dialect::Postgres => " ON CONFLICT (namespace, id) DO NOTHING",
+            Dialect::MySql => "",
+        };
+        let empty_bytes = match dialect {
+            Dialect::Postgres => "''::bytea",
+            Dialect::MySql => "''",
+        };
+        let placeholder_values = format!("(?, ?, {empty_bytes}, 0, 0, 0, 0)");
+        let columns = "(namespace, id, data, version, created, accessed, expires)";
+        let lock = format!("SELECT {RECORD_COLUMNS} FROM {t} WHERE namespace = ? AND id = ? FOR UPDATE");
+        Statements {
+            dialect,
+            table: table.clone(),
+            migrate: migrate_script(dialect, t),
+            load: s(format!("SELECT {RECORD_COLUMNS} FROM {t} WHERE {live}")),
+            live_version: s(format!("SELECT version FROM {t} WHERE {live}")),
+            create_over_expired: s(format!(
+                "UPDATE {t} SET data = ?, version = 1, created = ?, accessed = ?, expires = ? \
+                 WHERE namespace = ? AND id = ? AND (version = 0 OR expires <= ?)"
+            )),
+            create_insert: s(format!(
+                "{insert_ignore} {t} {columns} VALUES (?, ?, ?, 1, ?, ?, ?){on_conflict_nothing}"
+            )),
+            save_cas: s(format!(
+                "UPDATE {t} SET data = ?, version = version + 1, accessed = ?, expires = ? \
+                 WHERE namespace = ? AND id = ? AND version = ? AND version > 0 AND expires > ?"
+            )),
+            delete_live: s(format!("DELETE FROM {t} WHERE {live}")),
+            touch_live: s(format!("UPDATE {t} SET accessed = ?, expires = ? WHERE {live}")),
+            list_ids: s(format!(
+                "SELECT id FROM {t} WHERE namespace = ? AND id > ? AND version > 0 AND expires > ? \
+                 ORDER BY id LIMIT ?"
+            )),
+            count: s(format!(
+                "SELECT COUNT(*) FROM {t} WHERE namespace = ? AND version > 0 AND expires > ?"
+            )),
+            // SKIP LOCKED: a session whose lock is held is in use and is not
+            // swept; the rows returned are locked by the sweeping transaction
+            // until it commits, so nobody renews them between this and the delete.
+            sweep_select: s(format!(
+                "SELECT id FROM {t} WHERE namespace = ? AND id > ? AND version > 0 AND expires <= ? \
+                 ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED"
+            )),
+            held_save: s(format!(
+                "UPDATE {t} SET data = ?, version = ?, created = ?, accessed = ?, expires = ? \
+                 WHERE namespace = ? AND id = ?"
+            )),
+            held_touch: s(format!(
+                "UPDATE {t} SET accessed = ?, expires = ? WHERE namespace = ? AND id = ?"
+            )),
+            held_delete: s(format!("DELETE FROM {t} WHERE namespace = ? AND id = ?")),
+            insert_placeholder: s(format!(
+                "{insert_ignore} {t} {columns} VALUES {placeholder_values}{on_conflict_nothing}"
+            )),
+            lock_nowait: s(format!("{lock} NOWAIT")),
+            // The CTE inserts the placeholder when the key is missing (and so
+            // holds the new row's lock) or locks the existing row; both
+            // branches cannot produce a row, and if neither does (a concurrent
+            // insert committed after this statement's snapshot) the caller
+            // runs it again.
+            lock_or_insert: s(format!(
+                "WITH ins AS ({insert_ignore} {t} {columns} VALUES {placeholder_values}{on_conflict_nothing} \
+                 RETURNING {RECORD_COLUMNS}), \
+                 locked AS (SELECT {RECORD_COLUMNS} FROM {t} WHERE namespace = ? AND id = ? FOR UPDATE) \
+                 SELECT {RECORD_COLUMNS} FROM ins UNION ALL SELECT {RECORD_COLUMNS} FROM locked"
+            )),
+            lock_wait: s(lock),
+        }
+    }
+
+    /// `(ns, now, id × n)`: delete the expired rows among `n` ids the sweep
+    /// has locked. Expiry is checked again in the same statement.
+    pub fn sweep_delete(&self, n: usize) -> String {
+        let marks = vec!["?"; n.max(1)].join(", ");
+        number_params(
+            self.dialect,
+            &format!(
+                "DELETE FROM {} WHERE namespace = ? AND version > 0 AND expires <= ? AND id IN ({marks})",
+                self.table
+            ),
+        )
+    }
+}
+
+fn migrate_script(dialect: Dialect, t: &str) -> String {
+    match dialect {
+        // The advisory lock serializes concurrent migrations: Postgres'
+        // CREATE ... IF NOT EXISTS can still fail on a race between two
+        // sessions creating the same table.
+        Dialect::Postgres => format!(
+            "BEGIN; \
+             SELECT pg_advisory_xact_lock(7093921512344); \
+             CREATE TABLE IF NOT EXISTS {t} ( \
+               namespace TEXT COLLATE \"C\" NOT NULL, \
+               id TEXT COLLATE \"C\" NOT NULL, \
+               data BYTEA NOT NULL, \
+               version BIGINT NOT NULL, \
+               created BIGINT NOT NULL, \
+               accessed BIGINT NOT NULL, \
+               expires BIGINT NOT NULL, \
+               PRIMARY KEY (namespace, id)); \
+             CREATE INDEX IF NOT EXISTS {t}_expires ON {t} (namespace, expires); \
+             COMMIT"
+        ),
+        // ascii_bin: ids are case-sensitive, and MySQL's default collations are not.
+        Dialect::MySql => format!(
+            "CREATE TABLE IF NOT EXISTS {t} ( \
+               namespace VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, \
+               id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, \
+               data LONGBLOB NOT NULL, \
+               version BIGINT NOT NULL, \
+               created BIGINT NOT NULL, \
+               accessed BIGINT NOT NULL, \
+               expires BIGINT NOT NULL, \
+               PRIMARY KEY (namespace, id), \
+               KEY {t}_expires (namespace, expires) \
+             ) ENGINE = InnoDB"
+        ),
+    }
+}
+
+/// Statements are written with `?`; Postgres numbers its parameters.
+fn number_params(dialect: Dialect, sql: &str) -> String {
+    match dialect {
+        Dialect::MySql => sql.to_owned(),
+        Dialect::Postgres => {
+            let mut out = String::with_capacity(sql.len() + 16);
+            let mut n = 0;
+            for c in sql.chars() {
+                if c == '?' {
+                    n += 1;
+                    out.push('$');
+                    out.push_str(&n.to_string());
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_parameters_are_numbered() {
+        let s = Statements::new(Dialect::Postgres, &TableName::new("t").unwrap());
+        assert_eq!(
+            s.load,
+            "SELECT data, version, created, accessed, expires FROM t \
+             WHERE namespace = $1 AND id = $2 AND version > 0 AND expires > $3"
+        );
+        assert!(s.sweep_delete(3).ends_with("id IN ($3, $4, $5)"));
+        assert!(s.lock_or_insert.contains("namespace = $3 AND id = $4 FOR UPDATE"));
+    }
+}

@@ -1,0 +1,453 @@
+//! [`RowLockStore`]: the [`SessionStore`] implementation shared by Postgres
+//! and MySQL/MariaDB. Unlocked operations are single statements; `lock`
+//! hands the locking protocol to the [`Backend`] and wraps the transaction
+//! in a [`RowLockGuard`].
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use cloakroom_core::{
+    Capabilities, Cursor, Error, IdPage, LockGuard, LockKind, LockOptions, Namespace, Record, RecordWrite,
+    Result, SessionId, SessionKey, SessionStore, SweepBatch, Timestamp,
+};
+use sqlx::pool::PoolConnection;
+use sqlx::Pool;
+
+use crate::backend::Backend;
+use crate::config::{parse_url, StoreConfig};
+use crate::driver::{Driver, Param, RecordRow};
+use crate::error::{classify, to_error, Failure};
+use crate::guard::RowLockGuard;
+use crate::sql::Statements;
+use crate::tx::TxConn;
+
+/// Largest sweep batch; bounds the statement's parameter count and the time
+/// the sweep holds row locks.
+const MAX_SWEEP_BATCH: usize = 1000;
+
+/// A session store on a SQL database, locking sessions with row locks.
+/// Use it as [`PostgresStore`](crate::PostgresStore) or
+/// [`MysqlStore`](crate::MysqlStore). Cloning shares the pool.
+pub struct RowLockStore<B: Backend> {
+    pub(crate) inner: Arc<Inner<B>>,
+}
+
+pub(crate) struct Inner<B: Backend> {
+    pub pool: Pool<B::DB>,
+    pub sql: Statements,
+    pub config: StoreConfig,
+    next_token: AtomicU64,
+}
+
+impl<B: Backend> Clone for RowLockStore<B> {
+    fn clone(&self) -> Self {
+        RowLockStore {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<B: Backend> fmt::Debug for RowLockStore<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RowLockStore")
+            .field("backend", &B::NAME)
+            .field("table", &self.inner.config.table.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> RowLockStore<B> {
+    /// A store for `url` (the driver's URL, without cloakroom's own
+    /// parameters) with `config`. Connects lazily: no connection is opened
+    /// until the first call, so this succeeds while the server is down, and
+    /// every call afterwards reconnects as needed.
+    pub fn connect_lazy(url: &str, config: StoreConfig) -> Result<Self> {
+        let pool = B::pool(url, &config)?;
+        Ok(RowLockStore {
+            inner: Arc::new(Inner {
+                pool,
+                sql: Statements::new(B::dialect(), &config.table),
+                config,
+                next_token: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// A store from a URL such as `postgres://user@host/db?table=sessions`
+    /// or `mysql://root@host/db`: the scheme picks nothing (the backend is
+    /// already chosen) but must be one this backend accepts, and the optional
+    /// `table` parameter names the table (default `cloakroom_sessions`).
+    /// Connects lazily, like [`connect_lazy`](Self::connect_lazy); call
+    /// [`migrate`](SessionStore::migrate) to create the table and to find out
+    /// whether the server is reachable.
+    pub async fn from_url(url: &str) -> Result<Self> {
+        let (driver_url, config) = parse_url(url, B::SCHEMES)?;
+        Self::connect_lazy(&driver_url, config)
+    }
+
+    /// The store's settings.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// The connection pool, for monitoring.
+    pub fn pool(&self) -> &Pool<B::DB> {
+        &self.inner.pool
+    }
+
+    /// Take the lock on `key`, like [`SessionStore::lock`], returning the
+    /// concrete guard (which can tell its server connection id).
+    pub async fn lock_row(&self, key: &SessionKey, options: LockOptions) -> Result<RowLockGuard<B>> {
+        let started = Instant::now();
+        let give_up = started + options.wait;
+        let timed_out = || Error::LockTimeout {
+            waited: started.elapsed(),
+        };
+        // An exhausted pool is a wait like any other: bounded by the lock's deadline.
+        let conn = match tokio::time::timeout_at(give_up.into(), self.inner.pool.acquire()).await {
+            Err(_) | Ok(Err(sqlx::Error::PoolTimedOut)) => return Err(timed_out()),
+            Ok(Err(e)) => return Err(self.map_err(e)),
+            Ok(Ok(conn)) => conn,
+        };
+        let mut tx = TxConn::new(conn);
+        let row = match B::lock_row(tx.conn(), &self.inner.sql, key, options.lease, give_up).await {
+            Ok(Some(row)) => row,
+            Ok(None) => {
+                // Not worth a failure of its own if the rollback fails: the
+                // connection is closed then, which ends the transaction too.
+                let _ = tx.end(B::ROLLBACK).await;
+                return Err(timed_out());
+            }
+            Err(e) => {
+                let failure = self.classify(&e);
+                if failure == Failure::LockBusy {
+                    let _ = tx.end(B::ROLLBACK).await;
+                    return Err(timed_out());
+                }
+                return Err(to_error(e, failure));
+            }
+        };
+        let record = live_record(row, Timestamp::now())?;
+        let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed) + 1;
+        Ok(RowLockGuard::new(
+            self.clone(),
+            key.clone(),
+            record,
+            tx,
+            options.lease,
+            token,
+        ))
+    }
+
+    pub(crate) fn classify(&self, e: &sqlx::Error) -> Failure {
+        classify(e, B::classify_database)
+    }
+
+    pub(crate) fn map_err(&self, e: sqlx::Error) -> Error {
+        let failure = self.classify(&e);
+        to_error(e, failure)
+    }
+
+    async fn conn(&self) -> Result<PoolConnection<B::DB>> {
+        self.inner.pool.acquire().await.map_err(|e| self.map_err(e))
+    }
+
+    async fn run(&self, sql: &str, params: Vec<Param>) -> Result<u64> {
+        let mut conn = self.conn().await?;
+        B::DB::run(&mut conn, sql, params)
+            .await
+            .map_err(|e| self.map_err(e))
+    }
+
+    async fn ints(&self, sql: &str, params: Vec<Param>) -> Result<Vec<i64>> {
+        let mut conn = self.conn().await?;
+        B::DB::fetch_ints(&mut conn, sql, params)
+            .await
+            .map_err(|e| self.map_err(e))
+    }
+
+    async fn texts(&self, sql: &str, params: Vec<Param>) -> Result<Vec<String>> {
+        let mut conn = self.conn().await?;
+        B::DB::fetch_texts(&mut conn, sql, params)
+            .await
+            .map_err(|e| self.map_err(e))
+    }
+
+    pub(crate) fn check_size(&self, write: &RecordWrite) -> Result<()> {
+        let limit = self.inner.config.max_record_bytes;
+        if write.data.len() > limit {
+            return Err(Error::TooLarge {
+                size: write.data.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// The version of the live record under `key`, if any: what a write that
+    /// matched no row finds, to answer `Conflict` rather than `Gone`.
+    async fn live_version(&self, key: &SessionKey) -> Result<Option<u64>> {
+        let now = Timestamp::now().as_millis();
+        let found = self
+            .ints(&self.inner.sql.live_version, key_params(key, [now]))
+            .await?;
+        found.first().map(|&v| version_from_db(v)).transpose()
+    }
+}
+
+#[async_trait]
+impl<B: Backend> SessionStore for RowLockStore<B> {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(true, true, LockKind::RowLock, self.inner.config.max_record_bytes)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut conn = self.conn().await?;
+        B::DB::run_script(&mut conn, &self.inner.sql.migrate)
+            .await
+            .map_err(|e| self.map_err(e))
+    }
+
+    async fn load(&self, key: &SessionKey) -> Result<Option<Record>> {
+        let now = Timestamp::now();
+        let mut conn = self.conn().await?;
+        let rows = B::DB::fetch_records(
+            &mut conn,
+            &self.inner.sql.load,
+            key_params(key, [now.as_millis()]),
+        )
+        .await
+        .map_err(|e| self.map_err(e))?;
+        match rows.into_iter().next() {
+            Some(row) => live_record(row, now),
+            None => Ok(None),
+        }
+    }
+
+    async fn create(&self, key: &SessionKey, write: RecordWrite) -> Result<Record> {
+        self.check_size(&write)?;
+        let sql = &self.inner.sql;
+        // Two tries: a record that expires between the insert and the version
+        // probe makes the probe find nothing, and then the key is free again.
+        for _ in 0..2 {
+            let now = Timestamp::now().as_millis();
+            let over_expired = vec![
+                Param::Bytes(write.data.clone()),
+                write.created.as_millis().into(),
+                write.accessed.as_millis().into(),
+                write.expires.as_millis().into(),
+                key.namespace.as_str().into(),
+                key.id.as_str().into(),
+                now.into(),
+            ];
+            let mut done = self.run(&sql.create_over_expired, over_expired).await? > 0;
+            if !done {
+                let insert = vec![
+                    key.namespace.as_str().into(),
+                    key.id.as_str().into(),
+                    Param::Bytes(write.data.clone()),
+                    write.created.as_millis().into(),
+                    write.accessed.as_millis().into(),
+                    write.expires.as_millis().into(),
+                ];
+                done = self.run(&sql.create_insert, insert).await? > 0;
+            }
+            if done {
+                return Ok(write.into_record(1));
+            }
+            if let Some(found) = self.live_version(key).await? {
+                return Err(Error::Conflict { expected: 0, found });
+            }
+        }
+        Err(Error::backend(format!(
+            "{}: create kept racing with an expiring record",
+            B::NAME
+        )))
+    }
+
+    async fn save(&self, key: &SessionKey, write: RecordWrite, expected: Option<u64>) -> Result<u64> {
+        self.check_size(&write)?;
+        // Never an upsert: a save that matches no live row reports why and
+        // writes nothing, so a logged-out session stays logged out.
+        loop {
+            let base = match expected {
+                Some(v) => v,
+                // Last writer wins: compare-and-set against whatever is there now.
+                None => self.live_version(key).await?.ok_or(Error::Gone)?,
+            };
+            let params = vec![
+                Param::Bytes(write.data.clone()),
+                write.accessed.as_millis().into(),
+                write.expires.as_millis().into(),
+                key.namespace.as_str().into(),
+                key.id.as_str().into(),
+                version_to_db(base)?.into(),
+                Timestamp::now().as_millis().into(),
+            ];
+            if self.run(&self.inner.sql.save_cas, params).await? > 0 {
+                return Ok(base + 1);
+            }
+            match (self.live_version(key).await?, expected) {
+                (None, _) => return Err(Error::Gone),
+                (Some(found), Some(expected)) => return Err(Error::Conflict { expected, found }),
+                // Another writer got in between; a lossy save simply goes again.
+                (Some(_), None) => continue,
+            }
+        }
+    }
+
+    async fn delete(&self, key: &SessionKey) -> Result<bool> {
+        let now = Timestamp::now().as_millis();
+        Ok(self
+            .run(&self.inner.sql.delete_live, key_params(key, [now]))
+            .await?
+            > 0)
+    }
+
+    async fn touch(&self, key: &SessionKey, accessed: Timestamp, expires: Timestamp) -> Result<bool> {
+        let mut params = vec![accessed.as_millis().into(), expires.as_millis().into()];
+        params.extend(key_params(key, [Timestamp::now().as_millis()]));
+        Ok(self.run(&self.inner.sql.touch_live, params).await? > 0)
+    }
+
+    async fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockGuard>> {
+        Ok(Box::new(self.lock_row(key, options).await?))
+    }
+
+    async fn list_ids(&self, namespace: &Namespace, cursor: Option<Cursor>, limit: usize) -> Result<IdPage> {
+        let after = cursor_to_db(cursor)?;
+        let limit = limit.max(1);
+        let params = vec![
+            namespace.as_str().into(),
+            Param::Text(after),
+            Timestamp::now().as_millis().into(),
+            limit_to_db(limit + 1),
+        ];
+        let mut ids = parse_ids(self.texts(&self.inner.sql.list_ids, params).await?)?;
+        let next = if ids.len() > limit {
+            ids.truncate(limit);
+            ids.last().map(|id| Cursor(id.as_str().to_owned()))
+        } else {
+            None
+        };
+        Ok(IdPage { ids, next })
+    }
+
+    async fn count(&self, namespace: &Namespace) -> Result<u64> {
+        let params = vec![namespace.as_str().into(), Timestamp::now().as_millis().into()];
+        let n = self.ints(&self.inner.sql.count, params).await?;
+        Ok(n.first().copied().unwrap_or(0).max(0).unsigned_abs())
+    }
+
+    async fn sweep_expired(
+        &self,
+        namespace: &Namespace,
+        now: Timestamp,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<SweepBatch> {
+        let after = cursor_to_db(cursor)?;
+        let limit = limit.clamp(1, MAX_SWEEP_BATCH);
+        let sql = &self.inner.sql;
+        let mut tx = TxConn::new(self.conn().await?);
+        B::DB::run_script(tx.conn(), B::BEGIN)
+            .await
+            .map_err(|e| self.map_err(e))?;
+        let select = vec![
+            namespace.as_str().into(),
+            Param::Text(after),
+            now.as_millis().into(),
+            limit_to_db(limit),
+        ];
+        let ids = B::DB::fetch_texts(tx.conn(), &sql.sweep_select, select)
+            .await
+            .map_err(|e| self.map_err(e))?;
+        if !ids.is_empty() {
+            let mut delete = vec![namespace.as_str().into(), now.as_millis().into()];
+            delete.extend(ids.iter().map(|id| Param::Text(id.clone())));
+            let deleted = B::DB::run(tx.conn(), &sql.sweep_delete(ids.len()), delete)
+                .await
+                .map_err(|e| self.map_err(e))?;
+            // The selected rows are locked by this transaction since the
+            // select, so nothing can have renewed or removed them: the delete
+            // takes exactly those.
+            if deleted != ids.len() as u64 {
+                let _ = tx.end(B::ROLLBACK).await;
+                return Err(Error::backend(format!(
+                    "{}: sweep deleted {deleted} of {} locked rows",
+                    B::NAME,
+                    ids.len()
+                )));
+            }
+        }
+        tx.end(B::COMMIT).await.map_err(|e| self.map_err(e))?;
+        let next = if ids.len() == limit {
+            ids.last().map(|id| Cursor(id.clone()))
+        } else {
+            None
+        };
+        Ok(SweepBatch {
+            deleted: parse_ids(ids)?,
+            next,
+        })
+    }
+}
+
+/// `(namespace, id, extra…)`, the leading parameters of most statements.
+pub(crate) fn key_params<const N: usize>(key: &SessionKey, extra: [i64; N]) -> Vec<Param> {
+    let mut params = vec![key.namespace.as_str().into(), key.id.as_str().into()];
+    params.extend(extra.into_iter().map(Param::Int));
+    params
+}
+
+/// The record in `row` if it is a real record (not a lock placeholder) live at `now`.
+pub(crate) fn live_record(row: RecordRow, now: Timestamp) -> Result<Option<Record>> {
+    if row.version <= 0 || row.expires <= now.as_millis() {
+        return Ok(None);
+    }
+    Ok(Some(Record {
+        data: row.data,
+        version: version_from_db(row.version)?,
+        created: Timestamp::from_millis(row.created),
+        accessed: Timestamp::from_millis(row.accessed),
+        expires: Timestamp::from_millis(row.expires),
+    }))
+}
+
+pub(crate) fn version_from_db(v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| Error::Corrupt {
+        reason: format!("negative record version {v}"),
+    })
+}
+
+pub(crate) fn version_to_db(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::Config(format!("record version {v} does not fit a BIGINT")))
+}
+
+fn limit_to_db(n: usize) -> Param {
+    Param::Int(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// Cursors are the last id returned; ids are ASCII and sort by bytes in
+/// both schemas, so `id > cursor` resumes exactly after it.
+fn cursor_to_db(cursor: Option<Cursor>) -> Result<String> {
+    match cursor {
+        None => Ok(String::new()),
+        Some(c) => SessionId::parse(&c.0)
+            .map(|id| id.as_str().to_owned())
+            .map_err(|_| Error::Config("not a cursor of this store".into())),
+    }
+}
+
+fn parse_ids(ids: Vec<String>) -> Result<Vec<SessionId>> {
+    ids.iter()
+        .map(|id| {
+            SessionId::parse(id).map_err(|_| Error::Corrupt {
+                reason: "a stored session id does not parse".into(),
+            })
+        })
+        .collect()
+}
