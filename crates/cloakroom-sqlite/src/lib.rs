@@ -1,0 +1,37 @@
+//! SQLite store for [cloakroom](https://docs.rs/cloakroom), the embedded
+//! default: one database file, safe across threads and OS processes on one
+//! host.
+//!
+//! - WAL journal, `synchronous=NORMAL` by default ([`Synchronous`]), a busy
+//!   timeout, and `BEGIN IMMEDIATE` for every read-then-write.
+//! - Per-session locks are lease columns in the session's row (see [`lock`]),
+//!   never a transaction held across a request: SQLite's write lock is
+//!   database-wide.
+//! - All SQLite calls run on tokio's blocking pool, never on the async
+//!   workers, through a small pool of connections.
+//! - Only bound parameters; the one identifier in SQL text, the table name,
+//!   is validated ([`validate_table_name`]).
+//!
+//! ```no_run
+//! # async fn demo() -> cloakroom_core::Result<()> {
+//! use std::sync::Arc;
+//! use cloakroom_core::{Manager, Namespace, SessionStore};
+//! use cloakroom_sqlite::SqliteStore;
+//!
+//! let store = SqliteStore::from_url("sqlite:sessions.db")?;
+//! store.migrate().await?;
+//! let manager = Manager::new(Arc::new(store), Namespace::new("shop")?)?;
+//! # Ok(()) }
+//! ```
+#![warn(clippy::unwrap_used)]
+
+mod config;
+pub mod lock;
+mod pool;
+mod schema;
+mod store;
+mod wake;
+
+pub use config::{validate_table_name, SqliteOptions, Synchronous, DEFAULT_MAX_RECORD_BYTES, DEFAULT_TABLE};
+pub use lock::SqliteLockGuard;
+pub use store::SqliteStore;
