@@ -1,0 +1,426 @@
+//! What the conformance suite cannot see from outside: the key layout, the
+//! token fence, Cluster slots, native expiry and wake-ups. Real servers only
+//! (`CLOAKROOM_REDIS_URL`, `CLOAKROOM_REDIS_CLUSTER_URL`); an unreachable one
+//! is skipped with the command that starts it, unless
+//! `CLOAKROOM_REQUIRE_BACKENDS=1`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cloakroom_conformance::backends_required;
+use cloakroom_core::{
+    Error, LockOptions, Namespace, RecordWrite, SessionId, SessionKey, SessionStore, Timestamp,
+};
+use cloakroom_redis::{RedisConfig, RedisStore};
+use redis::AsyncCommands;
+
+fn single_url() -> String {
+    std::env::var("CLOAKROOM_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn cluster_url() -> String {
+    std::env::var("CLOAKROOM_REDIS_CLUSTER_URL").unwrap_or_else(|_| "redis://127.0.0.1:7000".into())
+}
+
+async fn connect(config: RedisConfig, start_with: &str) -> Option<RedisStore> {
+    match RedisStore::connect(config).await {
+        Ok(store) => Some(store),
+        Err(e) if backends_required() => panic!("redis required but unreachable: {e}; start: {start_with}"),
+        Err(e) => {
+            eprintln!("SKIPPED: redis unreachable ({e}); start it with: {start_with}");
+            None
+        }
+    }
+}
+
+async fn single() -> Option<RedisStore> {
+    connect(
+        RedisConfig::from_url(&single_url()).unwrap(),
+        "redis-server --daemonize yes",
+    )
+    .await
+}
+
+async fn cluster() -> Option<RedisStore> {
+    let config = RedisConfig::from_url(&cluster_url()).unwrap().into_cluster();
+    connect(config, "scripts/redis-cluster.sh start").await
+}
+
+/// A raw connection for looking behind the store's back.
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+fn namespace() -> Namespace {
+    Namespace::new(&format!("rt-{}", &SessionId::generate().as_str()[..16])).unwrap()
+}
+
+fn write(data: &[u8], ttl: Duration) -> RecordWrite {
+    let now = Timestamp::now();
+    RecordWrite {
+        data: data.to_vec(),
+        created: now,
+        accessed: now,
+        expires: now.saturating_add(ttl),
+    }
+}
+
+fn opts(lease_ms: u64, wait_ms: u64) -> LockOptions {
+    LockOptions::new(Duration::from_millis(lease_ms), Duration::from_millis(wait_ms))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn save_after_the_lock_key_vanished_is_lease_lost_and_changes_nothing() {
+    let Some(store) = single().await else { return };
+    let mut raw = raw(&single_url()).await;
+    let key = SessionKey::new(namespace(), SessionId::generate());
+    store
+        .create(&key, write(b"original", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let (record_key, lock_key, _) = store.session_keys(&key);
+
+    // The lock key deleted under the holder (an operator, a failover that lost it).
+    let guard = store.lock(&key, opts(30_000, 1_000)).await.unwrap();
+    let deleted: i64 = raw.del(&lock_key).await.unwrap();
+    assert_eq!(deleted, 1, "the lock key should exist while held");
+    match guard
+        .save_and_unlock(write(b"late", Duration::from_secs(60)))
+        .await
+    {
+        Err(Error::LeaseLost) => {}
+        other => panic!("a save without the lock key must be LeaseLost, got {other:?}"),
+    }
+    let r = store.load(&key).await.unwrap().unwrap();
+    assert_eq!((r.data.as_slice(), r.version), (b"original".as_slice(), 1));
+
+    // The lock key taken over by another token (lease ran out, someone else
+    // locked): the late save fails and the new holder's lock survives.
+    let guard = store.lock(&key, opts(30_000, 1_000)).await.unwrap();
+    let _: () = raw.set(&lock_key, "someone-else").await.unwrap();
+    match guard
+        .save_and_unlock(write(b"late", Duration::from_secs(60)))
+        .await
+    {
+        Err(Error::LeaseLost) => {}
+        other => panic!("a save under a stolen lock must be LeaseLost, got {other:?}"),
+    }
+    let holder: Option<String> = raw.get(&lock_key).await.unwrap();
+    assert_eq!(
+        holder.as_deref(),
+        Some("someone-else"),
+        "the fenced release freed another's lock"
+    );
+    let data: Vec<u8> = raw.hget(&record_key, "data").await.unwrap();
+    assert_eq!(data, b"original");
+    let _: () = raw.del(&lock_key).await.unwrap();
+
+    // The lease expired by Redis itself.
+    let mut guard = store.lock(&key, opts(100, 1_000)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(matches!(
+        guard.renew(Duration::from_secs(5)).await,
+        Err(Error::LeaseLost)
+    ));
+    match guard
+        .save_and_unlock(write(b"late", Duration::from_secs(60)))
+        .await
+    {
+        Err(Error::LeaseLost) => {}
+        other => panic!("a save after the lease expired must be LeaseLost, got {other:?}"),
+    }
+    let r = store.load(&key).await.unwrap().unwrap();
+    assert_eq!((r.data.as_slice(), r.version), (b"original".as_slice(), 1));
+    store.delete(&key).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_lock_has_a_lease_and_every_record_a_native_expiry() {
+    let Some(store) = single().await else { return };
+    let mut raw = raw(&single_url()).await;
+    let key = SessionKey::new(namespace(), SessionId::generate());
+    let (record_key, lock_key, wake_key) = store.session_keys(&key);
+
+    let guard = store.lock(&key, opts(5_000, 1_000)).await.unwrap();
+    let pttl: i64 = raw.pttl(&lock_key).await.unwrap();
+    assert!((1..=5_000).contains(&pttl), "lock PTTL {pttl} is not the lease");
+    let exists: bool = raw.exists(&record_key).await.unwrap();
+    assert!(!exists, "a lock on a missing session created the record key");
+    guard
+        .save_and_unlock(write(b"x", Duration::from_millis(400)))
+        .await
+        .unwrap();
+
+    let pttl: i64 = raw.pttl(&record_key).await.unwrap();
+    assert!(
+        (1..=400).contains(&pttl),
+        "record PTTL {pttl} does not follow `expires`"
+    );
+    let wake_ttl: i64 = raw.pttl(&wake_key).await.unwrap();
+    assert!(
+        wake_ttl > 0,
+        "the wake list must expire by itself, PTTL {wake_ttl}"
+    );
+    let lock_left: bool = raw.exists(&lock_key).await.unwrap();
+    assert!(!lock_left, "save_and_unlock left the lock key");
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let exists: bool = raw.exists(&record_key).await.unwrap();
+    assert!(!exists, "Redis did not expire the record at `expires`");
+    let batch = store
+        .sweep_expired(&key.namespace, Timestamp::now(), None, 100)
+        .await
+        .unwrap();
+    assert!(batch.deleted.is_empty() && batch.next.is_none());
+    assert!(store.capabilities().expires_natively);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_prefix_separates_stores() {
+    let base = RedisConfig::from_url(&single_url()).unwrap();
+    let Some(a) = connect(base.clone().with_prefix("cloakroom-test-a:"), "redis-server").await else {
+        return;
+    };
+    let Some(b) = connect(base.with_prefix("cloakroom-test-b:"), "redis-server").await else {
+        return;
+    };
+    let ns = namespace();
+    let key = SessionKey::new(ns.clone(), SessionId::generate());
+    a.create(&key, write(b"a", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(a.session_keys(&key).0.starts_with("cloakroom-test-a:{"));
+    assert_eq!(b.load(&key).await.unwrap(), None);
+    assert_eq!(b.count(&ns).await.unwrap(), 0);
+    assert_eq!(a.count(&ns).await.unwrap(), 1);
+    assert!(b.lock(&key, opts(1_000, 100)).await.unwrap().record().is_none());
+    a.delete(&key).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_unavailable() {
+    // Port 1 on loopback: nothing listens there.
+    match RedisStore::from_url("redis://127.0.0.1:1").await {
+        Err(Error::Unavailable { .. }) => {}
+        other => panic!("connection refused must be Unavailable, got {other:?}"),
+    }
+    match RedisStore::from_url("redis+cluster://127.0.0.1:1,127.0.0.1:2").await {
+        Err(Error::Unavailable { .. }) => {}
+        other => panic!("an unreachable cluster must be Unavailable, got {other:?}"),
+    }
+}
+
+/// A waiter blocked on a held lock proceeds as soon as the holder releases,
+/// long before the holder's lease would have freed it.
+async fn release_wakes_the_waiter(store: RedisStore) {
+    let key = SessionKey::new(namespace(), SessionId::generate());
+    let holder = store.lock(&key, opts(30_000, 1_000)).await.unwrap();
+    let waiter_store = store.clone();
+    let waiter_key = key.clone();
+    let waiter = tokio::spawn(async move {
+        let guard = waiter_store
+            .lock(&waiter_key, opts(30_000, 10_000))
+            .await
+            .unwrap();
+        let at = Instant::now();
+        guard.unlock().await.unwrap();
+        at
+    });
+    // Let the waiter block on its wake list (the MAX_BLOCK fallback is 1 s,
+    // so waking later than that would mean the notification did nothing).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "the waiter got a held lock");
+    let released = Instant::now();
+    holder.unlock().await.unwrap();
+    let acquired = waiter.await.unwrap();
+    let handoff = acquired.duration_since(released);
+    assert!(
+        handoff < Duration::from_millis(200),
+        "hand-off took {handoff:?}: the wake-up did not arrive"
+    );
+
+    // Hand-off latency over many round trips between two tasks.
+    let mut samples = Vec::new();
+    for _ in 0..50 {
+        let holder = store.lock(&key, opts(30_000, 1_000)).await.unwrap();
+        let s = store.clone();
+        let k = key.clone();
+        let waiter = tokio::spawn(async move {
+            let g = s.lock(&k, opts(30_000, 5_000)).await.unwrap();
+            let at = Instant::now();
+            g.unlock().await.unwrap();
+            at
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let released = Instant::now();
+        holder.unlock().await.unwrap();
+        samples.push(waiter.await.unwrap().duration_since(released));
+    }
+    samples.sort();
+    let p50 = samples[samples.len() / 2];
+    eprintln!("hand-off p50 {p50:?}, max {:?}", samples[samples.len() - 1]);
+    assert!(p50 < Duration::from_millis(20), "hand-off p50 {p50:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_wakes_the_waiter_single() {
+    if let Some(store) = single().await {
+        release_wakes_the_waiter(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_wakes_the_waiter_cluster() {
+    if let Some(store) = cluster().await {
+        release_wakes_the_waiter(store).await;
+    }
+}
+
+/// A holder that never releases (crashed) frees the lock when its lease runs
+/// out, and the waiter notices then, not at its next fallback re-check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_holder_frees_the_lock_at_its_lease() {
+    let Some(store) = single().await else { return };
+    let key = SessionKey::new(namespace(), SessionId::generate());
+    let started = Instant::now();
+    let crashed = store.lock(&key, opts(400, 1_000)).await.unwrap();
+    std::mem::forget(crashed); // no Drop, no release: like a SIGKILLed process
+    let guard = store.lock(&key, opts(30_000, 5_000)).await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(350),
+        "took a held lock after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(900),
+        "noticed the lapsed lease only after {waited:?}"
+    );
+    guard.unlock().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_one_session_share_a_cluster_slot() {
+    let Some(store) = cluster().await else { return };
+    let mut raw = raw(&cluster_url()).await;
+    let ns = namespace();
+    for _ in 0..20 {
+        let key = SessionKey::new(ns.clone(), SessionId::generate());
+        let (record, lock, wake) = store.session_keys(&key);
+        let mut slots = Vec::new();
+        for k in [&record, &lock, &wake] {
+            let slot: i64 = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(k)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            slots.push(slot);
+        }
+        assert!(slots.iter().all(|s| *s == slots[0]), "{record}: slots {slots:?}");
+    }
+    // And sessions do spread over the masters: the cluster is really used.
+    let mut distinct = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let key = SessionKey::new(ns.clone(), SessionId::generate());
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(store.session_keys(&key).0)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        distinct.insert(slot / 5462);
+    }
+    assert_eq!(
+        distinct.len(),
+        3,
+        "50 sessions all landed on fewer than 3 masters' slot ranges"
+    );
+}
+
+/// Listing walks every master, and pages that end in the middle of a SCAN
+/// batch resume exactly where they stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_listing_of_ten_thousand_sessions_is_complete() {
+    let Some(store) = cluster().await else { return };
+    let store = Arc::new(store);
+    let ns = namespace();
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in 0..20 {
+        let store = Arc::clone(&store);
+        let ns = ns.clone();
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..500 {
+                let id = SessionId::generate();
+                let key = SessionKey::new(ns.clone(), id.clone());
+                store
+                    .create(
+                        &key,
+                        write(format!("{chunk}").as_bytes(), Duration::from_secs(300)),
+                    )
+                    .await
+                    .unwrap();
+                ids.push(id);
+            }
+            ids
+        });
+    }
+    let mut created = std::collections::HashSet::new();
+    while let Some(ids) = tasks.join_next().await {
+        created.extend(ids.unwrap());
+    }
+    assert_eq!(created.len(), 10_000);
+    // Locks of other sessions in the namespace are not listed.
+    let locked = store
+        .lock(
+            &SessionKey::new(ns.clone(), SessionId::generate()),
+            opts(30_000, 1_000),
+        )
+        .await
+        .unwrap();
+
+    for limit in [997usize, 37] {
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = None;
+        let mut pages = 0;
+        loop {
+            let page = store.list_ids(&ns, cursor, limit).await.unwrap();
+            assert!(
+                page.ids.len() <= limit,
+                "page of {} over the limit {limit}",
+                page.ids.len()
+            );
+            for id in page.ids {
+                assert!(seen.insert(id), "an id was listed twice (limit {limit})");
+            }
+            pages += 1;
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, created, "listing with limit {limit} is incomplete");
+        assert!(pages >= 10_000 / limit, "only {pages} pages");
+    }
+    assert_eq!(store.count(&ns).await.unwrap(), 10_000);
+    locked.unlock().await.unwrap();
+
+    // Clean up: delete through the store (each key in its own slot).
+    let mut tasks = tokio::task::JoinSet::new();
+    let ids: Vec<SessionId> = created.into_iter().collect();
+    for chunk in ids.chunks(500) {
+        let store = Arc::clone(&store);
+        let ns = ns.clone();
+        let chunk = chunk.to_vec();
+        tasks.spawn(async move {
+            for id in chunk {
+                assert!(store.delete(&SessionKey::new(ns.clone(), id)).await.unwrap());
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(store.count(&ns).await.unwrap(), 0);
+}
