@@ -69,12 +69,35 @@ impl WaiterPool {
     /// passes. `shared` is used to look up the Cluster slot map.
     pub async fn wait(&self, shared: &mut Conn, wake_key: &str, timeout: Duration) -> Result<Woken> {
         let node = self.node_for(shared, wake_key).await?;
-        let mut conn = self.take(&node).await?;
+        let (conn, reused) = self.take(&node).await?;
+        match self.blpop(&node, conn, wake_key, timeout).await {
+            // An idle connection may have died with a restarted server: drop
+            // the whole idle pool of that node and wait once more on a fresh
+            // connection before calling the server unavailable.
+            Err(_) if reused => {
+                self.lock_idle().remove(&node);
+                let (conn, _) = self.take(&node).await?;
+                self.blpop(&node, conn, wake_key, timeout)
+                    .await
+                    .map_err(map_redis)
+            }
+            outcome => outcome.map_err(map_redis),
+        }
+    }
+
+    async fn blpop(
+        &self,
+        node: &str,
+        mut conn: MultiplexedConnection,
+        wake_key: &str,
+        timeout: Duration,
+    ) -> redis::RedisResult<Woken> {
         let server_timeout = (timeout + SERVER_TIMEOUT_SLACK).as_secs_f64();
         let mut cmd = redis::cmd("BLPOP");
         cmd.arg(wake_key).arg(format!("{server_timeout:.3}"));
         let outcome = tokio::time::timeout(timeout, cmd.query_async::<Value>(&mut conn)).await;
         match outcome {
+            // Dropping `conn` here cancels the pending BLPOP with it.
             Err(_elapsed) => Ok(Woken::TimedOut),
             Ok(Ok(value)) => {
                 self.put_back(node, conn);
@@ -97,7 +120,7 @@ impl WaiterPool {
             }
             Ok(Err(err)) => {
                 self.lock_slots().clear();
-                Err(map_redis(err))
+                Err(err)
             }
         }
     }
@@ -116,9 +139,10 @@ impl WaiterPool {
         node.ok_or_else(|| Error::unavailable(format!("no cluster node serves slot {slot}")))
     }
 
-    async fn take(&self, node: &str) -> Result<MultiplexedConnection> {
+    /// An idle connection to `node` (`true`: reused) or a new one.
+    async fn take(&self, node: &str) -> Result<(MultiplexedConnection, bool)> {
         if let Some(conn) = self.lock_idle().get_mut(node).and_then(Vec::pop) {
-            return Ok(conn);
+            return Ok((conn, true));
         }
         let client = {
             let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
@@ -141,15 +165,16 @@ impl WaiterPool {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(None);
-        client
+        let conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(map_redis)
+            .map_err(map_redis)?;
+        Ok((conn, false))
     }
 
-    fn put_back(&self, node: String, conn: MultiplexedConnection) {
+    fn put_back(&self, node: &str, conn: MultiplexedConnection) {
         let mut idle = self.lock_idle();
-        let conns = idle.entry(node).or_default();
+        let conns = idle.entry(node.to_owned()).or_default();
         if conns.len() < MAX_IDLE_PER_NODE {
             conns.push(conn);
         }
