@@ -1,0 +1,345 @@
+//! The three modes of BENCHMARKS.md, generic over the library under test.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::report::{BenchResult, Samples};
+use super::target::{CycleError, Target};
+
+/// Requests in flight while creating, reading or deleting sessions around a run.
+const SETUP_PARALLEL: usize = 32;
+/// A cycle refused this many times in a row stops the run: something is
+/// wrong beyond contention.
+const MAX_CONSECUTIVE_RETRIES: u32 = 10_000;
+
+/// What one or more tasks measured.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct TaskStats {
+    /// Whole-cycle latencies inside the measured window.
+    pub latency: Samples,
+    /// Open (lock wait + load) latencies inside the measured window.
+    pub wait: Samples,
+    /// Successful cycles inside the measured window.
+    pub measured: u64,
+    /// Successful cycles in all, warm-up included.
+    pub committed: u64,
+    /// Attempts refused with a retryable error.
+    pub retries: u64,
+}
+
+impl TaskStats {
+    fn merge(&mut self, other: TaskStats) {
+        self.latency.extend(other.latency);
+        self.wait.extend(other.wait);
+        self.measured += other.measured;
+        self.committed += other.committed;
+        self.retries += other.retries;
+    }
+}
+
+/// Run one cycle on `id`, retrying refusals; records into `stats` if `measure`.
+async fn cycle_until_done<T: Target>(
+    target: &T,
+    id: &T::Id,
+    stats: &mut TaskStats,
+    measure: bool,
+) -> Result<()> {
+    let mut refused = 0u32;
+    loop {
+        let started = Instant::now();
+        match target.cycle(id).await {
+            Ok(waited) => {
+                stats.committed += 1;
+                if measure {
+                    stats.latency.push(started.elapsed());
+                    stats.wait.push(waited);
+                    stats.measured += 1;
+                }
+                return Ok(());
+            }
+            Err(CycleError::Retry) => {
+                stats.retries += 1;
+                refused += 1;
+                if refused >= MAX_CONSECUTIVE_RETRIES {
+                    bail!("a cycle was refused {refused} times in a row");
+                }
+            }
+            Err(CycleError::Fatal(e)) => return Err(e),
+        }
+    }
+}
+
+/// Create `n` benchmark sessions.
+pub async fn create_sessions<T: Target>(target: &T, n: usize) -> Result<Vec<T::Id>> {
+    futures::stream::iter(0..n)
+        .map(|_| target.create())
+        .buffer_unordered(SETUP_PARALLEL)
+        .try_collect()
+        .await
+}
+
+/// Delete benchmark sessions.
+pub async fn remove_sessions<T: Target>(target: &T, ids: &[T::Id]) -> Result<()> {
+    futures::stream::iter(ids)
+        .map(|id| target.remove(id))
+        .buffer_unordered(SETUP_PARALLEL)
+        .try_collect::<()>()
+        .await
+}
+
+async fn sum_hits<T: Target>(target: &T, ids: &[T::Id]) -> Result<u64> {
+    futures::stream::iter(ids)
+        .map(|id| target.hits(id))
+        .buffer_unordered(SETUP_PARALLEL)
+        .try_fold(0u64, |sum, h| async move { Ok(sum + h) })
+        .await
+}
+
+/// Parameters of the spread mode.
+#[derive(Clone, Debug)]
+pub struct SpreadConfig {
+    /// Measured window.
+    pub duration: Duration,
+    /// Unmeasured run before it.
+    pub warmup: Duration,
+}
+
+fn result<T: Target>(target: &T, mode: &str, concurrency: usize, processes: usize) -> BenchResult {
+    BenchResult {
+        library: target.library(),
+        backend: target.backend(),
+        mode: mode.into(),
+        policy: target.policy(),
+        concurrency,
+        processes,
+        sessions: 1,
+        cycles: 0,
+        seconds: 0.0,
+        cycles_per_sec: 0.0,
+        p50_us: 0,
+        p99_us: 0,
+        cycle_p50_us: 0,
+        cycle_p99_us: 0,
+        wait_p50_us: 0,
+        wait_p99_us: 0,
+        retries: 0,
+        lost_updates: 0,
+    }
+}
+
+fn fill(r: &mut BenchResult, mut stats: TaskStats, seconds: f64, headline_is_wait: bool) {
+    r.cycles = stats.measured;
+    r.seconds = seconds;
+    r.cycles_per_sec = stats.measured as f64 / seconds.max(1e-9);
+    r.cycle_p50_us = stats.latency.quantile(0.50);
+    r.cycle_p99_us = stats.latency.quantile(0.99);
+    r.wait_p50_us = stats.wait.quantile(0.50);
+    r.wait_p99_us = stats.wait.quantile(0.99);
+    (r.p50_us, r.p99_us) = if headline_is_wait {
+        (r.wait_p50_us, r.wait_p99_us)
+    } else {
+        (r.cycle_p50_us, r.cycle_p99_us)
+    };
+    r.retries = stats.retries;
+}
+
+/// Spread mode: `concurrency` tasks each run cycles on random sessions of
+/// `ids` for warm-up + duration. Lost updates are counted too: the sum of
+/// all `hits` must grow by exactly the number of committed cycles.
+pub async fn spread<T: Target>(
+    target: &Arc<T>,
+    ids: &Arc<Vec<T::Id>>,
+    concurrency: usize,
+    cfg: &SpreadConfig,
+) -> Result<BenchResult> {
+    if ids.is_empty() {
+        bail!("spread mode needs at least one session");
+    }
+    let before = sum_hits(target.as_ref(), ids)
+        .await
+        .context("reading hits before the run")?;
+    let start = Instant::now();
+    let measure_from = start + cfg.warmup;
+    let end = measure_from + cfg.duration;
+    let tasks: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (target, ids) = (Arc::clone(target), Arc::clone(ids));
+            tokio::spawn(async move {
+                let mut stats = TaskStats::default();
+                let mut rng = fastrand::Rng::new();
+                loop {
+                    let now = Instant::now();
+                    if now >= end {
+                        return Ok::<_, anyhow::Error>(stats);
+                    }
+                    let id = &ids[rng.usize(..ids.len())];
+                    cycle_until_done(target.as_ref(), id, &mut stats, now >= measure_from).await?;
+                }
+            })
+        })
+        .collect();
+    let mut stats = TaskStats::default();
+    for task in tasks {
+        stats.merge(task.await.context("a benchmark task panicked")??);
+    }
+    let after = sum_hits(target.as_ref(), ids)
+        .await
+        .context("reading hits after the run")?;
+    let mut r = result(target.as_ref(), "spread", concurrency, 1);
+    r.sessions = ids.len();
+    r.lost_updates = stats.committed.saturating_sub(after.saturating_sub(before));
+    fill(&mut r, stats, cfg.duration.as_secs_f64(), false);
+    Ok(r)
+}
+
+/// `tasks` tasks sharing `cycles` cycles on the one session `id`.
+pub async fn run_claims<T: Target>(
+    target: &Arc<T>,
+    id: &T::Id,
+    tasks: usize,
+    cycles: u64,
+) -> Result<TaskStats> {
+    let claimed = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..tasks.max(1))
+        .map(|_| {
+            let (target, id, claimed) = (Arc::clone(target), id.clone(), Arc::clone(&claimed));
+            tokio::spawn(async move {
+                let mut stats = TaskStats::default();
+                while claimed.fetch_add(1, Ordering::Relaxed) < cycles {
+                    cycle_until_done(target.as_ref(), &id, &mut stats, true).await?;
+                }
+                Ok::<_, anyhow::Error>(stats)
+            })
+        })
+        .collect();
+    let mut stats = TaskStats::default();
+    for h in handles {
+        stats.merge(h.await.context("a benchmark task panicked")??);
+    }
+    Ok(stats)
+}
+
+/// Contention mode: one session, `tasks` tasks, `cycles` cycles in all.
+pub async fn contention<T: Target>(target: &Arc<T>, tasks: usize, cycles: u64) -> Result<BenchResult> {
+    let id = target.create().await.context("creating the contended session")?;
+    let started = Instant::now();
+    let stats = run_claims(target, &id, tasks, cycles).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let hits = target.hits(&id).await?;
+    target.remove(&id).await?;
+    let mut r = result(target.as_ref(), "contention", tasks, 1);
+    r.lost_updates = stats.committed.saturating_sub(hits);
+    fill(&mut r, stats, seconds, true);
+    Ok(r)
+}
+
+/// What a worker process prints when done.
+#[derive(Debug, Serialize, Deserialize)]
+struct WorkerReport {
+    stats: TaskStats,
+}
+
+/// Processes mode: one session, `processes` OS processes of `tasks` tasks
+/// each, `cycles` cycles in all. Each worker is this very executable run
+/// with `worker_args` (which must name the hidden worker subcommand and the
+/// target) plus `--id`, `--tasks`, `--cycles`. Workers connect first and
+/// report `ready`; the clock starts when all are told `go`.
+pub async fn processes<T: Target>(
+    target: &Arc<T>,
+    worker_args: &[String],
+    processes: usize,
+    tasks: usize,
+    cycles: u64,
+) -> Result<BenchResult> {
+    let id = target.create().await.context("creating the contended session")?;
+    let id_text = target.id_to_text(&id);
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let procs = processes.max(1);
+    let mut workers = Vec::with_capacity(procs);
+    for i in 0..procs {
+        let share = cycles / procs as u64 + u64::from((i as u64) < cycles % procs as u64);
+        let mut child = tokio::process::Command::new(&exe)
+            .args(worker_args)
+            // `=`: an id may start with `-`.
+            .args([
+                format!("--id={id_text}"),
+                format!("--tasks={tasks}"),
+                format!("--cycles={share}"),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a worker process")?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("worker stdin not piped"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("worker stdout not piped"))?;
+        workers.push((child, stdin, BufReader::new(stdout).lines()));
+    }
+    for (_, _, lines) in &mut workers {
+        match lines.next_line().await? {
+            Some(line) if line == "ready" => {}
+            other => bail!("a worker process did not get ready (said {other:?})"),
+        }
+    }
+    let started = Instant::now();
+    for (_, stdin, _) in &mut workers {
+        stdin.write_all(b"go\n").await?;
+        stdin.flush().await?;
+    }
+    let mut stats = TaskStats::default();
+    for (_, _, lines) in &mut workers {
+        let line = lines
+            .next_line()
+            .await?
+            .ok_or_else(|| anyhow!("a worker process exited without a report"))?;
+        let report: WorkerReport = serde_json::from_str(&line).context("reading a worker's report")?;
+        stats.merge(report.stats);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    for (mut child, _, _) in workers {
+        let status = child.wait().await?;
+        if !status.success() {
+            bail!("a worker process failed: {status}");
+        }
+    }
+    let hits = target.hits(&id).await?;
+    target.remove(&id).await?;
+    let mut r = result(target.as_ref(), "processes", procs * tasks, procs);
+    r.lost_updates = stats.committed.saturating_sub(hits);
+    fill(&mut r, stats, seconds, true);
+    Ok(r)
+}
+
+/// The body of a worker process: report `ready`, wait for `go` on stdin,
+/// run `cycles` cycles with `tasks` tasks on session `id`, print the report.
+pub async fn worker<T: Target>(target: Arc<T>, id: &str, tasks: usize, cycles: u64) -> Result<()> {
+    let id = target.id_from_text(id)?;
+    let mut stdout = tokio::io::stdout();
+    stdout.write_all(b"ready\n").await?;
+    stdout.flush().await?;
+    let mut go = String::new();
+    BufReader::new(tokio::io::stdin()).read_line(&mut go).await?;
+    if go.trim() != "go" {
+        bail!("expected `go` on stdin, got {go:?}");
+    }
+    let stats = run_claims(&target, &id, tasks, cycles).await?;
+    let line = serde_json::to_string(&WorkerReport { stats })?;
+    stdout.write_all(line.as_bytes()).await?;
+    stdout.write_all(b"\n").await?;
+    stdout.flush().await?;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Command-line surface: clap definitions and dispatch.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use cloakroom::{Namespace, SessionId};
+
+use crate::bench::BenchArgs;
+
+/// Inspect, sweep, migrate and benchmark cloakroom session stores.
+///
+/// Exit status: 0 on success, 1 on an error, 2 on a usage error.
+#[derive(Debug, Parser)]
+#[command(name = "cloakroom", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the live sessions of a namespace: id, created, accessed, expires, size.
+    ///
+    /// Streams page by page, so it works with millions of sessions in bounded memory.
+    Ls(LsArgs),
+    /// Show one session: its metadata and every value decoded from MessagePack to JSON.
+    ///
+    /// A record that does not decode is reported as corrupt (exit status 1).
+    Show(ShowArgs),
+    /// Delete sessions by id, whatever their lock state.
+    Rm(RmArgs),
+    /// Sweep the expired sessions of a namespace and print `deleted N, remaining M`.
+    ///
+    /// Locked or renewed sessions are never deleted. A progress bar is drawn
+    /// when stderr is a terminal.
+    Gc(GcArgs),
+    /// Copy every live session of a namespace from one store to another.
+    ///
+    /// Preserved: id, data bytes (verbatim), created, accessed and expires.
+    /// Not preserved: the version — the store API assigns versions (1 on
+    /// creation), and a version is a fencing token local to one store.
+    /// Idempotent: a session already live in the target is skipped (the
+    /// default) or replaced (`--overwrite`), so re-running is safe.
+    Migrate(MigrateArgs),
+    /// Run the benchmark workload of BENCHMARKS.md (spread, contention, processes).
+    Bench(BenchArgs),
+    /// One worker process of `bench --mode processes` (internal).
+    #[command(name = "__bench-worker", hide = true)]
+    BenchWorker(crate::bench::WorkerArgs),
+}
+
+/// Where the sessions are.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Store URL: memory:, file:///dir, sqlite:///path.db, postgres://…, mysql://…, redis://…
+    #[arg(
+        long = "store",
+        env = "CLOAKROOM_STORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub url: String,
+    /// Namespace (application id) of the sessions.
+    #[arg(long, default_value = "default", value_parser = parse_namespace)]
+    pub namespace: Namespace,
+}
+
+/// Arguments of `ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Also show whether each session is locked right now.
+    ///
+    /// The store contract has no lock-state query, so this probes: it tries
+    /// to take each session's lock with a 1 ms wait and releases it at once.
+    /// A request arriving during the probe waits for that moment, and a
+    /// session that is locked by nobody shows `no`.
+    #[arg(long)]
+    pub(crate) locked: bool,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Arguments of `show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// The session id (43 characters of base64url).
+    #[arg(value_parser = parse_id)]
+    pub(crate) id: SessionId,
+}
+
+/// Arguments of `rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// The ids to delete. An id with no live session is reported and makes
+    /// the exit status 1; the others are still deleted.
+    #[arg(required = true, value_parser = parse_id)]
+    pub(crate) ids: Vec<SessionId>,
+}
+
+/// Arguments of `gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Records examined per batch (one store round trip each).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) batch: u32,
+}
+
+/// Arguments of `migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Source store URL.
+    #[arg(long, value_name = "URL")]
+    pub(crate) from: String,
+    /// Target store URL (its schema is created if missing).
+    #[arg(long, value_name = "URL")]
+    pub(crate) to: String,
+    /// Namespace to copy (the same in both stores).
+    #[arg(long, default_value = "default", value_parser = parse_namespace)]
+    pub(crate) namespace: Namespace,
+    /// Replace sessions already live in the target (delete, then create with
+    /// the source's data and times) instead of skipping them.
+    #[arg(long)]
+    pub(crate) overwrite: bool,
+    /// Sessions copied at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) parallel: u32,
+}
+
+pub(crate) fn parse_id(text: &str) -> Result<SessionId, String> {
+    SessionId::parse(text).map_err(|e| e.to_string())
+}
+
+pub(crate) fn parse_namespace(text: &str) -> Result<Namespace, String> {
+    Namespace::new(text).map_err(|e| e.to_string())
+}
+
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// Run one parsed command line to completion.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Ls(a) => crate::ls::run(a).await,
+        Command::Show(a) => crate::show::run(a).await,
+        Command::Rm(a) => crate::rm::run(a).await,
+        Command::Gc(a) => crate::gc::run(a).await,
+        Command::Migrate(a) => crate::migrate::run(a).await,
+        Command::Bench(a) => crate::bench::run_cli(a).await,
+        Command::BenchWorker(a) => crate::bench::run_cli_worker(a).await,
+    }
+}

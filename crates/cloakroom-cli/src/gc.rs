@@ -1,0 +1,36 @@
+//! `cloakroom gc`: sweep expired sessions, streaming batch by batch.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use cloakroom::{sweep_batches, Timestamp};
+use futures::TryStreamExt;
+
+use crate::cli::GcArgs;
+use crate::progress;
+
+pub(crate) async fn run(args: GcArgs) -> Result<()> {
+    let store = cloakroom::open(&args.store.url)
+        .await
+        .context("opening the store")?;
+    let ns = &args.store.namespace;
+    let started = Instant::now();
+    let bar = progress::spinner("deleted");
+    let mut deleted = 0u64;
+    let batch = usize::try_from(args.batch).unwrap_or(usize::MAX);
+    let mut batches = std::pin::pin!(sweep_batches(store.as_ref(), ns, Timestamp::now(), batch));
+    while let Some(b) = batches.try_next().await.context("sweeping")? {
+        let n = b.deleted.len() as u64;
+        deleted += n;
+        bar.inc(n);
+    }
+    let remaining = store.count(ns).await.context("counting the remaining sessions")?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!("deleted {deleted}, remaining {remaining}");
+    eprintln!(
+        "swept in {secs:.2} s ({:.0} deleted/s)",
+        deleted as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! The `cloakroom` command: inspect, sweep and migrate the sessions of any
+//! cloakroom store, and benchmark it with the workload of `BENCHMARKS.md`.
+//!
+//! The library half exists so the benchmark anchor (tower-sessions, raw
+//! Redis) can drive the very same workload code as `cloakroom bench`: see
+//! [`bench`].
+
+pub mod bench;
+mod cli;
+mod format;
+mod gc;
+mod ls;
+mod migrate;
+mod progress;
+mod rm;
+mod show;
+
+pub use cli::{run, Cli, Command};

@@ -1,0 +1,56 @@
+//! `cloakroom show ID`: one record, decoded.
+
+use anyhow::{anyhow, bail, Context, Result};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use cloakroom::{SessionData, SessionKey};
+use serde_json::{json, Map};
+
+use crate::cli::ShowArgs;
+use crate::format::{msgpack_to_json, rfc3339};
+
+pub(crate) async fn run(args: ShowArgs) -> Result<()> {
+    let store = cloakroom::open(&args.store.url)
+        .await
+        .context("opening the store")?;
+    let key = SessionKey::new(args.store.namespace.clone(), args.id.clone());
+    let record = store
+        .load(&key)
+        .await
+        .context("loading the session")?
+        .ok_or_else(|| anyhow!("no live session {} in namespace {}", args.id, key.namespace))?;
+    let mut out = json!({
+        "id": args.id.as_str(),
+        "namespace": key.namespace.as_str(),
+        "version": record.version,
+        "created": rfc3339(record.created),
+        "accessed": rfc3339(record.accessed),
+        "expires": rfc3339(record.expires),
+        "size": record.data.len(),
+    });
+    let data = match SessionData::decode(&record.data) {
+        Ok(data) => data,
+        Err(e) => {
+            // Show what is there, then fail: a corrupt record is a finding, not a crash.
+            out["corrupt"] = json!(e.to_string());
+            out["raw_base64"] = json!(STANDARD.encode(&record.data));
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            bail!("session {} is corrupt: {e}", args.id);
+        }
+    };
+    let mut values = Map::new();
+    let mut bad = Vec::new();
+    for (name, bytes) in data.iter_raw() {
+        let value = msgpack_to_json(bytes).unwrap_or_else(|reason| {
+            bad.push(name.to_owned());
+            json!({ "$undecodable": reason, "$bytes": STANDARD.encode(bytes) })
+        });
+        values.insert(name.to_owned(), value);
+    }
+    out["data"] = serde_json::Value::Object(values);
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    if !bad.is_empty() {
+        bail!("session {} has undecodable values: {}", args.id, bad.join(", "));
+    }
+    Ok(())
+}
