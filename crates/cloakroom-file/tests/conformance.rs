@@ -7,7 +7,8 @@ use cloakroom_core::SessionStore;
 use cloakroom_file::{FileOptions, FileStore};
 
 async fn store() -> Result<Arc<dyn SessionStore>, Unreachable> {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).map_err(|e| Unreachable::new("file", e.to_string(), "a writable temp dir"))?;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .map_err(|e| Unreachable::new("file", e.to_string(), "a writable temp dir"))?;
     // Kept for the whole run, under the build directory (cargo clean removes it).
     let root = dir.keep();
     // Durability off: fsync costs only time here, and atomicity (what the

@@ -1,0 +1,363 @@
+//! File-store specific behaviour: what the generic suite cannot see because
+//! it never looks at the disk.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloakroom_core::{
+    Cursor, Error, LockOptions, Namespace, RecordWrite, SessionId, SessionKey, SessionStore, Timestamp,
+};
+use cloakroom_file::{FileOptions, FileStore};
+
+fn temp() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+fn write(data: &[u8]) -> RecordWrite {
+    let now = Timestamp::now();
+    RecordWrite {
+        data: data.to_vec(),
+        created: now,
+        accessed: now,
+        expires: now.saturating_add(Duration::from_secs(3600)),
+    }
+}
+
+fn expired(data: &[u8]) -> RecordWrite {
+    RecordWrite {
+        expires: Timestamp::now().saturating_sub(Duration::from_secs(1)),
+        ..write(data)
+    }
+}
+
+fn key(ns: &str) -> SessionKey {
+    SessionKey::new(Namespace::new(ns).unwrap(), SessionId::generate())
+}
+
+fn data_path(root: &Path, key: &SessionKey) -> PathBuf {
+    let id = key.id.as_str();
+    root.join(key.namespace.as_str()).join(&id[..2]).join(id)
+}
+
+fn opts(lease_ms: u64, wait_ms: u64) -> LockOptions {
+    LockOptions::new(Duration::from_millis(lease_ms), Duration::from_millis(wait_ms))
+}
+
+/// Every path under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traversal_attempts_create_nothing_outside_the_root() {
+    let outer = temp();
+    let root = outer.path().join("root");
+    let store = FileStore::with_options(FileOptions::new(&root).durable(false));
+    store.migrate().await.unwrap();
+
+    let hostile = [
+        "../../../../etc/passwd",
+        "../escape",
+        "..",
+        "/abs/path",
+        "a/b",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA/..",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\0",
+        "%2e%2e%2f%2e%2e%2fescape",
+    ];
+    for text in hostile {
+        assert!(SessionId::parse(text).is_err(), "id {text:?} parsed");
+        assert!(Namespace::new(text).is_err(), "namespace {text:?} parsed");
+    }
+    // Cursors come back from callers too: a forged one is refused, not joined.
+    let ns = Namespace::new("app").unwrap();
+    for text in hostile {
+        let cursor = Some(Cursor(text.to_owned()));
+        assert!(matches!(
+            store.list_ids(&ns, cursor.clone(), 10).await,
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            store.sweep_expired(&ns, Timestamp::now(), cursor, 10).await,
+            Err(Error::Config(_))
+        ));
+    }
+    // Ordinary use, for contrast: it does write, and only under the root.
+    let k = key("app");
+    store.create(&k, write(b"x")).await.unwrap();
+    let g = store.lock(&key("app"), opts(5_000, 1_000)).await.unwrap();
+    g.save_and_unlock(write(b"y")).await.unwrap();
+
+    let everything = walk(outer.path());
+    assert!(!everything.is_empty());
+    for path in &everything {
+        assert!(path.starts_with(&root), "{} is outside the root", path.display());
+    }
+    assert!(data_path(&root, &k).is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_and_torn_records_are_corrupt_and_leave_the_lock_free() {
+    let dir = temp();
+    let store = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
+    let k = key("app");
+    store.create(&k, write(b"some session bytes")).await.unwrap();
+    let path = data_path(dir.path(), &k);
+    let full = fs::read(&path).unwrap();
+
+    // Zero bytes is seed 004's truncate-then-write window.
+    for len in [0, 1, 10, 47, 48, 60, full.len() - 1] {
+        fs::write(&path, &full[..len]).unwrap();
+        match store.load(&k).await {
+            Err(Error::Corrupt { .. }) => {}
+            other => panic!("a {len}-byte prefix must be Corrupt, got {other:?}"),
+        }
+        match store.lock(&k, opts(5_000, 500)).await {
+            Err(Error::Corrupt { .. }) => {}
+            other => panic!("locking a {len}-byte prefix must be Corrupt, got {other:?}"),
+        }
+    }
+    // Garbage after a valid file (a torn append) is caught too.
+    let mut longer = full.clone();
+    longer.extend_from_slice(b"tail");
+    fs::write(&path, &longer).unwrap();
+    assert!(matches!(store.load(&k).await, Err(Error::Corrupt { .. })));
+
+    // The failed locks released: the record can still be deleted under a
+    // lock, which is how an operator gets rid of it.
+    fs::write(&path, &full[..5]).unwrap();
+    assert!(store.delete(&k).await.is_ok());
+    assert!(store.load(&k).await.unwrap().is_none());
+    let g = store.lock(&k, opts(5_000, 500)).await.unwrap();
+    assert!(g.record().is_none());
+    g.unlock().await.unwrap();
+}
+
+/// Seed 004: readers saw empty files while a writer truncated in place. With
+/// rename-over, a reader sees one whole version or another, never a part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readers_never_see_a_partial_file_during_concurrent_saves() {
+    let dir = temp();
+    let store = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
+    let k = key("app");
+    store.create(&k, write(&[0u8; 100])).await.unwrap();
+
+    let done = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let (store, k, done) = (store.clone(), k.clone(), done.clone());
+        readers.push(tokio::spawn(async move {
+            let mut seen = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                let record = store
+                    .load(&k)
+                    .await
+                    .expect("a load during saves failed")
+                    .expect("record");
+                // Version v has (v % 50 + 1) * 1000 bytes, all equal to v % 251.
+                let fill = record.data[0];
+                assert!(record.data.iter().all(|&b| b == fill), "mixed bytes in one read");
+                if record.version > 1 {
+                    assert_eq!(record.data.len(), ((record.version - 1) % 50 + 1) as usize * 1000);
+                }
+                seen += 1;
+            }
+            seen
+        }));
+    }
+    let mut writers = Vec::new();
+    for _ in 0..10 {
+        let (store, k) = (store.clone(), k.clone());
+        writers.push(tokio::spawn(async move {
+            for _ in 0..100 {
+                // Compare-and-set, so the length can be derived from the
+                // version this save will get, which readers then check.
+                loop {
+                    let current = store.load(&k).await.unwrap().unwrap().version;
+                    let len = (current % 50 + 1) as usize * 1000;
+                    let data = vec![(current % 251) as u8; len];
+                    match store.save(&k, write(&data), Some(current)).await {
+                        Ok(_) => break,
+                        Err(Error::Conflict { .. }) => continue,
+                        Err(e) => panic!("save failed: {e}"),
+                    }
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut reads = 0;
+    for r in readers {
+        reads += r.await.unwrap();
+    }
+    assert!(reads > 0);
+    assert_eq!(store.load(&k).await.unwrap().unwrap().version, 1001);
+    // No temporary file survives a finished write.
+    let leftovers: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_files_are_ignored_and_never_deleted() {
+    let dir = temp();
+    let store = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
+    let k = key("app");
+    store.create(&k, expired(b"old")).await.unwrap();
+    let shard = data_path(dir.path(), &k).parent().unwrap().to_path_buf();
+    let foreign = [
+        shard.join("README"),
+        shard.join("not-a-session-id"),
+        shard.join(format!("{}.bak", k.id.as_str())),
+        dir.path().join("app").join("notes.txt"),
+    ];
+    for f in &foreign {
+        fs::write(f, b"keep me").unwrap();
+    }
+    let ns = k.namespace.clone();
+    assert_eq!(store.count(&ns).await.unwrap(), 0);
+    assert!(store.list_ids(&ns, None, 100).await.unwrap().ids.is_empty());
+    let batch = store
+        .sweep_expired(&ns, Timestamp::now(), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(batch.deleted, vec![k.id.clone()]);
+    for f in &foreign {
+        assert_eq!(fs::read(f).unwrap(), b"keep me", "{} was touched", f.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_files_do_not_pile_up() {
+    let dir = temp();
+    let store = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
+    let count_locks = || {
+        walk(dir.path())
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".lock"))
+            .count()
+    };
+    // A lock on a session that is never saved leaves nothing behind.
+    for _ in 0..20 {
+        let g = store.lock(&key("app"), opts(5_000, 500)).await.unwrap();
+        g.unlock().await.unwrap();
+    }
+    assert_eq!(count_locks(), 0);
+    // A saved session keeps its lock file while it exists ...
+    let k = key("app");
+    let g = store.lock(&k, opts(5_000, 500)).await.unwrap();
+    g.save_and_unlock(expired(b"soon gone")).await.unwrap();
+    assert_eq!(count_locks(), 1);
+    // ... and the sweep that deletes it removes that too.
+    let batch = store
+        .sweep_expired(&k.namespace, Timestamp::now(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(batch.deleted.len(), 1);
+    assert_eq!(count_locks(), 0);
+    // A guard dropped without unlocking (a cancelled request) is cleaned up
+    // in the background.
+    drop(store.lock(&key("app"), opts(5_000, 500)).await.unwrap());
+    for _ in 0..100 {
+        if count_locks() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(count_locks(), 0);
+}
+
+/// Two stores on one directory stand in for two processes: nothing is shared
+/// between them but the files, so only `flock` can serialize them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_stores_on_one_directory_lose_no_update() {
+    let dir = temp();
+    let url = format!("file://{}?durable=false", dir.path().display());
+    let a = FileStore::from_url(&url).unwrap();
+    let b = FileStore::from_url(&url).unwrap();
+    let k = key("app");
+    a.create(&k, write(&0u64.to_le_bytes())).await.unwrap();
+
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                let g = store.lock(&k, opts(10_000, 10_000)).await.unwrap();
+                let n = u64::from_le_bytes(g.record().unwrap().data[..8].try_into().unwrap());
+                g.save_and_unlock(write(&(n + 1).to_le_bytes())).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let record = b.load(&k).await.unwrap().unwrap();
+    assert_eq!(u64::from_le_bytes(record.data[..8].try_into().unwrap()), 200);
+    assert_eq!(record.version, 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_by_another_store_blocks_until_released() {
+    let dir = temp();
+    let a = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
+    let b = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
+    let k = key("app");
+    let held = a.lock(&k, opts(10_000, 100)).await.unwrap();
+    match b.lock(&k, opts(10_000, 100)).await {
+        Err(Error::LockTimeout { waited }) => assert!(waited >= Duration::from_millis(100)),
+        other => panic!("expected LockTimeout, got {other:?}"),
+    }
+    let releaser = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        held.unlock().await.unwrap();
+    });
+    let started = std::time::Instant::now();
+    let g = b.lock(&k, opts(10_000, 2_000)).await.unwrap();
+    // Released at ~50 ms; the backoff is capped at 20 ms.
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    g.unlock().await.unwrap();
+    releaser.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_writes_work_and_are_reported() {
+    let dir = temp();
+    let store = FileStore::open(dir.path());
+    assert!(store.capabilities().durable);
+    assert!(store.capabilities().multi_process);
+    let k = key("app");
+    store.create(&k, write(b"durable")).await.unwrap();
+    assert_eq!(store.save(&k, write(b"again"), Some(1)).await.unwrap(), 2);
+    assert_eq!(store.load(&k).await.unwrap().unwrap().data, b"again");
+    assert!(store.delete(&k).await.unwrap());
+    assert!(
+        !FileStore::with_options(FileOptions::new(dir.path()).durable(false))
+            .capabilities()
+            .durable
+    );
+}

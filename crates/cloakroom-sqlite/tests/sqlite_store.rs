@@ -1,0 +1,261 @@
+//! SQLite-store specific behaviour: what the generic suite cannot see because
+//! it never looks inside the database.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cloakroom_core::{
+    Error, LockOptions, Namespace, RecordWrite, SessionId, SessionKey, SessionStore, Timestamp,
+};
+use cloakroom_sqlite::{SqliteOptions, SqliteStore, DEFAULT_TABLE};
+
+fn temp() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+fn db(dir: &Path) -> PathBuf {
+    dir.join("sessions.db")
+}
+
+async fn store_at(path: &Path) -> SqliteStore {
+    let store = SqliteStore::open(path).unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+fn write(data: &[u8]) -> RecordWrite {
+    let now = Timestamp::now();
+    RecordWrite {
+        data: data.to_vec(),
+        created: now,
+        accessed: now,
+        expires: now.saturating_add(Duration::from_secs(3600)),
+    }
+}
+
+fn key(ns: &str) -> SessionKey {
+    SessionKey::new(Namespace::new(ns).unwrap(), SessionId::generate())
+}
+
+fn opts(lease_ms: u64, wait_ms: u64) -> LockOptions {
+    LockOptions::new(Duration::from_millis(lease_ms), Duration::from_millis(wait_ms))
+}
+
+fn rows(path: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row(&format!("SELECT COUNT(*) FROM {DEFAULT_TABLE}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn table_names_with_metacharacters_are_rejected() {
+    for bad in [
+        "sessions; DROP TABLE users",
+        "s\"x",
+        "s'x",
+        "a b",
+        "a-b",
+        "x/*",
+        "",
+        "1st",
+        "sqlite_schema",
+    ] {
+        let options = SqliteOptions::new("/tmp/never-opened.db").table(bad);
+        assert!(
+            matches!(SqliteStore::with_options(options), Err(Error::Config(_))),
+            "accepted table {bad:?}"
+        );
+        let url = format!("sqlite:///tmp/never-opened.db?table={}", url_encode(bad));
+        assert!(
+            matches!(SqliteStore::from_url(&url), Err(Error::Config(_))),
+            "accepted {url}"
+        );
+    }
+    assert!(!Path::new("/tmp/never-opened.db").exists());
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_tables_are_separate_and_migrate_is_idempotent() {
+    let dir = temp();
+    let a = SqliteStore::with_options(SqliteOptions::new(db(dir.path())).table("app_a")).unwrap();
+    let b = SqliteStore::from_url(&format!("sqlite://{}?table=app_b", db(dir.path()).display())).unwrap();
+    for _ in 0..3 {
+        a.migrate().await.unwrap();
+        b.migrate().await.unwrap();
+    }
+    let k = key("app");
+    a.create(&k, write(b"in a")).await.unwrap();
+    assert!(b.load(&k).await.unwrap().is_none());
+    assert_eq!(a.load(&k).await.unwrap().unwrap().data, b"in a");
+
+    let conn = rusqlite::Connection::open(db(dir.path())).unwrap();
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode.to_lowercase(), "wal");
+    let index: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'app_a' AND sql LIKE '%expires%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(index, 1, "no expiry index");
+}
+
+/// Two stores on one file stand in for two processes: they share no memory
+/// (no wake-ups), only the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_stores_on_one_file_lose_no_update() {
+    let dir = temp();
+    let a = store_at(&db(dir.path())).await;
+    let b = store_at(&db(dir.path())).await;
+    let k = key("app");
+    a.create(&k, write(&0u64.to_le_bytes())).await.unwrap();
+
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                let g = store.lock(&k, opts(10_000, 10_000)).await.unwrap();
+                let n = u64::from_le_bytes(g.record().unwrap().data[..8].try_into().unwrap());
+                g.save_and_unlock(write(&(n + 1).to_le_bytes())).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let record = b.load(&k).await.unwrap().unwrap();
+    assert_eq!(u64::from_le_bytes(record.data[..8].try_into().unwrap()), 200);
+    assert_eq!(record.version, 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_through_another_store_blocks_until_released() {
+    let dir = temp();
+    let a = store_at(&db(dir.path())).await;
+    let b = store_at(&db(dir.path())).await;
+    let k = key("app");
+    let held = a.lock(&k, opts(10_000, 100)).await.unwrap();
+    match b.lock(&k, opts(10_000, 100)).await {
+        Err(Error::LockTimeout { waited }) => assert!(waited >= Duration::from_millis(100)),
+        other => panic!("expected LockTimeout, got {other:?}"),
+    }
+    let releaser = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        held.unlock().await.unwrap();
+    });
+    let started = Instant::now();
+    let g = b.lock(&k, opts(10_000, 2_000)).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    g.unlock().await.unwrap();
+    releaser.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_placeholders_are_invisible_and_cleaned_up() {
+    let dir = temp();
+    let path = db(dir.path());
+    let store = store_at(&path).await;
+    let k = key("app");
+    let g = store.lock(&k, opts(10_000, 100)).await.unwrap();
+    assert!(g.record().is_none());
+    assert_eq!(rows(&path), 1, "the lock needs a row to live in");
+    assert!(store.load(&k).await.unwrap().is_none());
+    assert_eq!(store.count(&k.namespace).await.unwrap(), 0);
+    assert!(store
+        .list_ids(&k.namespace, None, 10)
+        .await
+        .unwrap()
+        .ids
+        .is_empty());
+    g.unlock().await.unwrap();
+    assert_eq!(rows(&path), 0, "unlock must drop the placeholder");
+
+    // A holder that vanished without unlocking (its guard leaked, as if its
+    // process died) leaves a placeholder that the sweep removes after the lease.
+    let lost = store.lock(&key("app"), opts(50, 100)).await.unwrap();
+    std::mem::forget(lost);
+    assert_eq!(rows(&path), 1);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let batch = store
+        .sweep_expired(&k.namespace, Timestamp::now(), None, 10)
+        .await
+        .unwrap();
+    assert!(batch.deleted.is_empty(), "a placeholder is not a session");
+    assert_eq!(rows(&path), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_busy_past_the_timeout_is_unavailable() {
+    let dir = temp();
+    let path = db(dir.path());
+    store_at(&path).await;
+    let store = SqliteStore::with_options(SqliteOptions::new(&path).busy_timeout(Duration::from_millis(100)))
+        .unwrap();
+    let k = key("app");
+    store.create(&k, write(b"x")).await.unwrap();
+
+    // Another "process" holds SQLite's write lock and does not let go.
+    let blocker = rusqlite::Connection::open(&path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = Instant::now();
+    match store.save(&k, write(b"y"), None).await {
+        Err(e @ Error::Unavailable { .. }) => assert!(e.is_retryable()),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    // Reads still work in WAL while the writer is stuck.
+    assert_eq!(store.load(&k).await.unwrap().unwrap().data, b"x");
+    blocker.execute_batch("COMMIT").unwrap();
+    assert_eq!(store.save(&k, write(b"y"), None).await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bytes_in_data_are_bound_not_interpreted() {
+    let dir = temp();
+    let path = db(dir.path());
+    let store = store_at(&path).await;
+    let k = key("app");
+    let evil = b"'); DROP TABLE cloakroom_sessions; --\0\xff".to_vec();
+    store.create(&k, write(&evil)).await.unwrap();
+    assert_eq!(store.load(&k).await.unwrap().unwrap().data, evil);
+    assert_eq!(rows(&path), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_holder_is_taken_over_after_its_lease() {
+    let dir = temp();
+    let a = store_at(&db(dir.path())).await;
+    let b = store_at(&db(dir.path())).await;
+    let k = key("app");
+    a.create(&k, write(b"v1")).await.unwrap();
+    // A leaked guard never releases: like a process frozen mid-request.
+    let frozen = a.lock(&k, opts(300, 100)).await.unwrap();
+    let started = Instant::now();
+    let g = b.lock(&k, opts(10_000, 3_000)).await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200),
+        "took over too early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(1_500),
+        "took over too late: {waited:?}"
+    );
+    g.save_and_unlock(write(b"v2")).await.unwrap();
+    assert!(matches!(
+        frozen.save_and_unlock(write(b"late")).await,
+        Err(Error::LeaseLost)
+    ));
+    assert_eq!(a.load(&k).await.unwrap().unwrap().data, b"v2");
+}
