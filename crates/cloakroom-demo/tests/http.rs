@@ -1,0 +1,55 @@
+//! The demo over HTTP with a real client, once per backend. Each backend
+//! module runs the whole suite; server backends are skipped when unreachable
+//! (with the command that starts them) unless `CLOAKROOM_REQUIRE_BACKENDS=1`.
+//!
+//! `cargo test -p cloakroom-demo --test http -- --nocapture six_tabs` prints
+//! the six-tab transcript.
+
+mod suite;
+mod support;
+
+macro_rules! backend_suite {
+    ($backend:ident, $url:expr) => {
+        mod $backend {
+            backend_suite!(@case $url; six_tabs, lookers_leave_no_rows, unused_session_costs_nothing,
+                panic_releases_the_lock, cookie_attributes, malformed_cookies_get_a_fresh_session,
+                login_cycles_the_id, logout_clears_the_cookie);
+        }
+    };
+    (@case $url:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let url: Option<String> = $url;
+                if let Some(url) = url {
+                    crate::suite::$case(&url).await;
+                }
+            }
+        )*
+    };
+}
+
+backend_suite!(memory, Some("memory:".to_owned()));
+
+backend_suite!(file, Some(crate::support::file_store_url()));
+backend_suite!(
+    redis,
+    crate::support::server_url(
+        "redis",
+        "CLOAKROOM_REDIS_URL",
+        "redis://127.0.0.1:6379",
+        "redis-server --daemonize yes"
+    )
+    .await
+);
+
+/// The control: the same tabs without a lock lose hits, so `six_tabs`
+/// passing means the lock works, not that the test cannot fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_lock_tabs_lose_hits() {
+    let lost = suite::tabs_without_lock("memory:").await;
+    assert!(
+        lost > 0,
+        "the unlocked control lost no hit: the six-tab test could not tell"
+    );
+}
