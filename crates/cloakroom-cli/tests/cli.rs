@@ -1,0 +1,550 @@
+//! Each command run as a real process against real stores. SQLite needs
+//! nothing; Postgres and Redis are skipped with a `SKIPPED` line when
+//! unreachable, unless `CLOAKROOM_REQUIRE_BACKENDS=1`.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloakroom::{Namespace, RecordWrite, SessionData, SessionId, SessionKey, SessionStore, Timestamp};
+use cloakroom_conformance::backends_required;
+use futures::{StreamExt, TryStreamExt};
+use serde_json::Value;
+
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+fn cloakroom(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cloakroom"))
+        .args(args)
+        .env_remove("CLOAKROOM_STORE")
+        .output()
+        .expect("run the cloakroom binary")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn fresh_ns() -> Namespace {
+    Namespace::new(&format!("clitest-{}", &SessionId::generate().as_str()[..12])).unwrap()
+}
+
+struct Sqlite {
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+fn sqlite() -> Sqlite {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("sessions.db").display());
+    Sqlite { _dir: dir, url }
+}
+
+/// The store at `url`, or `None` (after a `SKIPPED` line) if its server is down.
+async fn server(backend: &str, url: &str) -> Option<Arc<dyn SessionStore>> {
+    match tokio::time::timeout(Duration::from_secs(10), cloakroom::open(url)).await {
+        Ok(Ok(store)) => Some(store),
+        other => {
+            let why = match other {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".into(),
+            };
+            assert!(
+                !backends_required(),
+                "{backend} is required (CLOAKROOM_REQUIRE_BACKENDS) but unreachable: {why}"
+            );
+            println!("SKIPPED: {backend} unreachable ({why})");
+            None
+        }
+    }
+}
+
+fn data_with(hits: u64) -> SessionData {
+    let mut d = SessionData::new();
+    d.insert("hits", &hits).unwrap();
+    d.insert("user", "zoë").unwrap();
+    d.insert("cart", &vec![("sku-1", 2u32), ("sku-2", 1u32)]).unwrap();
+    d
+}
+
+fn write(data: &[u8], ttl_secs: i64) -> RecordWrite {
+    let now = Timestamp::now();
+    RecordWrite {
+        data: data.to_vec(),
+        created: Timestamp::from_millis(now.as_millis() - 5_000),
+        accessed: Timestamp::from_millis(now.as_millis() - 1_000),
+        expires: Timestamp::from_millis(now.as_millis() + ttl_secs * 1000),
+    }
+}
+
+/// Create `n` live sessions (distinct data) in `ns`; returns their ids.
+async fn create_many(store: &Arc<dyn SessionStore>, ns: &Namespace, n: usize) -> BTreeSet<String> {
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (store, ns) = (Arc::clone(store), ns.clone());
+            async move {
+                let id = SessionId::generate();
+                let bytes = data_with(i as u64).encode();
+                store
+                    .create(&SessionKey::new(ns, id.clone()), write(&bytes, 3600))
+                    .await
+                    .unwrap();
+                id.as_str().to_owned()
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await
+}
+
+async fn delete_all(store: &Arc<dyn SessionStore>, ns: &Namespace) {
+    let ids: Vec<SessionId> = cloakroom::list_ids(store.as_ref(), ns, 1000)
+        .try_collect()
+        .await
+        .unwrap();
+    futures::stream::iter(ids)
+        .map(|id| {
+            let store = Arc::clone(store);
+            let key = SessionKey::new(ns.clone(), id);
+            async move { store.delete(&key).await.unwrap() }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let db = sqlite();
+    let cases: Vec<Vec<&str>> = vec![
+        vec![],
+        vec!["frobnicate"],
+        vec!["show", "--store", &db.url, "not-an-id"],
+        vec!["show", "--store", &db.url, "../../etc/passwd"],
+        vec!["rm", "--store", &db.url],
+        vec!["ls", "--store", &db.url, "--namespace", "a/b"],
+        vec!["gc", "--store", &db.url, "--batch", "0"],
+        vec!["ls"],
+        vec!["bench", "--store", &db.url, "--mode", "sideways"],
+        vec!["migrate", "--from", &db.url],
+    ];
+    for args in cases {
+        let o = cloakroom(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{args:?}");
+    }
+    let o = cloakroom(&["show", "--store", &db.url, "not-an-id"]);
+    assert!(stderr(&o).contains("invalid session id"), "{}", stderr(&o));
+}
+
+#[test]
+fn store_url_falls_back_to_the_environment_and_errors_exit_1() {
+    let db = sqlite();
+    let o = Command::new(env!("CARGO_BIN_EXE_cloakroom"))
+        .args(["gc"])
+        .env("CLOAKROOM_STORE", &db.url)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "deleted 0, remaining 0");
+    let o = cloakroom(&["ls", "--store", "ftp://nowhere"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).starts_with("error:"), "{}", stderr(&o));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ls_lists_exactly_what_was_created() {
+    let db = sqlite();
+    let store = cloakroom::open(&db.url).await.unwrap();
+    let ns = fresh_ns();
+    let created = create_many(&store, &ns, 1234).await;
+    // Neither another namespace's session nor an expired one may show up.
+    create_many(&store, &fresh_ns(), 3).await;
+    let expired = SessionKey::new(ns.clone(), SessionId::generate());
+    store.create(&expired, write(b"x", -60)).await.unwrap();
+
+    let o = cloakroom(&["ls", "--store", &db.url, "--namespace", ns.as_str()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let mut lines = out.lines();
+    let header = lines.next().unwrap();
+    for col in ["ID", "CREATED", "ACCESSED", "EXPIRES", "SIZE"] {
+        assert!(header.contains(col), "{header}");
+    }
+    let listed: Vec<String> = lines
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed.len(), created.len(), "each id exactly once");
+    assert_eq!(listed.into_iter().collect::<BTreeSet<_>>(), created);
+
+    // JSON lines, and the lock probe sees a lock held by this process.
+    let some_id = SessionId::parse(created.iter().next().unwrap()).unwrap();
+    let held = store
+        .lock(
+            &SessionKey::new(ns.clone(), some_id.clone()),
+            cloakroom::LockOptions::new(Duration::from_secs(30), Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    let o = cloakroom(&[
+        "ls",
+        "--store",
+        &db.url,
+        "--namespace",
+        ns.as_str(),
+        "--json",
+        "--locked",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let rows: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), created.len());
+    let locked: Vec<&str> = rows
+        .iter()
+        .filter(|r| r["locked"] == Value::Bool(true))
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(locked, vec![some_id.as_str()]);
+    assert!(rows.iter().all(|r| r["size"].as_u64().unwrap() > 0));
+    held.unlock().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn show_decodes_every_value_to_json_with_metadata() {
+    let db = sqlite();
+    let store = cloakroom::open(&db.url).await.unwrap();
+    let ns = fresh_ns();
+    let id = SessionId::generate();
+    let key = SessionKey::new(ns.clone(), id.clone());
+    store
+        .create(&key, write(&data_with(41).encode(), 3600))
+        .await
+        .unwrap();
+
+    let o = cloakroom(&[
+        "show",
+        "--store",
+        &db.url,
+        "--namespace",
+        ns.as_str(),
+        id.as_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["id"], id.as_str());
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["data"]["hits"], 41);
+    assert_eq!(v["data"]["user"], "zoë");
+    assert_eq!(v["data"]["cart"], serde_json::json!([["sku-1", 2], ["sku-2", 1]]));
+    for field in ["created", "accessed", "expires"] {
+        assert!(v[field].as_str().unwrap().ends_with('Z'), "{field}: {}", v[field]);
+    }
+
+    // Missing: an error, exit 1.
+    let other = SessionId::generate();
+    let o = cloakroom(&[
+        "show",
+        "--store",
+        &db.url,
+        "--namespace",
+        ns.as_str(),
+        other.as_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no live session"), "{}", stderr(&o));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn show_on_a_corrupt_record_reports_it_and_exits_1() {
+    let db = sqlite();
+    let store = cloakroom::open(&db.url).await.unwrap();
+    let ns = fresh_ns();
+    // A pickle where a record should be, and a valid header over a truncated body.
+    let cases: [&[u8]; 3] = [b"\x80\x04\x95pickle", b"CLK\x01\xdd\xff\xff\xff\xff", b""];
+    for bytes in cases {
+        let id = SessionId::generate();
+        store
+            .create(&SessionKey::new(ns.clone(), id.clone()), write(bytes, 3600))
+            .await
+            .unwrap();
+        let o = cloakroom(&[
+            "show",
+            "--store",
+            &db.url,
+            "--namespace",
+            ns.as_str(),
+            id.as_str(),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{bytes:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("corrupt"), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+        let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(v["id"], id.as_str());
+        assert!(v["corrupt"].is_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rm_deletes_and_reports_missing_ids() {
+    let db = sqlite();
+    let store = cloakroom::open(&db.url).await.unwrap();
+    let ns = fresh_ns();
+    let ids: Vec<String> = create_many(&store, &ns, 3).await.into_iter().collect();
+    let o = cloakroom(&[
+        "rm",
+        "--store",
+        &db.url,
+        "--namespace",
+        ns.as_str(),
+        &ids[0],
+        &ids[1],
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(store.count(&ns).await.unwrap(), 1);
+    // Deleting one that is gone: the others are still deleted, exit 1.
+    let o = cloakroom(&[
+        "rm",
+        "--store",
+        &db.url,
+        "--namespace",
+        ns.as_str(),
+        &ids[0],
+        &ids[2],
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&ids[0]), "{}", stderr(&o));
+    assert_eq!(store.count(&ns).await.unwrap(), 0);
+}
+
+async fn gc_counts_exactly(url: &str, store: Arc<dyn SessionStore>) {
+    let ns = fresh_ns();
+    let live = create_many(&store, &ns, 12).await;
+    for _ in 0..37 {
+        let key = SessionKey::new(ns.clone(), SessionId::generate());
+        store.create(&key, write(b"old", -60)).await.unwrap();
+    }
+    let o = cloakroom(&["gc", "--store", url, "--namespace", ns.as_str(), "--batch", "5"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let natively = store.capabilities().expires_natively;
+    let expected = if natively { 0 } else { 37 };
+    assert_eq!(stdout(&o).trim(), format!("deleted {expected}, remaining 12"));
+    let o = cloakroom(&["gc", "--store", url, "--namespace", ns.as_str()]);
+    assert_eq!(stdout(&o).trim(), "deleted 0, remaining 12");
+    assert_eq!(store.count(&ns).await.unwrap(), live.len() as u64);
+    delete_all(&store, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_counts_exactly_on_sqlite() {
+    let db = sqlite();
+    let store = cloakroom::open(&db.url).await.unwrap();
+    gc_counts_exactly(&db.url, store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_counts_exactly_on_postgres() {
+    let Some(store) = server("postgres", POSTGRES).await else {
+        return;
+    };
+    gc_counts_exactly(POSTGRES, store).await;
+}
+
+/// Every live session of `ns` in `a` is in `b` with identical data and times.
+async fn assert_same_sessions(a: &Arc<dyn SessionStore>, b: &Arc<dyn SessionStore>, ns: &Namespace, n: u64) {
+    assert_eq!(b.count(ns).await.unwrap(), n);
+    let ids: Vec<SessionId> = cloakroom::list_ids(a.as_ref(), ns, 1000)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(ids.len() as u64, n);
+    futures::stream::iter(ids)
+        .map(|id| async move {
+            let key = SessionKey::new(ns.clone(), id);
+            let (x, y) = (
+                a.load(&key).await.unwrap().unwrap(),
+                b.load(&key).await.unwrap().unwrap(),
+            );
+            assert_eq!(
+                (x.data, x.created, x.accessed, x.expires),
+                (y.data, y.created, y.accessed, y.expires)
+            );
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+fn migrate(from: &str, to: &str, ns: &Namespace, extra: &[&str]) -> String {
+    let mut args = vec!["migrate", "--from", from, "--to", to, "--namespace", ns.as_str()];
+    args.extend_from_slice(extra);
+    let o = cloakroom(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    stdout(&o).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_round_trips_10000_sessions_sqlite_postgres_redis_and_back() {
+    const N: usize = 10_000;
+    let Some(pg) = server("postgres", POSTGRES).await else {
+        return;
+    };
+    let redis = server("redis", REDIS).await;
+    let (src_db, back_db) = (sqlite(), sqlite());
+    let src = cloakroom::open(&src_db.url).await.unwrap();
+    let ns = fresh_ns();
+    create_many(&src, &ns, N).await;
+
+    let copied = format!("copied {N}, replaced 0, skipped 0");
+    assert!(migrate(&src_db.url, POSTGRES, &ns, &[]).starts_with(&copied));
+    assert_same_sessions(&src, &pg, &ns, N as u64).await;
+    // Idempotent: a second run copies nothing and changes nothing.
+    let again = migrate(&src_db.url, POSTGRES, &ns, &[]);
+    assert!(
+        again.starts_with(&format!("copied 0, replaced 0, skipped {N}")),
+        "{again}"
+    );
+    assert_same_sessions(&src, &pg, &ns, N as u64).await;
+
+    // Then on to Redis (when it is up) and back to a fresh SQLite file.
+    let last = match &redis {
+        Some(redis) => {
+            assert!(migrate(POSTGRES, REDIS, &ns, &[]).starts_with(&copied));
+            assert_same_sessions(&src, redis, &ns, N as u64).await;
+            REDIS
+        }
+        None => POSTGRES,
+    };
+    assert!(migrate(last, &back_db.url, &ns, &[]).starts_with(&copied));
+    let back = cloakroom::open(&back_db.url).await.unwrap();
+    assert_same_sessions(&src, &back, &ns, N as u64).await;
+
+    delete_all(&pg, &ns).await;
+    if let Some(redis) = &redis {
+        delete_all(redis, &ns).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_overwrite_replaces_live_targets_deterministically() {
+    let (a, b) = (sqlite(), sqlite());
+    let (sa, sb) = (
+        cloakroom::open(&a.url).await.unwrap(),
+        cloakroom::open(&b.url).await.unwrap(),
+    );
+    let ns = fresh_ns();
+    let ids = create_many(&sa, &ns, 20).await;
+    // The target already holds other data under one of the ids.
+    let clash = SessionKey::new(ns.clone(), SessionId::parse(ids.iter().next().unwrap()).unwrap());
+    sb.create(&clash, write(&data_with(999).encode(), 3600))
+        .await
+        .unwrap();
+    let out = migrate(&a.url, &b.url, &ns, &[]);
+    assert!(out.starts_with("copied 19, replaced 0, skipped 1"), "{out}");
+    let out = migrate(&a.url, &b.url, &ns, &["--overwrite"]);
+    assert!(out.starts_with("copied 0, replaced 20, skipped 0"), "{out}");
+    assert_same_sessions(&sa, &sb, &ns, 20).await;
+}
+
+fn bench_json(url: &str, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec![
+        "bench",
+        "--store",
+        url,
+        "--json",
+        "--sessions",
+        "50",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "--concurrency",
+        "1,4",
+        "--cycles",
+        "120",
+        "--contention-tasks",
+        "8",
+        "--processes",
+        "2",
+        "--tasks-per-process",
+        "4",
+    ];
+    args.extend_from_slice(extra);
+    let o = cloakroom(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let rows: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for r in &rows {
+        for field in [
+            "backend",
+            "mode",
+            "policy",
+            "concurrency",
+            "cycles_per_sec",
+            "p50_us",
+            "p99_us",
+            "lost_updates",
+        ] {
+            assert!(!r[field].is_null(), "{field} missing in {r}");
+        }
+    }
+    rows
+}
+
+fn assert_serialized_loses_nothing(rows: &[Value], backend: &str, modes: &[&str]) {
+    let seen: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    for mode in modes {
+        assert!(seen.contains(mode), "no {mode} result in {rows:?}");
+    }
+    for r in rows {
+        assert_eq!(r["backend"], backend);
+        if r["policy"] == "serialized" {
+            assert_eq!(r["lost_updates"], 0, "{r}");
+        }
+        if r["mode"] != "spread" {
+            assert_eq!(r["cycles"], 120, "{r}");
+        }
+        assert!(r["cycles_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    }
+}
+
+#[test]
+fn bench_json_parses_and_serialized_loses_no_update_on_sqlite() {
+    let db = sqlite();
+    let rows = bench_json(&db.url, &["--policy", "serialized,optimistic"]);
+    assert_eq!(
+        rows.len(),
+        2 * 4,
+        "2 policies × (2 spread + contention + processes)"
+    );
+    assert_serialized_loses_nothing(&rows, "sqlite", &["spread", "contention", "processes"]);
+    // Optimistic retries conflicts instead of losing them.
+    assert!(rows.iter().all(|r| r["lost_updates"] == 0), "{rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_json_parses_and_serialized_loses_no_update_on_postgres() {
+    if server("postgres", POSTGRES).await.is_none() {
+        return;
+    }
+    let rows = tokio::task::spawn_blocking(|| bench_json(POSTGRES, &[]))
+        .await
+        .unwrap();
+    assert_serialized_loses_nothing(&rows, "postgres", &["spread", "contention", "processes"]);
+}
+
+#[test]
+fn bench_on_the_memory_store_skips_the_processes_mode() {
+    let rows = bench_json("memory:", &[]);
+    assert_serialized_loses_nothing(&rows, "memory", &["spread", "contention"]);
+    assert!(rows.iter().all(|r| r["mode"] != "processes"));
+}
