@@ -115,7 +115,12 @@ impl LazySession {
 
     /// Remove every key.
     pub async fn clear(&self) -> Result<(), SessionError> {
-        self.inner.with_open(|s| Ok(s.clear())).await
+        self.inner
+            .with_open(|s| {
+                s.clear();
+                Ok(())
+            })
+            .await
     }
 
     /// The session's id (a fresh one if the request had none or an invalid
