@@ -35,15 +35,20 @@ fn lease_ms(lease: Duration) -> i64 {
     i64::try_from(lease.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
-/// Claim the lock of `key` for `token` if free; the live record with it.
-/// `None` if someone else holds a live lease.
+/// Claim the lock of `key` for `token` if free: when the lease was written
+/// (on this process's clock) and the live record. `None` if someone else
+/// holds a live lease.
 fn try_claim(
     conn: &Connection,
     sql: &Sql,
     key: &SessionKey,
     token: &str,
     lease: Duration,
-) -> Result<Option<Option<Record>>> {
+) -> Result<Option<Claim>> {
+    // Taken just before the row's lease end is computed, so the holder's
+    // deadline never outlasts the row's, and time spent queueing for a
+    // connection does not eat into the lease.
+    let claimed_at = Instant::now();
     let now = now_ms();
     // A plain read first: in WAL it never waits, and a waiter that finds the
     // lock held does not take SQLite's database-wide write lock for nothing.
@@ -77,11 +82,12 @@ fn try_claim(
         return Ok(None);
     };
     let live = columns.0 > 0 && columns.4 > now;
-    Ok(Some(if live {
+    let record = if live {
         Some(record_from_columns(columns)?)
     } else {
         None
-    }))
+    };
+    Ok(Some(Claim { claimed_at, record }))
 }
 
 /// [`SessionStore::lock`](cloakroom_core::SessionStore::lock) for the SQLite store.
@@ -102,9 +108,6 @@ pub(crate) async fn lock(
         tokio::pin!(notified);
         notified.as_mut().enable();
 
-        // Taken before the claim: the local deadline never outlasts the
-        // lease written to the row.
-        let attempt_at = Instant::now();
         let (run_inner, k, t) = (inner.clone(), key.clone(), token.clone());
         let mut claim = PendingClaim {
             task: Some(tokio::spawn(async move {
@@ -117,14 +120,14 @@ pub(crate) async fn lock(
             token: token.clone(),
         };
         let claimed = claim.outcome().await;
-        if let Some(record) = claimed? {
+        if let Some(Claim { claimed_at, record }) = claimed? {
             return Ok(Box::new(SqliteLockGuard {
                 inner: inner.clone(),
                 key: key.clone(),
                 record,
                 lease: Lease {
                     token,
-                    deadline: attempt_at + options.lease,
+                    deadline: claimed_at + options.lease,
                 },
                 released: false,
             }));
@@ -140,7 +143,13 @@ pub(crate) async fn lock(
     }
 }
 
-type Claimed = Option<Option<Record>>;
+/// A successful claim.
+struct Claim {
+    claimed_at: Instant,
+    record: Option<Record>,
+}
+
+type Claimed = Option<Claim>;
 
 /// A claim running on its own task. If the `lock` future is dropped while the
 /// claim runs (a cancelled request), the claim may still succeed: the drop
@@ -273,14 +282,14 @@ impl LockGuard for SqliteLockGuard {
     }
 
     async fn renew(&mut self, lease: Duration) -> Result<()> {
-        let renewed_at = Instant::now();
-        if renewed_at >= self.lease.deadline {
+        if Instant::now() >= self.lease.deadline {
             return Err(Error::LeaseLost);
         }
         let (key, token) = (self.key.clone(), self.lease.token.clone());
-        let changed = self
+        let (renewed_at, changed) = self
             .inner
             .run(move |sql, conn| {
+                let renewed_at = Instant::now();
                 let now = now_ms();
                 conn.prepare_cached(&sql.renew)
                     .and_then(|mut stmt| {
@@ -292,6 +301,7 @@ impl LockGuard for SqliteLockGuard {
                             now
                         ])
                     })
+                    .map(|changed| (renewed_at, changed))
                     .map_err(sql_error)
             })
             .await?;
