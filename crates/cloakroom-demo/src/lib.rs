@@ -27,6 +27,12 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 /// Where the demo keeps sessions when `--store` is not given: SQLite in the
 /// working directory, created on first start.
+#[cfg(feature = "sqlite")]
+pub const DEFAULT_STORE: &str = "sqlite:cloakroom-demo.db";
+
+/// Where the demo keeps sessions when `--store` is not given: in memory,
+/// because this build has no SQLite (feature `sqlite`).
+#[cfg(not(feature = "sqlite"))]
 pub const DEFAULT_STORE: &str = "memory:";
 
 /// How long `/slow` holds the session.

@@ -32,6 +32,30 @@ macro_rules! backend_suite {
 backend_suite!(memory, Some("memory:".to_owned()));
 
 backend_suite!(file, Some(crate::support::file_store_url()));
+#[cfg(feature = "sqlite")]
+backend_suite!(sqlite, Some(crate::support::sqlite_store_url()));
+#[cfg(feature = "postgres")]
+backend_suite!(
+    postgres,
+    crate::support::server_url(
+        "postgres",
+        "CLOAKROOM_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432/test",
+        "pg_ctlcluster <version> main start"
+    )
+    .await
+);
+#[cfg(feature = "mysql")]
+backend_suite!(
+    mysql,
+    crate::support::server_url(
+        "mysql",
+        "CLOAKROOM_MYSQL_URL",
+        "mysql://root@127.0.0.1:3306/test",
+        "start-stop-daemon --start --background --exec /usr/sbin/mariadbd"
+    )
+    .await
+);
 backend_suite!(
     redis,
     crate::support::server_url(

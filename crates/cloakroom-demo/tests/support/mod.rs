@@ -295,6 +295,16 @@ pub fn file_store_url() -> String {
     format!("file://{}", dir.display())
 }
 
+/// A fresh SQLite database file, as a `sqlite:///` URL.
+pub fn sqlite_store_url() -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "cloakroom-demo-test-{}",
+        &SessionId::generate().as_str()[..12]
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    format!("sqlite://{}", dir.join("sessions.db").display())
+}
+
 /// The URL of a server backend from `var` (or `default`), if the server
 /// answers; otherwise skip with the command that starts it, or fail when
 /// backends are required.
