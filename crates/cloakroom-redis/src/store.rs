@@ -172,14 +172,16 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// A listing position: `<node index>:<SCAN cursor>:<last id taken from the
-/// batch at that cursor, or empty>`. The id lets a page end in the middle of a
-/// SCAN batch (SCAN's COUNT is only a hint), resuming by re-scanning the same
-/// cursor and skipping ids up to it in sorted order.
+/// A listing position: `<node index>:<SCAN cursor>:<ids already scanned but
+/// not yet returned, comma-separated>`. SCAN's COUNT is only a hint, so a
+/// batch can hold more ids than a page has room for; those few ids travel in
+/// the cursor rather than being re-scanned, because re-scanning the same SCAN
+/// cursor after the keyspace changed covers different buckets and would
+/// repeat or skip ids.
 struct ListPosition {
     node: usize,
     scan: u64,
-    after: Option<SessionId>,
+    pending: Vec<SessionId>,
 }
 
 impl ListPosition {
@@ -188,23 +190,26 @@ impl ListPosition {
             return Ok(ListPosition {
                 node: 0,
                 scan: 0,
-                after: None,
+                pending: Vec::new(),
             });
         };
         let bad = || Error::Config("not a cursor of this store".into());
         let mut parts = text.splitn(3, ':');
         let node = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
         let scan = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-        let after = match parts.next() {
-            None | Some("") => None,
-            Some(id) => Some(SessionId::parse(id).map_err(|_| bad())?),
+        let pending = match parts.next() {
+            None | Some("") => Vec::new(),
+            Some(ids) => ids
+                .split(',')
+                .map(|id| SessionId::parse(id).map_err(|_| bad()))
+                .collect::<Result<_>>()?,
         };
-        Ok(ListPosition { node, scan, after })
+        Ok(ListPosition { node, scan, pending })
     }
 
     fn cursor(&self) -> Cursor {
-        let after = self.after.as_ref().map_or("", SessionId::as_str);
-        Cursor(format!("{}:{}:{after}", self.node, self.scan))
+        let pending: Vec<&str> = self.pending.iter().map(SessionId::as_str).collect();
+        Cursor(format!("{}:{}:{}", self.node, self.scan, pending.join(",")))
     }
 }
 
@@ -383,28 +388,39 @@ impl SessionStore for RedisStore {
     async fn list_ids(&self, namespace: &Namespace, cursor: Option<Cursor>, limit: usize) -> Result<IdPage> {
         let limit = limit.max(1);
         let mut pos = ListPosition::parse(cursor)?;
+        let mut ids: Vec<SessionId> = std::mem::take(&mut pos.pending);
+        if ids.len() > limit {
+            pos.pending = ids.split_off(limit);
+            return Ok(IdPage {
+                ids,
+                next: Some(pos.cursor()),
+            });
+        }
         let nodes = self.masters().await?;
         let pattern = self.inner.keys.scan_pattern(namespace);
-        let count = limit.clamp(10, 1000);
         let mut conn = self.conn();
-        let mut ids: Vec<SessionId> = Vec::with_capacity(limit);
+        // Keep scanning after the page is full until one more id turns up (it
+        // waits in the cursor) or the scan ends, so the last page says `None`.
         while let Some(node) = nodes.get(pos.node) {
+            let room = limit - ids.len();
+            // COUNT bounds the keys a call collects, so a batch rarely
+            // outgrows the room left on the page.
+            let count = room.clamp(10, 1000);
             let (next_scan, keys) = conn.scan(node.as_ref(), pos.scan, &pattern, count).await?;
+            if next_scan == 0 {
+                pos.node += 1;
+                pos.scan = 0;
+            } else {
+                pos.scan = next_scan;
+            }
             let mut batch: Vec<SessionId> = keys
                 .iter()
                 .filter_map(|k| self.inner.keys.id_of(namespace, k))
                 .collect();
             batch.sort();
             batch.dedup();
-            if let Some(after) = pos.after.take() {
-                batch.retain(|id| *id > after);
-            }
-            let room = limit - ids.len();
             if batch.len() > room {
-                // The page fills up inside this batch: the next page re-scans
-                // the same cursor and starts after the last id taken here.
-                batch.truncate(room);
-                pos.after = batch.last().cloned();
+                pos.pending = batch.split_off(room);
                 ids.extend(batch);
                 return Ok(IdPage {
                     ids,
@@ -412,12 +428,6 @@ impl SessionStore for RedisStore {
                 });
             }
             ids.extend(batch);
-            if next_scan == 0 {
-                pos.node += 1;
-                pos.scan = 0;
-            } else {
-                pos.scan = next_scan;
-            }
         }
         Ok(IdPage { ids, next: None })
     }

@@ -380,6 +380,32 @@ async fn cluster_listing_of_ten_thousand_sessions_is_complete() {
         .await
         .unwrap();
 
+    // Churn in another namespace while listing: keys come and go in the same
+    // SCAN buckets, which must neither repeat nor hide an id of ours.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let other = namespace();
+            let mut live = std::collections::VecDeque::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = SessionKey::new(other.clone(), SessionId::generate());
+                store
+                    .create(&key, write(b"churn", Duration::from_secs(60)))
+                    .await
+                    .unwrap();
+                live.push_back(key);
+                if live.len() > 500 {
+                    let old = live.pop_front().unwrap();
+                    store.delete(&old).await.unwrap();
+                }
+            }
+            for key in live {
+                store.delete(&key).await.unwrap();
+            }
+        })
+    };
+
     for limit in [997usize, 37] {
         let mut seen = std::collections::HashSet::new();
         let mut cursor = None;
@@ -403,6 +429,8 @@ async fn cluster_listing_of_ten_thousand_sessions_is_complete() {
         assert_eq!(seen, created, "listing with limit {limit} is incomplete");
         assert!(pages >= 10_000 / limit, "only {pages} pages");
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.await.unwrap();
     assert_eq!(store.count(&ns).await.unwrap(), 10_000);
     locked.unlock().await.unwrap();
 
