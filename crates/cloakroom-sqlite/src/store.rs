@@ -249,7 +249,14 @@ fn id_from_sql(text: String) -> Result<SessionId> {
 #[async_trait]
 impl SessionStore for SqliteStore {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(true, true, LockKind::Lease, self.inner.options.max_record_bytes)
+        // With synchronous=OFF a power cut can lose or corrupt commits.
+        let durable = self.inner.options.synchronous != crate::Synchronous::Off;
+        Capabilities::new(
+            true,
+            durable,
+            LockKind::Lease,
+            self.inner.options.max_record_bytes,
+        )
     }
 
     async fn migrate(&self) -> Result<()> {
