@@ -68,6 +68,10 @@ pub struct StoreConfig {
     pub max_connections: u32,
     /// Longest wait for a pooled connection outside of `lock` (default 5 s).
     pub acquire_timeout: Duration,
+    /// Idle connections above zero are closed after this long (default
+    /// 30 s), so a burst of locked requests does not keep server
+    /// connections, which are shared with every other client, for long.
+    pub idle_timeout: Duration,
     /// Largest encoded record accepted (default 4 MiB).
     pub max_record_bytes: usize,
 }
@@ -78,6 +82,7 @@ impl Default for StoreConfig {
             table: TableName::default(),
             max_connections: 40,
             acquire_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
             max_record_bytes: 4 * 1024 * 1024,
         }
     }

@@ -56,6 +56,7 @@ impl Backend for Mysql {
         Ok(MySqlPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
+            .idle_timeout(config.idle_timeout)
             .connect_lazy_with(options))
     }
 

@@ -47,6 +47,7 @@ impl Backend for Postgres {
         Ok(PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
+            .idle_timeout(config.idle_timeout)
             .connect_lazy_with(options))
     }
 

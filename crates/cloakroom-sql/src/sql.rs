@@ -86,6 +86,11 @@ impl Statements {
             Dialect::Postgres => "''::bytea",
             Dialect::MySql => "''",
         };
+        // sqlx reads a `_bin`-collated column as bytes; ids are ASCII text.
+        let id_text = match dialect {
+            Dialect::Postgres => "id",
+            Dialect::MySql => "CAST(id AS CHAR)",
+        };
         let placeholder_values = format!("(?, ?, {empty_bytes}, 0, 0, 0, 0)");
         let columns = "(namespace, id, data, version, created, accessed, expires)";
         let lock = format!("SELECT {RECORD_COLUMNS} FROM {t} WHERE namespace = ? AND id = ? FOR UPDATE");
@@ -109,7 +114,7 @@ impl Statements {
             delete_live: s(format!("DELETE FROM {t} WHERE {live}")),
             touch_live: s(format!("UPDATE {t} SET accessed = ?, expires = ? WHERE {live}")),
             list_ids: s(format!(
-                "SELECT id FROM {t} WHERE namespace = ? AND id > ? AND version > 0 AND expires > ? \
+                "SELECT {id_text} FROM {t} WHERE namespace = ? AND id > ? AND version > 0 AND expires > ? \
                  ORDER BY id LIMIT ?"
             )),
             count: s(format!(
@@ -119,7 +124,7 @@ impl Statements {
             // swept; the rows returned are locked by the sweeping transaction
             // until it commits, so nobody renews them between this and the delete.
             sweep_select: s(format!(
-                "SELECT id FROM {t} WHERE namespace = ? AND id > ? AND version > 0 AND expires <= ? \
+                "SELECT {id_text} FROM {t} WHERE namespace = ? AND id > ? AND version > 0 AND expires <= ? \
                  ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED"
             )),
             held_save: s(format!(

@@ -106,12 +106,10 @@ impl<B: Backend> RowLockStore<B> {
         let timed_out = || Error::LockTimeout {
             waited: started.elapsed(),
         };
-        // An exhausted pool is a wait like any other: bounded by the lock's deadline.
-        let conn = match tokio::time::timeout_at(give_up.into(), self.inner.pool.acquire()).await {
-            Err(_) | Ok(Err(sqlx::Error::PoolTimedOut)) => return Err(timed_out()),
-            Ok(Err(e)) => return Err(self.map_err(e)),
-            Ok(Ok(conn)) => conn,
-        };
+        let conn = self.acquire_for_lock(give_up).await.map_err(|e| match e {
+            Some(e) => e,
+            None => timed_out(),
+        })?;
         let mut tx = TxConn::new(conn);
         let row = match B::lock_row(tx.conn(), &self.inner.sql, key, options.lease, give_up).await {
             Ok(Some(row)) => row,
@@ -140,6 +138,28 @@ impl<B: Backend> RowLockStore<B> {
             options.lease,
             token,
         ))
+    }
+
+    /// A connection for `lock`. An exhausted pool is a wait like any other,
+    /// bounded by the lock's deadline (`Err(None)`: timed out); a pool that
+    /// cannot open connections at all means the server is unavailable.
+    async fn acquire_for_lock(
+        &self,
+        give_up: Instant,
+    ) -> std::result::Result<PoolConnection<B::DB>, Option<Error>> {
+        let pool = &self.inner.pool;
+        loop {
+            match tokio::time::timeout_at(give_up.into(), pool.acquire()).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Err(_elapsed) => return Err(None),
+                Ok(Err(sqlx::Error::PoolTimedOut)) if pool.size() >= self.inner.config.max_connections => {
+                    if Instant::now() >= give_up {
+                        return Err(None);
+                    }
+                }
+                Ok(Err(e)) => return Err(Some(self.map_err(e))),
+            }
+        }
     }
 
     pub(crate) fn classify(&self, e: &sqlx::Error) -> Failure {
