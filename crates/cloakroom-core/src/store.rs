@@ -196,8 +196,10 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     /// Number of live records in `namespace`.
     async fn count(&self, namespace: &Namespace) -> Result<u64>;
 
-    /// Delete up to `limit` records of `namespace` that are expired at `now`,
-    /// starting at `cursor`, and return their ids.
+    /// Delete expired records of `namespace` (expired at `now`), starting at
+    /// `cursor`, and return their ids. `limit` bounds the work of one call:
+    /// a store deletes at most `limit` records and may stop earlier, for
+    /// example after examining `limit` records, returning a cursor to go on.
     ///
     /// A record whose lock is held is skipped, and the expiry check and the
     /// delete are one atomic step, so a session renewed meanwhile (seed 001's

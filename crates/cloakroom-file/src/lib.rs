@@ -36,7 +36,6 @@ mod format;
 pub mod layout;
 pub mod lock;
 mod store;
-mod wake;
 
 pub use config::{FileOptions, DEFAULT_MAX_RECORD_BYTES};
 pub use lock::FileLockGuard;

@@ -20,7 +20,7 @@ use crate::config::FileOptions;
 use crate::disk::{self, io_error, ShardMutex};
 use crate::layout::{self, Layout};
 use crate::lock::{self, FileLockGuard};
-use crate::wake::Wakers;
+use cloakroom_core::wake::Wakers;
 
 /// Backoff between lock attempts while another holder has the flock.
 const FIRST_BACKOFF: Duration = Duration::from_millis(1);

@@ -30,7 +30,6 @@ pub mod lock;
 mod pool;
 mod schema;
 mod store;
-mod wake;
 
 pub use config::{validate_table_name, SqliteOptions, Synchronous, DEFAULT_MAX_RECORD_BYTES, DEFAULT_TABLE};
 pub use lock::SqliteLockGuard;

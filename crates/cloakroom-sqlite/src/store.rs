@@ -19,7 +19,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, Transact
 use crate::config::SqliteOptions;
 use crate::pool::{sql_error, Pool};
 use crate::schema::Sql;
-use crate::wake::Wakers;
+use cloakroom_core::wake::Wakers;
 
 /// Sessions in one SQLite database file, safe across threads and OS processes
 /// on one host. Cloning shares the same connections.

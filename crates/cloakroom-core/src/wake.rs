@@ -1,19 +1,21 @@
-//! In-process wake-ups for lock waiters.
+//! In-process wake-ups for lock waiters, for backends that have no
+//! cross-process notification (flock, SQLite lease rows).
 //!
-//! `flock` has no non-blocking notification, so a waiter polls with a short
-//! backoff; within one process a releaser also wakes the first waiter on the
-//! same key at once, so the common case (several tabs hitting one server
-//! process) hands the lock over without waiting out a backoff step.
+//! Such a backend's waiters poll with a short backoff; within one process a
+//! releaser also wakes the first waiter on the same key at once, so the common
+//! case (several tabs hitting one server process) hands the lock over without
+//! waiting out a backoff step. A waiter subscribes *before* its attempt to
+//! lock, so a release between the attempt and the wait is not missed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use cloakroom_core::SessionKey;
+use crate::id::SessionKey;
 use tokio::sync::Notify;
 
 /// The waiters of each key currently waited on.
 #[derive(Debug, Default)]
-pub(crate) struct Wakers {
+pub struct Wakers {
     map: Mutex<HashMap<SessionKey, Arc<Notify>>>,
 }
 
@@ -25,7 +27,7 @@ impl Wakers {
     }
 
     /// Register interest in `key` for as long as the returned value lives.
-    pub(crate) fn subscribe(&self, key: &SessionKey) -> Waiting<'_> {
+    pub fn subscribe(&self, key: &SessionKey) -> Waiting<'_> {
         let notify = self.map().entry(key.clone()).or_default().clone();
         Waiting {
             wakers: self,
@@ -35,7 +37,7 @@ impl Wakers {
     }
 
     /// Wake the longest-waiting waiter on `key`, if any.
-    pub(crate) fn wake(&self, key: &SessionKey) {
+    pub fn wake(&self, key: &SessionKey) {
         if let Some(notify) = self.map().get(key) {
             notify.notify_one();
         }
@@ -44,14 +46,16 @@ impl Wakers {
 
 /// One waiter's registration; removes the key's entry when the last waiter goes.
 #[derive(Debug)]
-pub(crate) struct Waiting<'a> {
+pub struct Waiting<'a> {
     wakers: &'a Wakers,
     key: SessionKey,
     notify: Arc<Notify>,
 }
 
 impl Waiting<'_> {
-    pub(crate) fn notify(&self) -> &Notify {
+    /// The notification to await (with a timeout: it is a shortcut, not the
+    /// only way to learn the lock is free).
+    pub fn notify(&self) -> &Notify {
         &self.notify
     }
 }
