@@ -57,6 +57,13 @@ impl Backend for Mysql {
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
             .idle_timeout(config.idle_timeout)
+            // Unlocked writes too: at READ COMMITTED an UPDATE does not wait
+            // on rows that do not match it, nor take gap locks.
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    MySql::run_script(conn, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await
+                })
+            })
             .connect_lazy_with(options))
     }
 

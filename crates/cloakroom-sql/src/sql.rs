@@ -188,11 +188,14 @@ fn migrate_script(dialect: Dialect, t: &str) -> String {
              CREATE INDEX IF NOT EXISTS {t}_expires ON {t} (namespace, expires); \
              COMMIT"
         ),
-        // ascii_bin: ids are case-sensitive, and MySQL's default collations are not.
+        // utf8mb4_bin: ids are case-sensitive, and MySQL's default collations
+        // are not; and the charset must be the connection's (utf8mb4), or a
+        // bound id is converted and the primary key cannot be used, turning
+        // point updates into locking scans that wait on other sessions' locks.
         Dialect::MySql => format!(
             "CREATE TABLE IF NOT EXISTS {t} ( \
-               namespace VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, \
-               id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, \
+               namespace VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+               id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
                data LONGBLOB NOT NULL, \
                version BIGINT NOT NULL, \
                created BIGINT NOT NULL, \
