@@ -87,7 +87,7 @@ async fn increments_survive_a_restart(url: &str, restart: &str) {
                 let n: u64 = s.get(HITS).expect("hits").unwrap_or(0);
                 s.insert(HITS, &(n + 1)).expect("insert");
                 match s.commit().await {
-                    Ok(()) => {
+                    Ok(_) => {
                         tally.acknowledged.fetch_add(1, Ordering::Relaxed);
                         if restarted.load(Ordering::Relaxed) {
                             tally.acknowledged_after_restart.fetch_add(1, Ordering::Relaxed);

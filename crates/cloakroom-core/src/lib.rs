@@ -49,7 +49,7 @@ pub use manager::{
 };
 pub use memory::{MemoryLockGuard, MemoryStore};
 pub use record::{Record, RecordWrite, Timestamp};
-pub use session::{ReadOnlySession, Session};
+pub use session::{Committed, ReadOnlySession, Session};
 pub use store::{
     Capabilities, Cursor, IdPage, Lease, LockGuard, LockKind, LockOptions, SessionStore, SweepBatch,
 };

@@ -15,6 +15,35 @@ use crate::manager::{Manager, Policy};
 use crate::record::{Record, RecordWrite, Timestamp};
 use crate::store::{LockGuard, LockOptions};
 
+/// What [`Session::commit`] did, so a web layer knows whether the stored
+/// expiry moved (and a persistent cookie's Max-Age with it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Committed {
+    /// A new record was written (a new session, or a new id after `cycle_id`).
+    Created,
+    /// Changed data was saved.
+    Saved,
+    /// Only access time and expiry were moved forward (the touch was due).
+    Touched,
+    /// The stored session was left as it was (unchanged, touch not due).
+    Unchanged,
+    /// A new session that held nothing was not stored at all.
+    NotStored,
+}
+
+impl Committed {
+    /// Whether a record for this session exists after the commit.
+    pub fn is_stored(self) -> bool {
+        !matches!(self, Committed::NotStored)
+    }
+
+    /// Whether the stored expiry was set anew by this commit.
+    pub fn expiry_moved(self) -> bool {
+        matches!(self, Committed::Created | Committed::Saved | Committed::Touched)
+    }
+}
+
 /// A session opened by [`Manager::open`] for one request.
 ///
 /// Finish it with [`commit`](Session::commit), [`rollback`](Session::rollback)
@@ -257,7 +286,7 @@ impl Session {
     /// [`Error::LeaseLost`] (the lock's lease ran out), [`Error::Gone`] (the
     /// session was deleted meanwhile; the save is dropped so a logout stays a
     /// logout), [`Error::TooLarge`]. The lock is released in every case.
-    pub async fn commit(mut self) -> Result<()> {
+    pub async fn commit(mut self) -> Result<Committed> {
         let now = Timestamp::now();
         let guard = self.take_guard().await;
         let store = Arc::clone(self.manager.store());
@@ -269,26 +298,39 @@ impl Session {
             // A new session is stored only once it holds something: requests
             // that never write leave no rows behind.
             if self.data.is_empty() {
-                return Ok(());
+                return Ok(Committed::NotStored);
             }
             store.create(&key, self.write(now)?).await?;
-            return Ok(());
+            return Ok(Committed::Created);
         };
         let touch_due = self.manager.touch_due(loaded, now);
         let expires = self.manager.expiry(loaded.created, now);
         match guard {
-            Some(guard) if self.dirty => guard.save_and_unlock(self.write(now)?).await.map(drop),
-            Some(guard) if touch_due => guard.touch_and_unlock(now, expires).await,
-            Some(guard) => guard.unlock().await,
+            Some(guard) if self.dirty => {
+                guard.save_and_unlock(self.write(now)?).await?;
+                Ok(Committed::Saved)
+            }
+            Some(guard) if touch_due => {
+                guard.touch_and_unlock(now, expires).await?;
+                Ok(Committed::Touched)
+            }
+            Some(guard) => {
+                guard.unlock().await?;
+                Ok(Committed::Unchanged)
+            }
             None if self.dirty => {
                 let expected = match self.manager.config().policy {
                     Policy::Optimistic | Policy::Serialized => Some(loaded.version),
                     Policy::Lossy => None,
                 };
-                store.save(&key, self.write(now)?, expected).await.map(drop)
+                store.save(&key, self.write(now)?, expected).await?;
+                Ok(Committed::Saved)
             }
-            None if touch_due => store.touch(&key, now, expires).await.map(drop),
-            None => Ok(()),
+            None if touch_due => {
+                store.touch(&key, now, expires).await?;
+                Ok(Committed::Touched)
+            }
+            None => Ok(Committed::Unchanged),
         }
     }
 
@@ -297,7 +339,7 @@ impl Session {
         old_id: SessionId,
         guard: Option<Box<dyn LockGuard>>,
         now: Timestamp,
-    ) -> Result<()> {
+    ) -> Result<Committed> {
         let store = self.manager.store();
         // The new id is fresh from the CSPRNG and known to nobody yet, so it
         // needs no lock; the old one is still locked by `guard` if Serialized.
@@ -305,9 +347,10 @@ impl Session {
             .create(&self.manager.key(&self.id), self.write(now)?)
             .await?;
         match guard {
-            Some(guard) => guard.delete_and_unlock().await.map(drop),
-            None => store.delete(&self.manager.key(&old_id)).await.map(drop),
-        }
+            Some(guard) => guard.delete_and_unlock().await?,
+            None => store.delete(&self.manager.key(&old_id)).await?,
+        };
+        Ok(Committed::Created)
     }
 
     /// Release the lock and write nothing: every change made since opening is

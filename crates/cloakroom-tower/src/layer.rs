@@ -222,22 +222,23 @@ async fn finish(session: &RequestSession, mut response: Response, config: &Layer
     let remaining = Duration::from_millis(
         u64::try_from(open.expires().as_millis() - Timestamp::now().as_millis()).unwrap_or(0),
     );
-    // A fresh session that holds nothing is never stored (no row for
-    // visitors who only look), so there is no id to hand out either.
-    let stored = !open.is_new() || !open.data().is_empty();
     let id_changed = session.offered.id() != Some(&id);
 
     // Its own task: once the handler is done, a disconnecting client must
     // not cut the save short between the write and the unlock.
     match tokio::spawn(open.commit()).await {
-        Ok(Ok(())) if stored => {
-            let refresh =
-                config.carrier != IdCarrier::Cookie || config.cookie.lifetime == CookieLifetime::Persistent;
+        // A fresh session that holds nothing is never stored (no row for
+        // visitors who only look), so there is no id to hand out either.
+        Ok(Ok(done)) if done.is_stored() => {
+            // A persistent cookie's Max-Age follows the stored expiry, so it
+            // is re-sent only when the commit moved that expiry.
+            let refresh = config.carrier != IdCarrier::Cookie
+                || (config.cookie.lifetime == CookieLifetime::Persistent && done.expiry_moved());
             if id_changed || refresh {
                 write_id(response.headers_mut(), config, &id, remaining);
             }
         }
-        Ok(Ok(())) => {
+        Ok(Ok(_)) => {
             if deleted || session.offered.is_something() {
                 // The offered id named no session (or was logged out): stop
                 // sending it.

@@ -414,3 +414,33 @@ async fn a_session_only_looked_at_is_not_stored() {
     SessionId::parse(&r.text().await.unwrap()).unwrap();
     assert_eq!(s.rows().await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_cookie_is_resent_only_when_the_stored_expiry_moves() {
+    // Default touch interval (60 s): a request that only looks at the session
+    // leaves the stored expiry where it was, so its Max-Age must not move.
+    let s = Server::start(|b| b, |l| l).await;
+    let c = client();
+    let cookie = new_visitor(&s, &c).await;
+    let r = c
+        .get(s.url("/whoami"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        set_cookies(&r).is_empty(),
+        "an untouched session re-sent its cookie"
+    );
+    let r = c
+        .get(s.url("/inc"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let line = set_cookies(&r)
+        .pop()
+        .expect("a save slides the expiry, so the cookie is refreshed");
+    assert!(attrs(&line).iter().any(|a| a.starts_with("max-age=")), "{line}");
+}

@@ -162,7 +162,7 @@ pub async fn logout_is_not_undone_by_a_late_save(f: Fixture) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     must(holder.insert("hits", &5u64), "insert");
     match holder.commit().await {
-        Ok(()) | Err(Error::Gone) | Err(Error::LeaseLost) => {}
+        Ok(_) | Err(Error::Gone) | Err(Error::LeaseLost) => {}
         other => panic!("a holder's save racing a delete gave {other:?}"),
     }
     must(deleter.await.expect("delete task"), "delete");
