@@ -161,12 +161,15 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     ///
     /// Never creates: a missing or expired record fails with
     /// [`Error::Gone`](crate::Error::Gone), so a save cannot bring back a
-    /// session that was logged out meanwhile. Ignores locks, which is what
+    /// session that was logged out meanwhile. Takes no lock, which is what
     /// unlocked policies ask for; locked writers use [`LockGuard::save_and_unlock`].
+    /// On row-lock backends the database makes this write wait while another
+    /// request holds the row's lock (at most until that holder's lease ends).
     async fn save(&self, key: &SessionKey, write: RecordWrite, expected: Option<u64>) -> Result<u64>;
 
-    /// Delete the record under `key` whatever its lock state; returns whether
-    /// a live record was deleted. A holder of the lock will then get
+    /// Delete the record under `key` whatever its lock state (on row-lock
+    /// backends, after the current holder is done); returns whether a live
+    /// record was deleted. A holder of the lock will then get
     /// [`Error::Gone`](crate::Error::Gone) or
     /// [`Error::LeaseLost`](crate::Error::LeaseLost) when it saves.
     async fn delete(&self, key: &SessionKey) -> Result<bool>;
