@@ -185,6 +185,19 @@ mod tests {
         }
     }
 
+    /// Issue 8: a million ids from the CSPRNG are distinct and all of the
+    /// documented form (43 chars of base64url, canonical).
+    #[test]
+    fn a_million_ids_are_distinct_and_well_formed() {
+        let mut seen = HashSet::with_capacity(1_000_000);
+        for _ in 0..1_000_000 {
+            let id = SessionId::generate();
+            assert_eq!(id.as_str().len(), SESSION_ID_LEN);
+            assert!(id.as_str().bytes().all(is_base64url), "{}", id.as_str());
+            assert!(seen.insert(id.0), "a generated id repeated");
+        }
+    }
+
     #[test]
     fn hostile_ids_are_rejected() {
         let long = "a".repeat(10_000);
