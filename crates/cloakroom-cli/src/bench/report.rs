@@ -113,10 +113,17 @@ fn concurrency_label(r: &BenchResult) -> String {
 /// cycles/s of each, their ratio, both latencies and both lost-update counts.
 /// `baseline` names a library shown in an extra column (the raw floor).
 pub fn comparison(results: &[BenchResult], anchor: &str, baseline: &str) -> String {
-    type Key = (String, String, String);
+    // Backend by name, then modes in BENCHMARKS.md order, then concurrency by number.
+    type Key = (String, u8, usize, usize);
+    let mode_rank = |m: &str| match m {
+        "spread" => 0,
+        "contention" => 1,
+        "processes" => 2,
+        _ => 3,
+    };
     let mut by_key: BTreeMap<Key, BTreeMap<String, &BenchResult>> = BTreeMap::new();
     for r in results {
-        let key = (r.backend.clone(), r.mode.clone(), concurrency_label(r));
+        let key = (r.backend.clone(), mode_rank(&r.mode), r.processes, r.concurrency);
         by_key.entry(key).or_default().insert(r.library.clone(), r);
     }
     let header = [
@@ -139,8 +146,9 @@ pub fn comparison(results: &[BenchResult], anchor: &str, baseline: &str) -> Stri
         |r: Option<&&BenchResult>| r.map_or("-".into(), |r| format!("{} / {}", r.lost_updates, r.cycles));
     let rows = by_key
         .iter()
-        .map(|((backend, mode, c), libs)| {
+        .map(|(key, libs)| {
             let ours = libs.get("cloakroom");
+            let any = libs.values().next().copied();
             let theirs = libs.get(anchor);
             let ratio = match (ours, theirs) {
                 (Some(o), Some(t)) if t.cycles_per_sec > 0.0 => {
@@ -149,9 +157,9 @@ pub fn comparison(results: &[BenchResult], anchor: &str, baseline: &str) -> Stri
                 _ => "-".into(),
             };
             vec![
-                backend.clone(),
-                mode.clone(),
-                c.clone(),
+                key.0.clone(),
+                any.map_or(String::new(), |r| r.mode.clone()),
+                any.map_or(String::new(), concurrency_label),
                 fmt_rate(ours),
                 fmt_rate(theirs),
                 ratio,
