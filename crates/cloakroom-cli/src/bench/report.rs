@@ -142,8 +142,7 @@ pub fn comparison(results: &[BenchResult], anchor: &str, baseline: &str) -> Stri
     .map(|s| s.to_string());
     let fmt_lat = |r: Option<&&BenchResult>| r.map_or("-".into(), |r| format!("{}/{}", r.p50_us, r.p99_us));
     let fmt_rate = |r: Option<&&BenchResult>| r.map_or("-".into(), |r| format!("{:.0}", r.cycles_per_sec));
-    let fmt_lost =
-        |r: Option<&&BenchResult>| r.map_or("-".into(), |r| format!("{} / {}", r.lost_updates, r.cycles));
+    let fmt_lost = |r: Option<&&BenchResult>| r.map_or("-".into(), |r| r.lost_updates.to_string());
     let rows = by_key
         .iter()
         .map(|(key, libs)| {
