@@ -48,7 +48,7 @@ pub use manager::{
     SweepReport,
 };
 pub use memory::{MemoryLockGuard, MemoryStore};
-pub use record::{Record, RecordWrite, Timestamp};
+pub use record::{check_loaded_is_live, Record, RecordWrite, Timestamp};
 pub use session::{Committed, ReadOnlySession, Session};
 pub use store::{
     Capabilities, Cursor, IdPage, Lease, LockGuard, LockKind, LockOptions, SessionStore, SweepBatch,

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::id::{Namespace, SessionId, SessionKey};
-use crate::record::{Record, RecordWrite, Timestamp};
+use crate::record::{check_loaded_is_live, Record, RecordWrite, Timestamp};
 use crate::store::{
     Capabilities, Cursor, IdPage, Lease, LockGuard, LockKind, LockOptions, SessionStore, SweepBatch,
 };
@@ -125,14 +125,7 @@ impl MemoryStore {
     }
 
     fn check_size(&self, write: &RecordWrite) -> Result<()> {
-        let limit = self.max_record_bytes();
-        if write.data.len() > limit {
-            return Err(Error::TooLarge {
-                size: write.data.len(),
-                limit,
-            });
-        }
-        Ok(())
+        write.check_size(self.max_record_bytes())
     }
 }
 
@@ -483,21 +476,11 @@ impl MemoryLockGuard {
     }
 }
 
-/// What the fenced writer finds: the loaded record must still be the live one.
 fn check_unchanged(slot: &Slot, loaded: Option<&Record>, now: Timestamp) -> Result<()> {
-    match (loaded, slot.live_record(now)) {
-        (Some(loaded), Some(live)) if live.version == loaded.version => Ok(()),
-        (Some(loaded), Some(live)) => Err(Error::Conflict {
-            expected: loaded.version,
-            found: live.version,
-        }),
-        (Some(_), None) => Err(Error::Gone),
-        (None, None) => Ok(()),
-        (None, Some(live)) => Err(Error::Conflict {
-            expected: 0,
-            found: live.version,
-        }),
-    }
+    check_loaded_is_live(
+        loaded.map(|r| r.version),
+        slot.live_record(now).map(|r| r.version),
+    )
 }
 
 #[async_trait]

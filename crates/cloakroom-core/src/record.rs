@@ -3,6 +3,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::error::{Error, Result};
+
 /// Wall-clock time as whole milliseconds since the Unix epoch: the unit every
 /// backend can store in an integer column, a Redis hash field or a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -84,6 +86,18 @@ pub struct RecordWrite {
 }
 
 impl RecordWrite {
+    /// [`Error::TooLarge`] if the data is over `limit` bytes: checked before
+    /// anything is written, so a refused write changes nothing.
+    pub fn check_size(&self, limit: usize) -> Result<()> {
+        if self.data.len() > limit {
+            return Err(Error::TooLarge {
+                size: self.data.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     /// The record this write produces at `version`.
     pub fn into_record(self, version: u64) -> Record {
         Record {
@@ -93,5 +107,23 @@ impl RecordWrite {
             accessed: self.accessed,
             expires: self.expires,
         }
+    }
+}
+
+/// The check a lock holder makes before it writes: the record it loaded
+/// under the lock (`loaded_version`, `None` for a new session) must still be
+/// the live one (`live_version`, `None` if missing or expired).
+///
+/// Someone may have written without the lock meanwhile (an administrator's
+/// delete, an unlocked policy sharing the namespace): a deleted or expired
+/// record is [`Error::Gone`] (a save must not revive it), another version is
+/// [`Error::Conflict`].
+pub fn check_loaded_is_live(loaded_version: Option<u64>, live_version: Option<u64>) -> Result<()> {
+    match (loaded_version, live_version) {
+        (Some(loaded), Some(live)) if loaded == live => Ok(()),
+        (Some(expected), Some(found)) => Err(Error::Conflict { expected, found }),
+        (Some(_), None) => Err(Error::Gone),
+        (None, None) => Ok(()),
+        (None, Some(found)) => Err(Error::Conflict { expected: 0, found }),
     }
 }

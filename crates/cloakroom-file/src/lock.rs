@@ -282,13 +282,7 @@ impl LockGuard for FileLockGuard {
     }
 
     async fn save_and_unlock(self: Box<Self>, write: RecordWrite) -> Result<u64> {
-        let limit = self.inner.options.max_record_bytes;
-        if write.data.len() > limit {
-            return Err(Error::TooLarge {
-                size: write.data.len(),
-                limit,
-            });
-        }
+        write.check_size(self.inner.options.max_record_bytes)?;
         self.finish(move |inner, key, loaded| {
             let paths = inner.layout.session(key);
             let _mutex = ShardMutex::lock(&paths.shard)?;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cloakroom_core::{
-    Capabilities, Cursor, Error, IdPage, LockGuard, LockKind, LockOptions, Namespace, Record, RecordWrite,
-    Result, SessionId, SessionKey, SessionStore, SweepBatch, Timestamp,
+    check_loaded_is_live, Capabilities, Cursor, Error, IdPage, LockGuard, LockKind, LockOptions, Namespace,
+    Record, RecordWrite, Result, SessionId, SessionKey, SessionStore, SweepBatch, Timestamp,
 };
 
 use crate::config::FileOptions;
@@ -75,14 +75,7 @@ impl FileStore {
     }
 
     fn check_size(&self, write: &RecordWrite) -> Result<()> {
-        let limit = self.inner.options.max_record_bytes;
-        if write.data.len() > limit {
-            return Err(Error::TooLarge {
-                size: write.data.len(),
-                limit,
-            });
-        }
-        Ok(())
+        write.check_size(self.inner.options.max_record_bytes)
     }
 
     /// Run blocking file work on the blocking pool, off the async workers.
@@ -103,25 +96,16 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
         .map_err(|e| Error::backend(format!("file store worker failed: {e}")))?
 }
 
-/// What a fenced writer finds: the record it loaded must still be the live one.
+/// The fence a locked writer checks on the file as it is now.
 pub(crate) fn check_unchanged(
     current: Option<&Record>,
     loaded: Option<&Record>,
     now: Timestamp,
 ) -> Result<()> {
-    match (loaded, current.filter(|r| r.is_live_at(now))) {
-        (Some(loaded), Some(live)) if live.version == loaded.version => Ok(()),
-        (Some(loaded), Some(live)) => Err(Error::Conflict {
-            expected: loaded.version,
-            found: live.version,
-        }),
-        (Some(_), None) => Err(Error::Gone),
-        (None, None) => Ok(()),
-        (None, Some(live)) => Err(Error::Conflict {
-            expected: 0,
-            found: live.version,
-        }),
-    }
+    check_loaded_is_live(
+        loaded.map(|r| r.version),
+        current.filter(|r| r.is_live_at(now)).map(|r| r.version),
+    )
 }
 
 impl Inner {

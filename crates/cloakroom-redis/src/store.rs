@@ -94,14 +94,7 @@ impl RedisStore {
     }
 
     pub(crate) fn check_size(&self, write: &RecordWrite) -> Result<()> {
-        let limit = self.inner.max_record_bytes;
-        if write.data.len() > limit {
-            return Err(Error::TooLarge {
-                size: write.data.len(),
-                limit,
-            });
-        }
-        Ok(())
+        write.check_size(self.inner.max_record_bytes)
     }
 
     /// Release a lock from outside any guard (a dropped guard, a cancelled

@@ -197,14 +197,7 @@ impl<B: Backend> RowLockStore<B> {
     }
 
     pub(crate) fn check_size(&self, write: &RecordWrite) -> Result<()> {
-        let limit = self.inner.config.max_record_bytes;
-        if write.data.len() > limit {
-            return Err(Error::TooLarge {
-                size: write.data.len(),
-                limit,
-            });
-        }
-        Ok(())
+        write.check_size(self.inner.config.max_record_bytes)
     }
 
     /// The version of the live record under `key`, if any: what a write that

@@ -313,13 +313,7 @@ impl LockGuard for SqliteLockGuard {
     }
 
     async fn save_and_unlock(self: Box<Self>, write: RecordWrite) -> Result<u64> {
-        let limit = self.inner.options.max_record_bytes;
-        if write.data.len() > limit {
-            return Err(Error::TooLarge {
-                size: write.data.len(),
-                limit,
-            });
-        }
+        write.check_size(self.inner.options.max_record_bytes)?;
         let loaded = self.record.clone();
         let key = self.key.clone();
         self.finish(Box::new(move |tx, sql, current| {

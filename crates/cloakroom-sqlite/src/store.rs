@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cloakroom_core::{
-    Capabilities, Cursor, Error, IdPage, LockGuard, LockKind, LockOptions, Namespace, Record, RecordWrite,
-    Result, SessionId, SessionKey, SessionStore, SweepBatch, Timestamp,
+    check_loaded_is_live, Capabilities, Cursor, Error, IdPage, LockGuard, LockKind, LockOptions, Namespace,
+    Record, RecordWrite, Result, SessionId, SessionKey, SessionStore, SweepBatch, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
@@ -72,14 +72,7 @@ impl SqliteStore {
     }
 
     fn check_size(&self, write: &RecordWrite) -> Result<()> {
-        let limit = self.inner.options.max_record_bytes;
-        if write.data.len() > limit {
-            return Err(Error::TooLarge {
-                size: write.data.len(),
-                limit,
-            });
-        }
-        Ok(())
+        write.check_size(self.inner.options.max_record_bytes)
     }
 }
 
@@ -215,16 +208,7 @@ pub(crate) fn write_row(
 
 /// What a fenced writer finds: the record it loaded must still be the live one.
 pub(crate) fn check_unchanged(loaded: Option<&Record>, live_version: Option<u64>) -> Result<()> {
-    match (loaded, live_version) {
-        (Some(loaded), Some(live)) if live == loaded.version => Ok(()),
-        (Some(loaded), Some(found)) => Err(Error::Conflict {
-            expected: loaded.version,
-            found,
-        }),
-        (Some(_), None) => Err(Error::Gone),
-        (None, None) => Ok(()),
-        (None, Some(found)) => Err(Error::Conflict { expected: 0, found }),
-    }
+    check_loaded_is_live(loaded.map(|r| r.version), live_version)
 }
 
 fn parse_cursor(cursor: Option<Cursor>) -> Result<String> {
