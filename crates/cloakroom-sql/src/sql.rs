@@ -91,28 +91,42 @@ impl Statements {
             Dialect::Postgres => "id",
             Dialect::MySql => "CAST(id AS CHAR)",
         };
+        // Statements that address one key must use the primary key. InnoDB
+        // locks every row an UPDATE or DELETE examines, and in a namespace of
+        // a row or two MariaDB's optimizer prefers the (namespace, expires)
+        // index, so writing a *new* id scanned the namespace and waited on a
+        // neighbour's held row lock until that holder's lease ran out (seen as
+        // cycle_id stalling 30 s). Postgres locks only the rows it changes.
+        let (pk, delete_pk) = match dialect {
+            Dialect::Postgres => (t.to_owned(), format!("DELETE FROM {t}")),
+            Dialect::MySql => (
+                format!("{t} FORCE INDEX (PRIMARY)"),
+                // Single-table DELETE takes no index hint; the multi-table form does.
+                format!("DELETE {t} FROM {t} FORCE INDEX (PRIMARY)"),
+            ),
+        };
         let placeholder_values = format!("(?, ?, {empty_bytes}, 0, 0, 0, 0)");
         let columns = "(namespace, id, data, version, created, accessed, expires)";
-        let lock = format!("SELECT {RECORD_COLUMNS} FROM {t} WHERE namespace = ? AND id = ? FOR UPDATE");
+        let lock = format!("SELECT {RECORD_COLUMNS} FROM {pk} WHERE namespace = ? AND id = ? FOR UPDATE");
         Statements {
             dialect,
             table: table.clone(),
             migrate: migrate_script(dialect, t),
-            load: s(format!("SELECT {RECORD_COLUMNS} FROM {t} WHERE {live}")),
-            live_version: s(format!("SELECT version FROM {t} WHERE {live}")),
+            load: s(format!("SELECT {RECORD_COLUMNS} FROM {pk} WHERE {live}")),
+            live_version: s(format!("SELECT version FROM {pk} WHERE {live}")),
             create_over_expired: s(format!(
-                "UPDATE {t} SET data = ?, version = 1, created = ?, accessed = ?, expires = ? \
+                "UPDATE {pk} SET data = ?, version = 1, created = ?, accessed = ?, expires = ? \
                  WHERE namespace = ? AND id = ? AND (version = 0 OR expires <= ?)"
             )),
             create_insert: s(format!(
                 "{insert_ignore} {t} {columns} VALUES (?, ?, ?, 1, ?, ?, ?){on_conflict_nothing}"
             )),
             save_cas: s(format!(
-                "UPDATE {t} SET data = ?, version = version + 1, accessed = ?, expires = ? \
+                "UPDATE {pk} SET data = ?, version = version + 1, accessed = ?, expires = ? \
                  WHERE namespace = ? AND id = ? AND version = ? AND version > 0 AND expires > ?"
             )),
-            delete_live: s(format!("DELETE FROM {t} WHERE {live}")),
-            touch_live: s(format!("UPDATE {t} SET accessed = ?, expires = ? WHERE {live}")),
+            delete_live: s(format!("{delete_pk} WHERE {live}")),
+            touch_live: s(format!("UPDATE {pk} SET accessed = ?, expires = ? WHERE {live}")),
             list_ids: s(format!(
                 "SELECT {id_text} FROM {t} WHERE namespace = ? AND id > ? AND version > 0 AND expires > ? \
                  ORDER BY id LIMIT ?"
@@ -128,13 +142,13 @@ impl Statements {
                  ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED"
             )),
             held_save: s(format!(
-                "UPDATE {t} SET data = ?, version = ?, created = ?, accessed = ?, expires = ? \
+                "UPDATE {pk} SET data = ?, version = ?, created = ?, accessed = ?, expires = ? \
                  WHERE namespace = ? AND id = ?"
             )),
             held_touch: s(format!(
-                "UPDATE {t} SET accessed = ?, expires = ? WHERE namespace = ? AND id = ?"
+                "UPDATE {pk} SET accessed = ?, expires = ? WHERE namespace = ? AND id = ?"
             )),
-            held_delete: s(format!("DELETE FROM {t} WHERE namespace = ? AND id = ?")),
+            held_delete: s(format!("{delete_pk} WHERE namespace = ? AND id = ?")),
             insert_placeholder: s(format!(
                 "{insert_ignore} {t} {columns} VALUES {placeholder_values}{on_conflict_nothing}"
             )),
@@ -158,12 +172,16 @@ impl Statements {
     /// has locked. Expiry is checked again in the same statement.
     pub fn sweep_delete(&self, n: usize) -> String {
         let marks = vec!["?"; n.max(1)].join(", ");
+        let t = self.table.as_str();
+        // By primary key, for the reason given in `new`: a scan of the
+        // (namespace, expires) index would wait on expired rows that are locked.
+        let delete = match self.dialect {
+            Dialect::Postgres => format!("DELETE FROM {t}"),
+            Dialect::MySql => format!("DELETE {t} FROM {t} FORCE INDEX (PRIMARY)"),
+        };
         number_params(
             self.dialect,
-            &format!(
-                "DELETE FROM {} WHERE namespace = ? AND version > 0 AND expires <= ? AND id IN ({marks})",
-                self.table
-            ),
+            &format!("{delete} WHERE namespace = ? AND version > 0 AND expires <= ? AND id IN ({marks})"),
         )
     }
 }
@@ -172,20 +190,31 @@ fn migrate_script(dialect: Dialect, t: &str) -> String {
     match dialect {
         // The advisory lock serializes concurrent migrations: Postgres'
         // CREATE ... IF NOT EXISTS can still fail on a race between two
-        // sessions creating the same table.
+        // sessions creating the same table. DDL runs only when the catalog
+        // says it is missing: even a no-op CREATE INDEX IF NOT EXISTS takes a
+        // SHARE lock on the table, which queues behind every held session
+        // lock and makes every new writer queue behind it, so an application
+        // instance starting up (or each test opening a store) stalled all
+        // traffic until the holders' leases ran out.
         Dialect::Postgres => format!(
             "BEGIN; \
              SELECT pg_advisory_xact_lock(7093921512344); \
-             CREATE TABLE IF NOT EXISTS {t} ( \
-               namespace TEXT COLLATE \"C\" NOT NULL, \
-               id TEXT COLLATE \"C\" NOT NULL, \
-               data BYTEA NOT NULL, \
-               version BIGINT NOT NULL, \
-               created BIGINT NOT NULL, \
-               accessed BIGINT NOT NULL, \
-               expires BIGINT NOT NULL, \
-               PRIMARY KEY (namespace, id)); \
-             CREATE INDEX IF NOT EXISTS {t}_expires ON {t} (namespace, expires); \
+             DO $migrate$ BEGIN \
+               IF to_regclass('{t}') IS NULL THEN \
+                 CREATE TABLE {t} ( \
+                   namespace TEXT COLLATE \"C\" NOT NULL, \
+                   id TEXT COLLATE \"C\" NOT NULL, \
+                   data BYTEA NOT NULL, \
+                   version BIGINT NOT NULL, \
+                   created BIGINT NOT NULL, \
+                   accessed BIGINT NOT NULL, \
+                   expires BIGINT NOT NULL, \
+                   PRIMARY KEY (namespace, id)); \
+               END IF; \
+               IF to_regclass('{t}_expires') IS NULL THEN \
+                 CREATE INDEX {t}_expires ON {t} (namespace, expires); \
+               END IF; \
+             END $migrate$; \
              COMMIT"
         ),
         // utf8mb4_bin: ids are case-sensitive, and MySQL's default collations
