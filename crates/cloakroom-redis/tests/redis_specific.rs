@@ -235,8 +235,11 @@ async fn release_wakes_the_waiter(store: RedisStore) {
     holder.unlock().await.unwrap();
     let acquired = waiter.await.unwrap();
     let handoff = acquired.duration_since(released);
+    // The fallback would wake the waiter ~700 ms after the release; 500 ms
+    // tells the two apart with room for a loaded CI machine. (Latency itself
+    // is measured by `cloakroom bench`, not asserted here.)
     assert!(
-        handoff < Duration::from_millis(200),
+        handoff < Duration::from_millis(500),
         "hand-off took {handoff:?}: the wake-up did not arrive"
     );
 
@@ -260,7 +263,11 @@ async fn release_wakes_the_waiter(store: RedisStore) {
     samples.sort();
     let p50 = samples[samples.len() / 2];
     eprintln!("hand-off p50 {p50:?}, max {:?}", samples[samples.len() - 1]);
-    assert!(p50 < Duration::from_millis(20), "hand-off p50 {p50:?}");
+    // Without the notification every hand-off waits for the 1 s fallback.
+    assert!(
+        p50 < Duration::from_millis(500),
+        "hand-off p50 {p50:?}: waiters are not woken"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
