@@ -318,7 +318,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn list_ids(&self, namespace: &Namespace, cursor: Option<Cursor>, limit: usize) -> Result<IdPage> {
-        let after = parse_cursor(cursor)?;
+        let after = Cursor::resume_after(cursor)?;
         let now = Timestamp::now();
         let table = self.shared.table();
         let Some(ns) = table.get(namespace) else {
@@ -330,7 +330,7 @@ impl SessionStore for MemoryStore {
             .map(|(id, _)| id);
         let ids: Vec<SessionId> = live.by_ref().take(limit.max(1)).cloned().collect();
         let next = match (live.next(), ids.last()) {
-            (Some(_), Some(last)) => Some(Cursor(last.as_str().to_owned())),
+            (Some(_), Some(last)) => Some(Cursor::after(last)),
             _ => None,
         };
         Ok(IdPage { ids, next })
@@ -351,7 +351,7 @@ impl SessionStore for MemoryStore {
         cursor: Option<Cursor>,
         limit: usize,
     ) -> Result<SweepBatch> {
-        let after = parse_cursor(cursor)?;
+        let after = Cursor::resume_after(cursor)?;
         let lock_now = Instant::now();
         let mut table = self.shared.table();
         let Some(ns) = table.get_mut(namespace) else {
@@ -384,18 +384,12 @@ impl SessionStore for MemoryStore {
         Ok(SweepBatch {
             deleted,
             next: if more {
-                last.map(|id| Cursor(id.as_str().to_owned()))
+                last.as_ref().map(Cursor::after)
             } else {
                 None
             },
         })
     }
-}
-
-fn parse_cursor(cursor: Option<Cursor>) -> Result<Option<SessionId>> {
-    cursor
-        .map(|c| SessionId::parse(&c.0).map_err(|_| Error::Config("not a cursor of this store".into())))
-        .transpose()
 }
 
 impl MemoryStore {

@@ -113,6 +113,23 @@ pub struct IdPage {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Cursor(pub String);
 
+impl Cursor {
+    /// For stores that page in id order: resume after `id`.
+    pub fn after(id: &SessionId) -> Cursor {
+        Cursor(id.as_str().to_owned())
+    }
+
+    /// The id a [`Cursor::after`] cursor resumes after (`None` for the first
+    /// page). Anything else was not made by such a store: [`Error::Config`](crate::Error::Config).
+    pub fn resume_after(cursor: Option<Cursor>) -> Result<Option<SessionId>> {
+        cursor
+            .map(|c| {
+                SessionId::parse(&c.0).map_err(|_| crate::Error::Config("not a cursor of this store".into()))
+            })
+            .transpose()
+    }
+}
+
 /// One batch of a sweep, from [`SessionStore::sweep_expired`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepBatch {

@@ -168,7 +168,7 @@ impl Inner {
                 if examined == limit {
                     return Ok(SweepBatch {
                         deleted,
-                        next: last.map(|id| Cursor(id.as_str().to_owned())),
+                        next: last.as_ref().map(Cursor::after),
                     });
                 }
                 examined += 1;
@@ -235,12 +235,6 @@ impl Inner {
             }
         }
     }
-}
-
-fn parse_cursor(cursor: Option<Cursor>) -> Result<Option<SessionId>> {
-    cursor
-        .map(|c| SessionId::parse(&c.0).map_err(|_| Error::Config("not a cursor of this store".into())))
-        .transpose()
 }
 
 #[async_trait]
@@ -366,7 +360,7 @@ impl SessionStore for FileStore {
     }
 
     async fn list_ids(&self, namespace: &Namespace, cursor: Option<Cursor>, limit: usize) -> Result<IdPage> {
-        let after = parse_cursor(cursor)?;
+        let after = Cursor::resume_after(cursor)?;
         let namespace = namespace.clone();
         let limit = limit.max(1);
         self.blocking(move |inner| {
@@ -380,7 +374,7 @@ impl SessionStore for FileStore {
                 }
             }
             let next = match live.next_id()? {
-                Some(_) => ids.last().map(|id| Cursor(id.as_str().to_owned())),
+                Some(_) => ids.last().map(Cursor::after),
                 None => None,
             };
             Ok(IdPage { ids, next })
@@ -408,7 +402,7 @@ impl SessionStore for FileStore {
         cursor: Option<Cursor>,
         limit: usize,
     ) -> Result<SweepBatch> {
-        let after = parse_cursor(cursor)?;
+        let after = Cursor::resume_after(cursor)?;
         let namespace = namespace.clone();
         let limit = limit.max(1);
         self.blocking(move |inner| inner.sweep_blocking(&namespace, now, after, limit))

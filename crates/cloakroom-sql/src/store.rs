@@ -342,7 +342,7 @@ impl<B: Backend> SessionStore for RowLockStore<B> {
         let mut ids = parse_ids(self.texts(&self.inner.sql.list_ids, params).await?)?;
         let next = if ids.len() > limit {
             ids.truncate(limit);
-            ids.last().map(|id| Cursor(id.as_str().to_owned()))
+            ids.last().map(Cursor::after)
         } else {
             None
         };

@@ -211,13 +211,9 @@ pub(crate) fn check_unchanged(loaded: Option<&Record>, live_version: Option<u64>
     check_loaded_is_live(loaded.map(|r| r.version), live_version)
 }
 
+/// Where an id-ordered page resumes: after the cursor's id, or from the start.
 fn parse_cursor(cursor: Option<Cursor>) -> Result<String> {
-    match cursor {
-        None => Ok(String::new()),
-        Some(c) => SessionId::parse(&c.0)
-            .map(|id| id.as_str().to_owned())
-            .map_err(|_| Error::Config("not a cursor of this store".into())),
-    }
+    Ok(Cursor::resume_after(cursor)?.map_or_else(String::new, |id| id.as_str().to_owned()))
 }
 
 fn limit_param(limit: usize) -> i64 {
@@ -385,11 +381,7 @@ impl SessionStore for SqliteStore {
                     }
                     ids.push(id);
                 }
-                let next = if more {
-                    ids.last().map(|id| Cursor(id.as_str().to_owned()))
-                } else {
-                    None
-                };
+                let next = if more { ids.last().map(Cursor::after) } else { None };
                 Ok(IdPage { ids, next })
             })
             .await
@@ -449,7 +441,7 @@ impl SessionStore for SqliteStore {
                     // RETURNING gives no order; the cursor is the largest id.
                     deleted.sort_unstable();
                     let next = if deleted.len() >= limit {
-                        deleted.last().map(|id| Cursor(id.as_str().to_owned()))
+                        deleted.last().map(Cursor::after)
                     } else {
                         None
                     };
