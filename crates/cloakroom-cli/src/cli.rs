@@ -92,7 +92,8 @@ pub struct ShowArgs {
     #[command(flatten)]
     pub(crate) store: StoreArgs,
     /// The session id (43 characters of base64url).
-    #[arg(value_parser = parse_id)]
+    // One id in 64 starts with '-', which must not be taken for a flag.
+    #[arg(value_parser = parse_id, allow_hyphen_values = true)]
     pub(crate) id: SessionId,
 }
 
@@ -101,9 +102,9 @@ pub struct ShowArgs {
 pub struct RmArgs {
     #[command(flatten)]
     pub(crate) store: StoreArgs,
-    /// The ids to delete. An id with no live session is reported and makes
-    /// the exit status 1; the others are still deleted.
-    #[arg(required = true, value_parser = parse_id)]
+    /// The ids to delete (after the options). An id with no live session is
+    /// reported and makes the exit status 1; the others are still deleted.
+    #[arg(required = true, value_parser = parse_id, allow_hyphen_values = true)]
     pub(crate) ids: Vec<SessionId>,
 }
 

@@ -292,6 +292,39 @@ async fn show_on_a_corrupt_record_reports_it_and_exits_1() {
     }
 }
 
+/// base64url ids may start with '-' (one in 64): `show` and `rm` must take
+/// them as ids, not as unknown flags.
+#[tokio::test(flavor = "multi_thread")]
+async fn ids_starting_with_a_hyphen_are_ids_not_flags() {
+    let db = sqlite();
+    let store = cloakroom::open(&db.url).await.unwrap();
+    let ns = fresh_ns();
+    let id = SessionId::parse(&format!("-{}", "A".repeat(42))).unwrap();
+    let mut data = cloakroom::SessionData::new();
+    data.insert("n", &7u8).unwrap();
+    store
+        .create(
+            &SessionKey::new(ns.clone(), id.clone()),
+            write(&data.encode(), 3600),
+        )
+        .await
+        .unwrap();
+    let show = cloakroom(&[
+        "show",
+        "--store",
+        &db.url,
+        "--namespace",
+        ns.as_str(),
+        id.as_str(),
+    ]);
+    assert_eq!(show.status.code(), Some(0), "{}", stderr(&show));
+    let v: Value = serde_json::from_str(&stdout(&show)).unwrap();
+    assert_eq!(v["id"], id.as_str());
+    let rm = cloakroom(&["rm", "--store", &db.url, "--namespace", ns.as_str(), id.as_str()]);
+    assert_eq!(rm.status.code(), Some(0), "{}", stderr(&rm));
+    assert_eq!(store.load(&SessionKey::new(ns, id)).await.unwrap(), None);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rm_deletes_and_reports_missing_ids() {
     let db = sqlite();
