@@ -69,6 +69,7 @@ impl RedisLockGuard {
         invocation
             .key(&self.keys.lock)
             .key(&self.keys.wake)
+            .key(&self.keys.waiting)
             .arg(&self.lease.token)
             .arg(op)
             .arg(Timestamp::now().as_millis())

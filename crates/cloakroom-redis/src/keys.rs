@@ -1,11 +1,13 @@
 //! Key layout. Every key of one session carries the hash tag `{ns:id}`, so the
-//! record, its lock and its wake list live in one Cluster slot and one script
-//! may touch all three:
+//! record, its lock and its wake-up keys live in one Cluster slot and one
+//! script may touch them all:
 //!
 //! ```text
-//! <prefix>{<ns>:<id>}        hash: data, version, created, accessed, expires
-//! <prefix>{<ns>:<id>}:lock   string: the holder's random token, PX lease
-//! <prefix>{<ns>:<id>}:wake   list: at most one element, pushed on release
+//! <prefix>{<ns>:<id>}           hash: data, version, created, accessed, expires
+//! <prefix>{<ns>:<id>}:lock      string: the holder's random token, PX lease
+//! <prefix>{<ns>:<id>}:waiting   string flag, PX: a lock attempt failed lately
+//! <prefix>{<ns>:<id>}:wake      list: at most one element, pushed on release
+//!                               while the waiting flag is up
 //! ```
 //!
 //! Namespaces and ids are strictly parsed (`A-Z a-z 0-9 - _`), so they cannot
@@ -23,11 +25,19 @@ pub(crate) struct KeyLayout {
     prefix: String,
 }
 
-/// The keys of one session.
+/// The Redis keys of one session, for tests and operators inspecting the
+/// server ([`RedisStore::session_keys`](crate::RedisStore::session_keys)).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct SessionKeys {
+#[non_exhaustive]
+pub struct SessionKeys {
+    /// The record hash; expires by itself at the record's `expires`.
     pub record: String,
+    /// The lock: the holder's random token, with the lease as its expiry.
     pub lock: String,
+    /// Raised (with a short expiry) by every failed lock attempt, so that a
+    /// release only pushes a wake-up when somebody may be waiting.
+    pub waiting: String,
+    /// The wake-up list waiters block on with `BLPOP`.
     pub wake: String,
 }
 
@@ -58,13 +68,15 @@ impl KeyLayout {
         );
         SessionKeys {
             lock: format!("{record}:lock"),
+            waiting: format!("{record}:waiting"),
             wake: format!("{record}:wake"),
             record,
         }
     }
 
     /// `SCAN MATCH` pattern for the record keys of `namespace`: the trailing
-    /// `}` leaves out lock and wake keys, which end in `:lock` / `:wake`.
+    /// `}` leaves out the lock and wake-up keys, which end in `:lock`,
+    /// `:waiting` or `:wake`.
     pub fn scan_pattern(&self, namespace: &Namespace) -> String {
         format!("{}{{{}:*}}", escape_glob(&self.prefix), namespace.as_str())
     }
@@ -147,9 +159,11 @@ mod tests {
         assert_eq!(layout.id_of(&ns, keys.record.as_bytes()), Some(id));
         assert_eq!(layout.id_of(&ns, keys.lock.as_bytes()), None);
         assert_eq!(layout.id_of(&ns, keys.wake.as_bytes()), None);
+        assert_eq!(layout.id_of(&ns, keys.waiting.as_bytes()), None);
         assert_eq!(layout.scan_pattern(&ns), "app\\*:{shop:*}");
         assert_eq!(slot_of(&keys.record), slot_of(&keys.lock));
         assert_eq!(slot_of(&keys.record), slot_of(&keys.wake));
+        assert_eq!(slot_of(&keys.record), slot_of(&keys.waiting));
         assert!(KeyLayout::new("a{b").is_err());
     }
 }

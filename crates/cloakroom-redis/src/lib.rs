@@ -4,11 +4,16 @@
 //!   save, renewal and release checks the token inside the same Lua script
 //!   that writes, so a holder whose lease ran out gets
 //!   [`LeaseLost`](cloakroom_core::Error::LeaseLost) and changes nothing.
-//! - **One round trip each way**: lock-and-load is one `EVALSHA`, and so is
-//!   save-and-unlock (scripts are loaded on first `NOSCRIPT`).
-//! - **Wake-ups**: the release pushes to a per-session wake list; waiters
-//!   `BLPOP` on it (on dedicated connections), bounded by their deadline and by
-//!   the holder's remaining lease. No fixed sleeps.
+//! - **One round trip each way**: lock-and-load is one pipeline (`SET NX PX`,
+//!   `HMGET`, `PTTL`; no script, since `SET NX` is atomic by itself), and
+//!   save-and-unlock is one `EVALSHA` (scripts are loaded on first
+//!   `NOSCRIPT`).
+//! - **Wake-ups**: after a failed lock attempt, the waiter raises a
+//!   short-lived `waiting` flag and tries once more; a release that finds the
+//!   flag pushes to a
+//!   per-session wake list, and waiters `BLPOP` on it (on dedicated
+//!   connections), bounded by their deadline and by the holder's remaining
+//!   lease. No fixed sleeps, and no wake-up traffic when nobody waits.
 //! - **Expiry**: records are hashes expired by Redis itself (`PEXPIREAT`);
 //!   a sweep has nothing to delete.
 //! - **Cluster**: every key of a session carries the hash tag `{ns:id}`, so a
@@ -34,5 +39,5 @@ mod wait;
 
 pub use config::{RedisConfig, DEFAULT_MAX_RECORD_BYTES};
 pub use guard::RedisLockGuard;
-pub use keys::DEFAULT_PREFIX;
+pub use keys::{SessionKeys, DEFAULT_PREFIX};
 pub use store::RedisStore;

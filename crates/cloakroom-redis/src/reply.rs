@@ -21,9 +21,9 @@ pub(crate) enum Status {
     Lost,
 }
 
-fn items(what: &str, value: &Value) -> Result<Vec<Value>> {
+fn items<'v>(what: &str, value: &'v Value) -> Result<&'v [Value]> {
     match value {
-        Value::Array(items) => Ok(items.clone()),
+        Value::Array(items) => Ok(items),
         _ => Err(unexpected_reply(what, value)),
     }
 }
@@ -32,42 +32,64 @@ fn int(what: &str, value: &Value, at: &Value) -> Result<i64> {
     redis::from_redis_value_ref(at).map_err(|_| unexpected_reply(what, value))
 }
 
-pub(crate) fn lock_reply(value: &Value) -> Result<LockReply> {
-    let items = items("lock", value)?;
-    match items.first().map(|v| int("lock", value, v)).transpose()? {
-        Some(1) if items.len() == 1 => Ok(LockReply::Acquired(None)),
-        Some(1) => Ok(LockReply::Acquired(Some(record(value, &items[1..])?))),
-        Some(0) => {
-            let pttl = items.get(1).map_or(Ok(-2), |v| int("lock", value, v))?;
+/// Decode the replies of the lock pipeline: `SET lock NX PX`, `HMGET` of
+/// the record, `PTTL lock` (after the `SET` of the waiting flag, if any, whose
+/// reply is ignored). `now` decides whether the record read with the lock is
+/// still live.
+pub(crate) fn lock_reply(replies: Vec<Value>, now: Timestamp) -> Result<LockReply> {
+    let Ok::<[Value; 3], _>([set, fields, pttl]) = replies.try_into() else {
+        return Err(Error::backend(
+            "redis: the lock pipeline did not answer three replies",
+        ));
+    };
+    match set {
+        Value::Nil => {
+            let pttl = redis::from_redis_value_ref(&pttl).map_err(|_| unexpected_reply("PTTL", &pttl))?;
             Ok(LockReply::Held { pttl })
         }
-        _ => Err(unexpected_reply("lock", value)),
+        Value::Okay => {
+            let Value::Array(fields) = fields else {
+                return Err(unexpected_reply("HMGET", &fields));
+            };
+            live_record(fields, now).map(LockReply::Acquired)
+        }
+        other => Err(unexpected_reply("SET NX", &other)),
     }
 }
 
-/// A record from `data, version, created, accessed, expires`, as the lock
-/// script and `HMGET` return them.
-pub(crate) fn record(whole: &Value, fields: &[Value]) -> Result<Record> {
+/// The record from `HMGET data version created accessed expires` (as `load`
+/// and the lock pipeline read it), or `None` if there is no record or it is
+/// past its `expires` at `now` and Redis has not reclaimed it yet.
+pub(crate) fn live_record(fields: Vec<Value>, now: Timestamp) -> Result<Option<Record>> {
+    if fields.get(1).is_none_or(|v| *v == Value::Nil) {
+        return Ok(None);
+    }
+    let record = record(fields)?;
+    Ok(record.is_live_at(now).then_some(record))
+}
+
+/// A record from `data, version, created, accessed, expires`.
+fn record(fields: Vec<Value>) -> Result<Record> {
     let corrupt = |reason: &str| Error::Corrupt {
         reason: format!("redis session hash: {reason}"),
     };
-    let [data, version, created, accessed, expires] = fields else {
-        return Err(unexpected_reply("record fields", whole));
+    let Ok::<[Value; 5], _>([data, version, created, accessed, expires]) = fields.try_into() else {
+        return Err(Error::backend("redis: a record reply without its five fields"));
     };
     let data = match data {
-        Value::BulkString(bytes) => bytes.clone(),
+        Value::BulkString(bytes) => bytes,
         _ => return Err(corrupt("missing data field")),
     };
     let number = |v: &Value, name: &str| -> Result<i64> {
         redis::from_redis_value_ref::<i64>(v).map_err(|_| corrupt(&format!("field {name} is not an integer")))
     };
-    let version = u64::try_from(number(version, "version")?).map_err(|_| corrupt("negative version"))?;
+    let version = u64::try_from(number(&version, "version")?).map_err(|_| corrupt("negative version"))?;
     Ok(Record {
         data,
         version,
-        created: Timestamp::from_millis(number(created, "created")?),
-        accessed: Timestamp::from_millis(number(accessed, "accessed")?),
-        expires: Timestamp::from_millis(number(expires, "expires")?),
+        created: Timestamp::from_millis(number(&created, "created")?),
+        accessed: Timestamp::from_millis(number(&accessed, "accessed")?),
+        expires: Timestamp::from_millis(number(&expires, "expires")?),
     })
 }
 

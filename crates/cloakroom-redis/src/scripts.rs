@@ -2,6 +2,12 @@
 //! token or version check and the write it guards are one atomic step (never
 //! a GET followed by a SET).
 //!
+//! Taking a lock needs no script: `SET NX PX` is atomic by itself, and the
+//! record read after it is read under the lock (see `RedisStore::lock`).
+//! That matters for throughput: the server's single thread pays a few
+//! microseconds per script and per `redis.call`, and hashes every string
+//! that enters Lua byte by byte, the whole 1 KiB record included.
+//!
 //! Each script is `common.lua` followed by its own file. redis-rs's
 //! [`Script`] sends `EVALSHA` and, on `NOSCRIPT` (a restarted or failed-over
 //! server), loads the script and retries, so a script costs one round trip in
@@ -20,8 +26,6 @@ fn with_common(body: &str) -> Script {
 
 /// All scripts, built once per process.
 pub(crate) struct Scripts {
-    /// Lock-and-load.
-    pub lock: Script,
     /// Save, touch, delete or plain unlock, then release: the guard's exits.
     pub finish: Script,
     /// Token-checked lease extension.
@@ -37,7 +41,6 @@ pub(crate) struct Scripts {
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    lock: with_common(include_str!("lua/lock.lua")),
     finish: with_common(include_str!("lua/finish.lua")),
     renew: with_common(include_str!("lua/renew.lua")),
     create: with_common(include_str!("lua/create.lua")),

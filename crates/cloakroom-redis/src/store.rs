@@ -24,8 +24,16 @@ use crate::wait::{WaiterPool, Woken};
 /// wake-up is lost (a waiter killed right after collecting it).
 const MAX_BLOCK: Duration = Duration::from_secs(1);
 
+/// The fields of a record hash, in the order [`reply::live_record`] reads.
+const RECORD_FIELDS: [&str; 5] = ["data", "version", "created", "accessed", "expires"];
+
 /// How long an uncollected wake-up stays in a session's wake list.
 pub(crate) const WAKE_TTL_MS: u64 = 2_000;
+
+/// How long the `waiting` flag of a failed lock attempt stays up. A waiter
+/// re-tries the lock (raising the flag again) at least every
+/// [`MAX_BLOCK`], so while anyone waits the flag never drops.
+const WAITING_TTL_MS: u64 = 2 * MAX_BLOCK.as_millis() as u64;
 
 /// Sessions in Redis or Redis Cluster. Cloning shares the connections.
 ///
@@ -82,11 +90,10 @@ impl RedisStore {
         self.inner.cluster
     }
 
-    /// The keys of a session: `(record, lock, wake list)`. For tests and
-    /// operators inspecting the server.
-    pub fn session_keys(&self, key: &SessionKey) -> (String, String, String) {
-        let k = self.inner.keys.session(key);
-        (k.record, k.lock, k.wake)
+    /// The Redis keys of a session. For tests and operators inspecting the
+    /// server.
+    pub fn session_keys(&self, key: &SessionKey) -> SessionKeys {
+        self.inner.keys.session(key)
     }
 
     pub(crate) fn conn(&self) -> Conn {
@@ -113,6 +120,7 @@ impl RedisStore {
                 .key(&keys.record)
                 .key(&keys.lock)
                 .key(&keys.wake)
+                .key(&keys.waiting)
                 .arg(&token)
                 .arg("unlock")
                 .arg(Timestamp::now().as_millis())
@@ -216,18 +224,14 @@ impl SessionStore for RedisStore {
         let keys = self.inner.keys.session(key);
         let reply: Value = redis::cmd("HMGET")
             .arg(&keys.record)
-            .arg(&["data", "version", "created", "accessed", "expires"])
+            .arg(&RECORD_FIELDS)
             .query_async(&mut self.conn())
             .await
             .map_err(map_redis)?;
-        let Value::Array(fields) = &reply else {
+        let Value::Array(fields) = reply else {
             return Err(unexpected_reply("HMGET", &reply));
         };
-        if fields.get(1).is_none_or(|v| *v == Value::Nil) {
-            return Ok(None);
-        }
-        let record = reply::record(&reply, fields)?;
-        Ok(record.is_live_at(Timestamp::now()).then_some(record))
+        reply::live_record(fields, Timestamp::now())
     }
 
     async fn create(&self, key: &SessionKey, write: RecordWrite) -> Result<Record> {
@@ -302,6 +306,18 @@ impl SessionStore for RedisStore {
         Ok(touched == 1)
     }
 
+    /// One attempt is one round trip: a pipeline of `SET lock NX PX`, `HMGET`
+    /// of the record and `PTTL lock`. The read needs no script to be
+    /// consistent with the lock: if the `SET` won, nobody else can write under
+    /// the lock until we release it, and an unlocked writer slipping in
+    /// between is no different from one that wrote just before the `SET`
+    /// (the save is fenced by version either way). If the `SET` lost, the
+    /// record read is dropped.
+    ///
+    /// After the first failed attempt every attempt first raises the
+    /// session's `waiting` flag, so that a release from then on pushes a
+    /// wake-up; the attempt right after raising it runs at once, so a release
+    /// that came between the first failure and the flag is not missed.
     async fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockGuard>> {
         let started = Instant::now();
         let give_up_at = started + options.wait;
@@ -309,7 +325,30 @@ impl SessionStore for RedisStore {
         let token = new_token()?;
         let lease_ms = millis(options.lease);
         let mut conn = self.conn();
+        let mut waiting = false;
         loop {
+            let mut attempt = redis::pipe();
+            if waiting {
+                attempt
+                    .cmd("SET")
+                    .arg(&keys.waiting)
+                    .arg("1")
+                    .arg("PX")
+                    .arg(WAITING_TTL_MS)
+                    .ignore();
+            }
+            attempt
+                .cmd("SET")
+                .arg(&keys.lock)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(lease_ms)
+                .cmd("HMGET")
+                .arg(&keys.record)
+                .arg(&RECORD_FIELDS)
+                .cmd("PTTL")
+                .arg(&keys.lock);
             // The lease starts on the server after this instant, so a deadline
             // counted from here never outlasts the server's.
             let sent = Instant::now();
@@ -319,19 +358,10 @@ impl SessionStore for RedisStore {
                 token: &token,
                 armed: true,
             };
-            let reply: Value = SCRIPTS
-                .lock
-                .key(&keys.record)
-                .key(&keys.lock)
-                .arg(&token)
-                .arg(lease_ms)
-                .arg(Timestamp::now().as_millis())
-                .invoke_async(&mut conn)
-                .await
-                .map_err(map_redis)?;
+            let replies: Vec<Value> = attempt.query_async(&mut conn).await.map_err(map_redis)?;
             in_flight.armed = false;
             drop(in_flight);
-            let pttl = match reply::lock_reply(&reply) {
+            let pttl = match reply::lock_reply(replies, Timestamp::now()) {
                 Ok(LockReply::Acquired(record)) => {
                     return Ok(Box::new(RedisLockGuard::new(
                         self.clone(),
@@ -358,6 +388,10 @@ impl SessionStore for RedisStore {
                 return Err(Error::LockTimeout {
                     waited: started.elapsed(),
                 });
+            }
+            if !waiting {
+                waiting = true;
+                continue;
             }
             // Wake on release, when the holder's lease runs out, or at our
             // deadline, whichever comes first.

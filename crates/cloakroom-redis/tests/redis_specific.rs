@@ -79,7 +79,8 @@ async fn save_after_the_lock_key_vanished_is_lease_lost_and_changes_nothing() {
         .create(&key, write(b"original", Duration::from_secs(60)))
         .await
         .unwrap();
-    let (record_key, lock_key, _) = store.session_keys(&key);
+    let keys = store.session_keys(&key);
+    let (record_key, lock_key) = (keys.record, keys.lock);
 
     // The lock key deleted under the holder (an operator, a failover that lost it).
     let guard = store.lock(&key, opts(30_000, 1_000)).await.unwrap();
@@ -140,7 +141,8 @@ async fn every_lock_has_a_lease_and_every_record_a_native_expiry() {
     let Some(store) = single().await else { return };
     let mut raw = raw(&single_url()).await;
     let key = SessionKey::new(namespace(), SessionId::generate());
-    let (record_key, lock_key, wake_key) = store.session_keys(&key);
+    let keys = store.session_keys(&key);
+    let (record_key, lock_key) = (keys.record, keys.lock);
 
     let guard = store.lock(&key, opts(5_000, 1_000)).await.unwrap();
     let pttl: i64 = raw.pttl(&lock_key).await.unwrap();
@@ -157,11 +159,8 @@ async fn every_lock_has_a_lease_and_every_record_a_native_expiry() {
         (1..=400).contains(&pttl),
         "record PTTL {pttl} does not follow `expires`"
     );
-    let wake_ttl: i64 = raw.pttl(&wake_key).await.unwrap();
-    assert!(
-        wake_ttl > 0,
-        "the wake list must expire by itself, PTTL {wake_ttl}"
-    );
+    let wake_keys: i64 = raw.exists(&[&keys.wake, &keys.waiting]).await.unwrap();
+    assert_eq!(wake_keys, 0, "a release nobody waited for left wake-up keys");
     let lock_left: bool = raw.exists(&lock_key).await.unwrap();
     assert!(!lock_left, "save_and_unlock left the lock key");
 
@@ -174,6 +173,47 @@ async fn every_lock_has_a_lease_and_every_record_a_native_expiry() {
         .unwrap();
     assert!(batch.deleted.is_empty() && batch.next.is_none());
     assert!(store.capabilities().expires_natively);
+}
+
+/// The wake-up protocol as the server sees it: a release nobody waited for
+/// pushes nothing; a failed attempt raises the `waiting` flag (which expires
+/// by itself), and the next release then leaves exactly one wake-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_pushes_a_wake_up_only_after_a_failed_attempt() {
+    let Some(store) = single().await else { return };
+    let mut raw = raw(&single_url()).await;
+    let key = SessionKey::new(namespace(), SessionId::generate());
+    let keys = store.session_keys(&key);
+
+    let holder = store.lock(&key, opts(30_000, 1_000)).await.unwrap();
+    let flag: bool = raw.exists(&keys.waiting).await.unwrap();
+    assert!(!flag, "an uncontended lock raised the waiting flag");
+    holder.unlock().await.unwrap();
+    let wake: bool = raw.exists(&keys.wake).await.unwrap();
+    assert!(!wake, "a release nobody waited for pushed a wake-up");
+
+    let holder = store.lock(&key, opts(30_000, 1_000)).await.unwrap();
+    match store.lock(&key, opts(30_000, 50)).await {
+        Err(Error::LockTimeout { .. }) => {}
+        other => panic!("a held lock must time out the second locker, got {other:?}"),
+    }
+    let flag_ttl: i64 = raw.pttl(&keys.waiting).await.unwrap();
+    assert!(
+        (1..=2_000).contains(&flag_ttl),
+        "the waiting flag must be up and expire by itself, PTTL {flag_ttl}"
+    );
+    holder.unlock().await.unwrap();
+    let wake_len: i64 = raw.llen(&keys.wake).await.unwrap();
+    assert_eq!(
+        wake_len, 1,
+        "the release after a failed attempt must push one wake-up"
+    );
+    let wake_ttl: i64 = raw.pttl(&keys.wake).await.unwrap();
+    assert!(
+        wake_ttl > 0,
+        "an uncollected wake-up must expire, PTTL {wake_ttl}"
+    );
+    let _: () = raw.del(&[&keys.wake, &keys.waiting]).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +230,7 @@ async fn the_key_prefix_separates_stores() {
     a.create(&key, write(b"a", Duration::from_secs(60)))
         .await
         .unwrap();
-    assert!(a.session_keys(&key).0.starts_with("cloakroom-test-a:{"));
+    assert!(a.session_keys(&key).record.starts_with("cloakroom-test-a:{"));
     assert_eq!(b.load(&key).await.unwrap(), None);
     assert_eq!(b.count(&ns).await.unwrap(), 0);
     assert_eq!(a.count(&ns).await.unwrap(), 1);
@@ -313,9 +353,10 @@ async fn keys_of_one_session_share_a_cluster_slot() {
     let ns = namespace();
     for _ in 0..20 {
         let key = SessionKey::new(ns.clone(), SessionId::generate());
-        let (record, lock, wake) = store.session_keys(&key);
+        let keys = store.session_keys(&key);
+        let record = &keys.record;
         let mut slots = Vec::new();
-        for k in [&record, &lock, &wake] {
+        for k in [&keys.record, &keys.lock, &keys.waiting, &keys.wake] {
             let slot: i64 = redis::cmd("CLUSTER")
                 .arg("KEYSLOT")
                 .arg(k)
@@ -332,7 +373,7 @@ async fn keys_of_one_session_share_a_cluster_slot() {
         let key = SessionKey::new(ns.clone(), SessionId::generate());
         let slot: i64 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
-            .arg(store.session_keys(&key).0)
+            .arg(store.session_keys(&key).record)
             .query_async(&mut raw)
             .await
             .unwrap();
