@@ -1,13 +1,14 @@
 //! Store configuration and the `redis://` / `redis+cluster://` URLs.
 //!
 //! ```text
-//! redis://[user:pass@]host[:port][/db][?prefix=app:&max_record_bytes=N]
+//! redis://[user:pass@]host[:port][/db][?prefix=app:&max_record_bytes=N&connections=N]
 //! redis+cluster://[user:pass@]host:port[,host:port…][?prefix=…]
 //! redis://host:port?cluster=true            (same as redis+cluster://)
 //! ```
 //!
-//! `prefix` (default `cloakroom:`) and `max_record_bytes` (default 4 MiB) are
-//! cloakroom's; other query parameters are passed on to redis-rs.
+//! `prefix` (default `cloakroom:`), `max_record_bytes` (default 4 MiB) and
+//! `connections` (default 4) are cloakroom's; other query parameters are
+//! passed on to redis-rs.
 
 use cloakroom_core::{Error, Result};
 
@@ -15,6 +16,10 @@ use crate::keys::{KeyLayout, DEFAULT_PREFIX};
 
 /// Default size limit of one encoded record.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
+
+/// Default number of multiplexed connections a store spreads its requests
+/// over (waiters' blocking connections come on top).
+pub const DEFAULT_CONNECTIONS: usize = 4;
 
 /// Where and how to connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,7 +33,10 @@ pub struct RedisConfig {
     pub(crate) userinfo: String,
     pub(crate) prefix: String,
     pub(crate) max_record_bytes: usize,
+    pub(crate) connections: usize,
 }
+
+const MAX_CONNECTIONS: usize = 64;
 
 impl RedisConfig {
     /// A single-node configuration for a redis-rs connection URL.
@@ -39,6 +47,7 @@ impl RedisConfig {
             userinfo: String::new(),
             prefix: DEFAULT_PREFIX.to_owned(),
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            connections: DEFAULT_CONNECTIONS,
         }
     }
 
@@ -71,6 +80,7 @@ impl RedisConfig {
 
         let mut prefix = DEFAULT_PREFIX.to_owned();
         let mut max_record_bytes = DEFAULT_MAX_RECORD_BYTES;
+        let mut connections = DEFAULT_CONNECTIONS;
         let mut passed_on = url::form_urlencoded::Serializer::new(String::new());
         for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
             match &*name {
@@ -79,6 +89,13 @@ impl RedisConfig {
                     max_record_bytes = value
                         .parse()
                         .map_err(|_| bad("max_record_bytes is not a number"))?
+                }
+                "connections" => {
+                    connections = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
+                        .ok_or_else(|| bad("connections must be a number from 1 to 64"))?
                 }
                 "cluster" => {
                     cluster = match &*value {
@@ -126,6 +143,7 @@ impl RedisConfig {
             userinfo,
             prefix,
             max_record_bytes,
+            connections,
         })
     }
 
@@ -161,6 +179,16 @@ impl RedisConfig {
         self
     }
 
+    /// Spread requests over `n` multiplexed connections (default
+    /// [`DEFAULT_CONNECTIONS`], clamped to 1..=64). One connection is
+    /// serialised through one socket and one reader task; a few let the
+    /// client parse replies in parallel and the server batch more work per
+    /// wake-up.
+    pub fn with_connections(mut self, n: usize) -> Self {
+        self.connections = n.clamp(1, MAX_CONNECTIONS);
+        self
+    }
+
     /// Whether this configuration connects to a Cluster.
     pub fn is_cluster(&self) -> bool {
         self.cluster
@@ -183,6 +211,10 @@ mod tests {
         assert_eq!(c.nodes, vec!["redis://127.0.0.1:6379/3".to_owned()]);
         assert_eq!(c.prefix, "app:");
         assert_eq!(c.max_record_bytes, 10);
+        assert_eq!(c.connections, DEFAULT_CONNECTIONS);
+        let c = RedisConfig::from_url("redis://127.0.0.1:6379?connections=2&protocol=resp3").unwrap();
+        assert_eq!(c.connections, 2);
+        assert_eq!(c.nodes, vec!["redis://127.0.0.1:6379?protocol=resp3".to_owned()]);
     }
 
     #[test]
@@ -210,6 +242,8 @@ mod tests {
             "redis://a:1,b:2",
             "redis://a?prefix={x}",
             "redis://a?max_record_bytes=lots",
+            "redis://a?connections=0",
+            "redis://a?connections=many",
         ] {
             assert!(
                 matches!(RedisConfig::from_url(url), Err(Error::Config(_))),

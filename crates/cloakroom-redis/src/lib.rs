@@ -37,7 +37,7 @@ mod scripts;
 mod store;
 mod wait;
 
-pub use config::{RedisConfig, DEFAULT_MAX_RECORD_BYTES};
+pub use config::{RedisConfig, DEFAULT_CONNECTIONS, DEFAULT_MAX_RECORD_BYTES};
 pub use guard::RedisLockGuard;
 pub use keys::{SessionKeys, DEFAULT_PREFIX};
 pub use store::RedisStore;

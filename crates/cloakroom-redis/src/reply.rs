@@ -9,7 +9,8 @@ use crate::error::unexpected_reply;
 pub(crate) enum LockReply {
     /// We hold the lock; the live record, if any.
     Acquired(Option<Record>),
-    /// Someone else holds it; the lock key's PTTL in ms (-2: just expired).
+    /// Someone else holds it; the lock key's PTTL in ms (-2: just expired,
+    /// or not asked for: try again at once).
     Held { pttl: i64 },
 }
 
@@ -33,18 +34,24 @@ fn int(what: &str, value: &Value, at: &Value) -> Result<i64> {
 }
 
 /// Decode the replies of the lock pipeline: `SET lock NX PX`, `HMGET` of
-/// the record, `PTTL lock` (after the `SET` of the waiting flag, if any, whose
-/// reply is ignored). `now` decides whether the record read with the lock is
-/// still live.
+/// the record and, on attempts after the first, `PTTL lock` (the reply to the
+/// `SET` of the waiting flag before them is ignored). `now` decides whether
+/// the record read with the lock is still live.
 pub(crate) fn lock_reply(replies: Vec<Value>, now: Timestamp) -> Result<LockReply> {
-    let Ok::<[Value; 3], _>([set, fields, pttl]) = replies.try_into() else {
+    let mut replies = replies.into_iter();
+    let (Some(set), Some(fields), pttl) = (replies.next(), replies.next(), replies.next()) else {
         return Err(Error::backend(
-            "redis: the lock pipeline did not answer three replies",
+            "redis: the lock pipeline answered too few replies",
         ));
     };
     match set {
         Value::Nil => {
-            let pttl = redis::from_redis_value_ref(&pttl).map_err(|_| unexpected_reply("PTTL", &pttl))?;
+            let pttl = match pttl {
+                Some(pttl) => {
+                    redis::from_redis_value_ref(&pttl).map_err(|_| unexpected_reply("PTTL", &pttl))?
+                }
+                None => -2,
+            };
             Ok(LockReply::Held { pttl })
         }
         Value::Okay => {

@@ -1,6 +1,7 @@
 //! [`RedisStore`]: the [`SessionStore`] implementation.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,7 +47,9 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    conn: Conn,
+    /// Multiplexed connections, taken in turn.
+    conns: Vec<Conn>,
+    next_conn: AtomicUsize,
     keys: KeyLayout,
     waiters: WaiterPool,
     max_record_bytes: usize,
@@ -73,10 +76,14 @@ impl RedisStore {
     /// Connect with a configuration.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         let keys = KeyLayout::new(&config.prefix)?;
-        let conn = Conn::connect(&config).await?;
+        let mut conns = Vec::with_capacity(config.connections);
+        for _ in 0..config.connections.max(1) {
+            conns.push(Conn::connect(&config).await?);
+        }
         Ok(RedisStore {
             inner: Arc::new(Inner {
-                conn,
+                conns,
+                next_conn: AtomicUsize::new(0),
                 waiters: WaiterPool::new(&config),
                 keys,
                 max_record_bytes: config.max_record_bytes,
@@ -96,8 +103,11 @@ impl RedisStore {
         self.inner.keys.session(key)
     }
 
+    /// The next of the store's connections, in turn.
     pub(crate) fn conn(&self) -> Conn {
-        self.inner.conn.clone()
+        let conns = &self.inner.conns;
+        let turn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        conns[turn % conns.len()].clone()
     }
 
     pub(crate) fn check_size(&self, write: &RecordWrite) -> Result<()> {
@@ -306,8 +316,8 @@ impl SessionStore for RedisStore {
         Ok(touched == 1)
     }
 
-    /// One attempt is one round trip: a pipeline of `SET lock NX PX`, `HMGET`
-    /// of the record and `PTTL lock`. The read needs no script to be
+    /// One attempt is one round trip: a pipeline of `SET lock NX PX` and
+    /// `HMGET` of the record (and `PTTL lock` when waiting). The read needs no script to be
     /// consistent with the lock: if the `SET` won, nobody else can write under
     /// the lock until we release it, and an unlocked writer slipping in
     /// between is no different from one that wrote just before the `SET`
@@ -346,9 +356,12 @@ impl SessionStore for RedisStore {
                 .arg(lease_ms)
                 .cmd("HMGET")
                 .arg(&keys.record)
-                .arg(&RECORD_FIELDS)
-                .cmd("PTTL")
-                .arg(&keys.lock);
+                .arg(&RECORD_FIELDS);
+            if waiting {
+                // How long to block if this attempt fails too. The first
+                // attempt does not ask: it is retried at once either way.
+                attempt.cmd("PTTL").arg(&keys.lock);
+            }
             // The lease starts on the server after this instant, so a deadline
             // counted from here never outlasts the server's.
             let sent = Instant::now();
