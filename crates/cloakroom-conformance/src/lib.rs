@@ -22,6 +22,18 @@
 //! parallel. Every case works in a fresh random [`Namespace`], so a shared
 //! database or Redis needs no cleanup between cases.
 //!
+//! A store that can be opened twice over the same storage (a server, a
+//! directory, a database file) also runs the cases of [`cases::shared`]
+//! through two independent instances, standing in for two processes:
+//!
+//! ```ignore
+//! async fn pair() -> Result<StorePair, Unreachable> {
+//!     cloakroom_conformance::twice(store).await // each call connects anew
+//! }
+//!
+//! two_instance_tests!(pair);
+//! ```
+//!
 //! A store whose server is down is reported as skipped, with the command that
 //! starts it — unless `CLOAKROOM_REQUIRE_BACKENDS=1` is set (as CI does), in
 //! which case the case fails: nothing is skipped silently.
@@ -73,12 +85,18 @@ pub struct Fixture {
 impl Fixture {
     /// A fixture on `store` with a fresh random namespace.
     pub fn new(store: Arc<dyn SessionStore>) -> Self {
+        Fixture {
+            store,
+            namespace: Self::random_namespace(),
+        }
+    }
+
+    fn random_namespace() -> Namespace {
         let id = SessionId::generate();
-        let namespace = match Namespace::new(&format!("conf-{}", &id.as_str()[..16])) {
+        match Namespace::new(&format!("conf-{}", &id.as_str()[..16])) {
             Ok(ns) => ns,
             Err(e) => panic!("a generated namespace failed validation: {e}"),
-        };
-        Fixture { store, namespace }
+        }
     }
 
     /// The key of `id` in this fixture's namespace.
@@ -97,6 +115,39 @@ impl Fixture {
     }
 }
 
+/// Two instances of one store over the same storage, as a two-instance
+/// factory returns them.
+pub type StorePair = (Arc<dyn SessionStore>, Arc<dyn SessionStore>);
+
+/// What each two-instance case gets: two independent instances of one store
+/// over the same storage, and a namespace of its own.
+#[derive(Debug, Clone)]
+pub struct TwoInstances {
+    /// One instance.
+    pub first: Arc<dyn SessionStore>,
+    /// Another instance, sharing nothing with the first but the storage.
+    pub second: Arc<dyn SessionStore>,
+    /// A fresh namespace no other case uses.
+    pub namespace: Namespace,
+}
+
+impl TwoInstances {
+    /// A key for a new random id in this case's namespace.
+    pub fn new_key(&self) -> SessionKey {
+        SessionKey::new(self.namespace.clone(), SessionId::generate())
+    }
+}
+
+/// Two instances from a factory that opens a new, independent instance on
+/// each call (one that connects to a server, say).
+pub async fn twice<F, Fut>(factory: F) -> Result<StorePair, Unreachable>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Arc<dyn SessionStore>, Unreachable>>,
+{
+    Ok((factory().await?, factory().await?))
+}
+
 /// Whether unreachable backends fail instead of being skipped.
 pub fn backends_required() -> bool {
     std::env::var("CLOAKROOM_REQUIRE_BACKENDS").is_ok_and(|v| !v.is_empty() && v != "0")
@@ -104,8 +155,23 @@ pub fn backends_required() -> bool {
 
 #[doc(hidden)]
 pub fn __setup(store: Result<Arc<dyn SessionStore>, Unreachable>) -> Option<Fixture> {
-    match store {
-        Ok(store) => Some(Fixture::new(store)),
+    reachable(store).map(Fixture::new)
+}
+
+#[doc(hidden)]
+pub fn __setup_two(stores: Result<StorePair, Unreachable>) -> Option<TwoInstances> {
+    reachable(stores).map(|(first, second)| TwoInstances {
+        first,
+        second,
+        namespace: Fixture::random_namespace(),
+    })
+}
+
+/// The stores, or `None` (skip) for an unreachable backend, or a panic if
+/// backends are required.
+fn reachable<T>(stores: Result<T, Unreachable>) -> Option<T> {
+    match stores {
+        Ok(stores) => Some(stores),
         Err(u) if backends_required() => panic!(
             "{} is required (CLOAKROOM_REQUIRE_BACKENDS is set) but unreachable: {}\n  start it with: {}",
             u.backend, u.reason, u.start_with
@@ -157,6 +223,34 @@ macro_rules! conformance_tests {
             rollback_discards_and_releases,
             hashed_ids_keep_no_bearer_token_in_the_store,
         );
+    };
+}
+
+/// Generate one `#[tokio::test]` per two-instance case ([`cases::shared`]),
+/// each calling `$pair().await` for two independent instances over the same
+/// storage. See the crate docs.
+#[macro_export]
+macro_rules! two_instance_tests {
+    ($pair:path) => {
+        $crate::__two_instance_cases!($pair;
+            two_instances_lose_no_update,
+            a_lock_held_through_one_instance_blocks_the_other,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __two_instance_cases {
+    ($pair:path; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                if let Some(two) = $crate::__setup_two($pair().await) {
+                    $crate::cases::$case(two).await;
+                }
+            }
+        )*
     };
 }
 

@@ -286,64 +286,6 @@ async fn lock_files_do_not_pile_up() {
     assert_eq!(count_locks(), 0);
 }
 
-/// Two stores on one directory stand in for two processes: nothing is shared
-/// between them but the files, so only `flock` can serialize them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_stores_on_one_directory_lose_no_update() {
-    let dir = temp();
-    let url = format!("file://{}?durable=false", dir.path().display());
-    let a = FileStore::from_url(&url).unwrap();
-    let b = FileStore::from_url(&url).unwrap();
-    let k = key("app");
-    a.create(&k, write(&0u64.to_le_bytes())).await.unwrap();
-
-    let mut tasks = Vec::new();
-    for i in 0..8 {
-        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
-        let k = k.clone();
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..25 {
-                let g = store.lock(&k, opts(10_000, 10_000)).await.unwrap();
-                let n = u64::from_le_bytes(g.record().unwrap().data[..8].try_into().unwrap());
-                g.save_and_unlock(write(&(n + 1).to_le_bytes())).await.unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let record = b.load(&k).await.unwrap().unwrap();
-    assert_eq!(u64::from_le_bytes(record.data[..8].try_into().unwrap()), 200);
-    assert_eq!(record.version, 201);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lock_held_by_another_store_blocks_until_released() {
-    let dir = temp();
-    let a = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
-    let b = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
-    let k = key("app");
-    let held = a.lock(&k, opts(10_000, 100)).await.unwrap();
-    match b.lock(&k, opts(10_000, 100)).await {
-        Err(Error::LockTimeout { waited }) => assert!(waited >= Duration::from_millis(100)),
-        other => panic!("expected LockTimeout, got {other:?}"),
-    }
-    let releaser = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        held.unlock().await.unwrap();
-    });
-    let started = std::time::Instant::now();
-    let g = b.lock(&k, opts(10_000, 2_000)).await.unwrap();
-    // Released at ~50 ms; the backoff is capped at 20 ms.
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        started.elapsed()
-    );
-    g.unlock().await.unwrap();
-    releaser.await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_writes_work_and_are_reported() {
     let dir = temp();

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use cloakroom_conformance::{conformance_tests, Unreachable};
+use cloakroom_conformance::{conformance_tests, two_instance_tests, StorePair, Unreachable};
 use cloakroom_core::SessionStore;
 use cloakroom_redis::RedisStore;
 
@@ -19,4 +19,10 @@ async fn store() -> Result<Arc<dyn SessionStore>, Unreachable> {
     }
 }
 
+/// Two instances, each with its own connections: two application processes.
+async fn pair() -> Result<StorePair, Unreachable> {
+    cloakroom_conformance::twice(store).await
+}
+
 conformance_tests!(store);
+two_instance_tests!(pair);

@@ -105,62 +105,6 @@ async fn custom_tables_are_separate_and_migrate_is_idempotent() {
     assert_eq!(index, 1, "no expiry index");
 }
 
-/// Two stores on one file stand in for two processes: they share no memory
-/// (no wake-ups), only the database.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_stores_on_one_file_lose_no_update() {
-    let dir = temp();
-    let a = store_at(&db(dir.path())).await;
-    let b = store_at(&db(dir.path())).await;
-    let k = key("app");
-    a.create(&k, write(&0u64.to_le_bytes())).await.unwrap();
-
-    let mut tasks = Vec::new();
-    for i in 0..8 {
-        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
-        let k = k.clone();
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..25 {
-                let g = store.lock(&k, opts(10_000, 10_000)).await.unwrap();
-                let n = u64::from_le_bytes(g.record().unwrap().data[..8].try_into().unwrap());
-                g.save_and_unlock(write(&(n + 1).to_le_bytes())).await.unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let record = b.load(&k).await.unwrap().unwrap();
-    assert_eq!(u64::from_le_bytes(record.data[..8].try_into().unwrap()), 200);
-    assert_eq!(record.version, 201);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lock_held_through_another_store_blocks_until_released() {
-    let dir = temp();
-    let a = store_at(&db(dir.path())).await;
-    let b = store_at(&db(dir.path())).await;
-    let k = key("app");
-    let held = a.lock(&k, opts(10_000, 100)).await.unwrap();
-    match b.lock(&k, opts(10_000, 100)).await {
-        Err(Error::LockTimeout { waited }) => assert!(waited >= Duration::from_millis(100)),
-        other => panic!("expected LockTimeout, got {other:?}"),
-    }
-    let releaser = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        held.unlock().await.unwrap();
-    });
-    let started = Instant::now();
-    let g = b.lock(&k, opts(10_000, 2_000)).await.unwrap();
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        started.elapsed()
-    );
-    g.unlock().await.unwrap();
-    releaser.await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_placeholders_are_invisible_and_cleaned_up() {
     let dir = temp();

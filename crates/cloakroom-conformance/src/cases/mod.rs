@@ -8,12 +8,14 @@ mod crud;
 mod hostile;
 mod locking;
 mod policies;
+mod shared;
 mod sweep;
 
 pub use crud::*;
 pub use hostile::*;
 pub use locking::*;
 pub use policies::*;
+pub use shared::*;
 pub use sweep::*;
 
 use std::fmt::Debug;

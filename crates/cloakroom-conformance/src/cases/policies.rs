@@ -10,7 +10,7 @@ use crate::record::{session_bytes, write_with};
 use crate::Fixture;
 
 /// A stored session holding `hits = 0`, returning its id.
-async fn stored_session(manager: &Manager) -> SessionId {
+pub(super) async fn stored_session(manager: &Manager) -> SessionId {
     let mut s = must(manager.open(None).await, "open new");
     must(s.insert("hits", &0u64), "insert");
     let id = s.id().clone();
@@ -18,7 +18,7 @@ async fn stored_session(manager: &Manager) -> SessionId {
     id
 }
 
-async fn hits(manager: &Manager, id: &SessionId) -> Option<u64> {
+pub(super) async fn hits(manager: &Manager, id: &SessionId) -> Option<u64> {
     let s = must(manager.open_read_only(id).await, "read")?;
     must(s.get::<u64>("hits"), "get hits")
 }
