@@ -158,7 +158,13 @@ fn new_token() -> Result<String> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)
         .map_err(|e| Error::backend(format!("no randomness for a lock token: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut token = String::with_capacity(32);
+    for b in bytes {
+        token.push(char::from(HEX[usize::from(b >> 4)]));
+        token.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    Ok(token)
 }
 
 fn millis(d: Duration) -> u64 {
@@ -504,5 +510,23 @@ impl SessionStore for RedisStore {
         // Redis deletes each record at its PEXPIREAT time by itself: there is
         // nothing left to delete, and no expired record is ever returned.
         Ok(SweepBatch::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_32_lowercase_hex_digits_and_differ() {
+        let a = new_token().unwrap();
+        let b = new_token().unwrap();
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+            "{a}"
+        );
+        assert_ne!(a, b);
     }
 }
