@@ -7,6 +7,7 @@
 mod modes;
 mod payload;
 mod report;
+mod sweep;
 mod target;
 
 use std::sync::Arc;
@@ -19,7 +20,8 @@ use cloakroom::{Namespace, Policy, SessionId};
 pub use modes::{contention, create_sessions, processes, remove_sessions, run_claims, spread, worker};
 pub use modes::{SpreadConfig, TaskStats};
 pub use payload::{CartItem, Payload, CART, CSRF_TOKEN, FLASH, HITS, LOCALE, USER_ID};
-pub use report::{comparison, table, BenchResult, Samples};
+pub use report::{comparison, sweep_table, table, BenchResult, Samples, SweepResult};
+pub use sweep::{sweep, SWEEP_BATCH};
 pub use target::{backend_of, hits_of_encoded, policy_name, CloakroomTarget, CycleError, Target};
 
 use crate::cli::{parse_duration, parse_namespace};
@@ -33,6 +35,8 @@ pub enum Mode {
     Contention,
     /// One session, several OS processes of several tasks each.
     Processes,
+    /// N expired sessions, then one streaming sweep; cloakroom only.
+    Sweep,
 }
 
 /// A cloakroom policy on the command line.
@@ -59,7 +63,7 @@ impl From<PolicyArg> for Policy {
 /// Sizes and lengths of a benchmark run, shared by `cloakroom bench` and the anchor.
 #[derive(Debug, Clone, Args)]
 pub struct Plan {
-    /// Modes to run.
+    /// Modes to run (`sweep` only when named).
     #[arg(
         long = "mode",
         value_enum,
@@ -142,6 +146,8 @@ pub async fn run_plan<T: Target>(
                 each(&r);
                 out.push(r);
             }
+            // It measures a store, not a request cycle: `cloakroom bench` runs it itself.
+            Mode::Sweep => eprintln!("{label}: sweep mode skipped (cloakroom bench only)"),
         }
     }
     Ok(out)
@@ -171,6 +177,9 @@ pub struct BenchArgs {
     policies: Vec<PolicyArg>,
     #[command(flatten)]
     plan: Plan,
+    /// Expired sessions the sweep mode creates and sweeps (in its own fresh namespace).
+    #[arg(long, default_value_t = 1_000_000)]
+    sweep_sessions: usize,
     /// One JSON object per result line instead of a table.
     #[arg(long)]
     json: bool,
@@ -214,8 +223,11 @@ pub(crate) async fn run_cli(args: BenchArgs) -> Result<()> {
         Some(ns) => ns,
         None => fresh_namespace("bench")?,
     };
+    // The sweep mode is not a request cycle and ignores the policy: run once, below.
+    let mut plan = args.plan.clone();
+    plan.modes.retain(|m| *m != Mode::Sweep);
     let mut results = Vec::new();
-    for policy in &args.policies {
+    for policy in args.policies.iter().filter(|_| !plan.modes.is_empty()) {
         let target = CloakroomTarget::open(&args.url, namespace.clone(), (*policy).into())
             .await
             .context("opening the store")?;
@@ -231,7 +243,7 @@ pub(crate) async fn run_cli(args: BenchArgs) -> Result<()> {
         .map(String::from)
         .to_vec();
         let json = args.json;
-        let r = run_plan(Arc::new(target), &args.plan, Some(&worker_args), |r| {
+        let r = run_plan(Arc::new(target), &plan, Some(&worker_args), |r| {
             if json {
                 println!("{}", serde_json::to_string(r).unwrap_or_default());
             }
@@ -239,8 +251,19 @@ pub(crate) async fn run_cli(args: BenchArgs) -> Result<()> {
         .await?;
         results.extend(r);
     }
-    if !args.json {
+    if !args.json && !results.is_empty() {
         print!("{}", table(&results));
+    }
+    if args.plan.modes.contains(&Mode::Sweep) {
+        let store = cloakroom::open(&args.url).await.context("opening the store")?;
+        // Always a fresh namespace: the sweep deletes every expired session it finds.
+        let ns = fresh_namespace("sweep")?;
+        let r = sweep(store, &backend_of(&args.url), &ns, args.sweep_sessions).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+        } else {
+            print!("{}", sweep_table(std::slice::from_ref(&r)));
+        }
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! The three modes of BENCHMARKS.md, generic over the library under test.
+//! The three request-cycle modes of BENCHMARKS.md, generic over the library
+//! under test (the sweep mode, cloakroom only, is in `sweep.rs`).
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +15,7 @@ use super::report::{BenchResult, Samples};
 use super::target::{CycleError, Target};
 
 /// Requests in flight while creating, reading or deleting sessions around a run.
-const SETUP_PARALLEL: usize = 32;
+pub(crate) const SETUP_PARALLEL: usize = 32;
 /// A cycle refused this many times in a row stops the run: something is
 /// wrong beyond contention.
 const MAX_CONSECUTIVE_RETRIES: u32 = 10_000;

@@ -173,6 +173,78 @@ pub fn comparison(results: &[BenchResult], anchor: &str, baseline: &str) -> Stri
     render(&header, &rows)
 }
 
+/// The result of the sweep mode on one store.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SweepResult {
+    /// Always `cloakroom` (the anchor has no sweep).
+    pub library: String,
+    /// Backend name (`sqlite`, `postgres`, …).
+    pub backend: String,
+    /// `sweep`.
+    pub mode: String,
+    /// Expired sessions created before the sweep.
+    pub created: u64,
+    /// Sessions the sweep deleted.
+    pub deleted: u64,
+    /// Time of the sweep, from the first batch to the end of the last.
+    pub seconds: f64,
+    /// Deleted sessions per second; `None` when the backend expired the
+    /// records itself and the sweep had nothing to delete.
+    pub deleted_per_sec: Option<f64>,
+    /// Records examined per sweep batch.
+    pub batch: usize,
+    /// Resident set of this process just before the sweep (MiB).
+    pub rss_before_mib: Option<f64>,
+    /// Peak growth of the resident set during the sweep over `rss_before_mib`.
+    pub rss_growth_mib: Option<f64>,
+    /// Live sessions counted after the sweep (0 expected).
+    pub remaining: u64,
+    /// Expired sessions a second sweep still found and deleted (0 expected).
+    pub left_behind: u64,
+    /// The backend deletes expired records by itself (Redis).
+    pub expires_natively: bool,
+}
+
+/// A plain-text table of sweep results.
+pub fn sweep_table(results: &[SweepResult]) -> String {
+    let header = [
+        "backend",
+        "mode",
+        "created",
+        "deleted",
+        "seconds",
+        "deleted/s",
+        "peak RSS growth MiB",
+        "remaining",
+        "2nd sweep",
+        "note",
+    ]
+    .map(String::from);
+    let mib = |m: Option<f64>| m.map_or("n/a".into(), |m| format!("{m:.1}"));
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            vec![
+                r.backend.clone(),
+                r.mode.clone(),
+                r.created.to_string(),
+                r.deleted.to_string(),
+                format!("{:.2}", r.seconds),
+                r.deleted_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
+                mib(r.rss_growth_mib),
+                r.remaining.to_string(),
+                r.left_behind.to_string(),
+                if r.expires_natively {
+                    format!("{} expired them itself; nothing to sweep", r.backend)
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    render(&header, &rows)
+}
+
 /// Render as a Markdown table (readable as plain text too).
 fn render(header: &[String], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
