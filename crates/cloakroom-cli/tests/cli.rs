@@ -581,3 +581,69 @@ fn bench_on_the_memory_store_skips_the_processes_mode() {
     assert_serialized_loses_nothing(&rows, "memory", &["spread", "contention"]);
     assert!(rows.iter().all(|r| r["mode"] != "processes"));
 }
+
+/// `bench --mode sweep --json` with `n` sessions: its one row, checked to
+/// have created and then swept exactly `n`, leaving none.
+fn bench_sweep(url: &str, backend: &str, n: usize) -> Value {
+    let n_text = n.to_string();
+    let o = cloakroom(&[
+        "bench",
+        "--store",
+        url,
+        "--mode",
+        "sweep",
+        "--sweep-sessions",
+        &n_text,
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let rows: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(rows.len(), 1, "only the sweep runs: {rows:?}");
+    let r = rows[0].clone();
+    assert_eq!(r["mode"], "sweep", "{r}");
+    assert_eq!(r["backend"], backend, "{r}");
+    assert_eq!(r["created"], n, "{r}");
+    assert_eq!(r["deleted"], n, "{r}");
+    assert_eq!(r["remaining"], 0, "{r}");
+    assert_eq!(r["left_behind"], 0, "{r}");
+    assert!(r["deleted_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(!r["rss_growth_mib"].is_null(), "{r}");
+    r
+}
+
+#[test]
+fn bench_sweep_deletes_every_expired_session_on_memory() {
+    bench_sweep("memory:", "memory", 2000);
+    // The table names the mode and the counts.
+    let o = cloakroom(&[
+        "bench",
+        "--store",
+        "memory:",
+        "--mode",
+        "sweep",
+        "--sweep-sessions",
+        "300",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("| memory"))
+        .map(|l| l.split('|').map(str::trim).collect::<Vec<_>>())
+        .unwrap_or_else(|| panic!("no memory row in {out}"));
+    assert_eq!(&row[1..5], ["memory", "sweep", "300", "300"], "{row:?}");
+    assert_eq!(
+        &row[8..10],
+        ["0", "0"],
+        "remaining, left for a 2nd sweep: {row:?}"
+    );
+}
+
+#[test]
+fn bench_sweep_deletes_every_expired_session_on_sqlite() {
+    let db = sqlite();
+    bench_sweep(&db.url, "sqlite", 2000);
+}
