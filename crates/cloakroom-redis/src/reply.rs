@@ -1,11 +1,12 @@
-//! Decoding script replies into records and outcomes.
+//! Decoding the lock pipeline's and the scripts' replies into records and
+//! outcomes.
 
 use cloakroom_core::{Error, Record, Result, Timestamp};
 use redis::Value;
 
 use crate::error::unexpected_reply;
 
-/// What the lock-and-load script answered.
+/// What a lock attempt found.
 pub(crate) enum LockReply {
     /// We hold the lock; the live record, if any.
     Acquired(Option<Record>),
@@ -118,5 +119,79 @@ pub(crate) fn status(what: &str, value: &Value) -> Result<Status> {
         "lost" => Ok(Status::Lost),
         "conflict" => Ok(Status::Conflict(u64::try_from(number()?).unwrap_or(0))),
         _ => Err(unexpected_reply(what, value)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn fields(expires: i64) -> Value {
+        Value::Array(vec![
+            bulk("data"),
+            bulk("7"),
+            bulk("1000"),
+            bulk("2000"),
+            bulk(&expires.to_string()),
+        ])
+    }
+
+    #[test]
+    fn a_won_set_yields_the_live_record_or_none() {
+        let now = Timestamp::from_millis(5_000);
+        match lock_reply(vec![Value::Okay, fields(9_000)], now) {
+            Ok(LockReply::Acquired(Some(r))) => {
+                assert_eq!((r.data.as_slice(), r.version), (b"data".as_slice(), 7));
+                assert_eq!(r.expires, Timestamp::from_millis(9_000));
+            }
+            _ => panic!("a live record under a won lock"),
+        }
+        // Past `expires` by our clock, not yet reclaimed by Redis: no record.
+        assert!(matches!(
+            lock_reply(vec![Value::Okay, fields(5_000)], now),
+            Ok(LockReply::Acquired(None))
+        ));
+        let missing = Value::Array(vec![Value::Nil; 5]);
+        assert!(matches!(
+            lock_reply(vec![Value::Okay, missing], now),
+            Ok(LockReply::Acquired(None))
+        ));
+    }
+
+    #[test]
+    fn a_lost_set_yields_the_pttl_or_try_again() {
+        let now = Timestamp::from_millis(0);
+        assert!(matches!(
+            lock_reply(vec![Value::Nil, fields(9_000), Value::Int(1234)], now),
+            Ok(LockReply::Held { pttl: 1234 })
+        ));
+        assert!(matches!(
+            lock_reply(vec![Value::Nil, fields(9_000)], now),
+            Ok(LockReply::Held { pttl: -2 })
+        ));
+    }
+
+    #[test]
+    fn damaged_replies_are_errors_not_panics() {
+        let now = Timestamp::from_millis(0);
+        let corrupt = Value::Array(vec![bulk("d"), bulk("seven"), bulk("1"), bulk("1"), bulk("9")]);
+        assert!(matches!(
+            lock_reply(vec![Value::Okay, corrupt], now),
+            Err(Error::Corrupt { .. })
+        ));
+        for replies in [
+            vec![],
+            vec![Value::Okay],
+            vec![Value::Int(1), fields(9)],
+            vec![Value::Okay, Value::Int(3)],
+            vec![Value::Okay, Value::Array(vec![bulk("d"), bulk("1")])],
+            vec![Value::Nil, fields(9), bulk("soon")],
+        ] {
+            assert!(lock_reply(replies.clone(), now).is_err(), "{replies:?}");
+        }
     }
 }
