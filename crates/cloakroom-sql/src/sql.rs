@@ -168,8 +168,14 @@ impl Statements {
         }
     }
 
-    /// `(ns, now, id × n)`: delete the expired rows among `n` ids the sweep
-    /// has locked. Expiry is checked again in the same statement.
+    /// `(ns, id × n)`: delete the `n` expired rows the sweep's select has
+    /// just locked (`FOR UPDATE` in the same transaction), so nothing can have
+    /// renewed or removed them since. Expiry is deliberately *not* checked
+    /// again: with an `expires` predicate Postgres' planner, on statistics
+    /// stale after a burst of inserts, scanned the whole (namespace, expires)
+    /// index for every batch (1.2 s per 1,000 rows of a 1M-row namespace);
+    /// by key alone it can only use the primary key. The caller checks that
+    /// exactly `n` rows went.
     pub fn sweep_delete(&self, n: usize) -> String {
         let marks = vec!["?"; n.max(1)].join(", ");
         let t = self.table.as_str();
@@ -181,7 +187,7 @@ impl Statements {
         };
         number_params(
             self.dialect,
-            &format!("{delete} WHERE namespace = ? AND version > 0 AND expires <= ? AND id IN ({marks})"),
+            &format!("{delete} WHERE namespace = ? AND id IN ({marks})"),
         )
     }
 }
@@ -270,7 +276,10 @@ mod tests {
             "SELECT data, version, created, accessed, expires FROM t \
              WHERE namespace = $1 AND id = $2 AND version > 0 AND expires > $3"
         );
-        assert!(s.sweep_delete(3).ends_with("id IN ($3, $4, $5)"));
+        assert_eq!(
+            s.sweep_delete(3),
+            "DELETE FROM t WHERE namespace = $1 AND id IN ($2, $3, $4)"
+        );
         assert!(s.lock_or_insert.contains("namespace = $3 AND id = $4 FOR UPDATE"));
     }
 }

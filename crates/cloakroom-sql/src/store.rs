@@ -379,7 +379,7 @@ impl<B: Backend> SessionStore for RowLockStore<B> {
             .await
             .map_err(|e| self.map_err(e))?;
         if !ids.is_empty() {
-            let mut delete = vec![namespace.as_str().into(), now.as_millis().into()];
+            let mut delete = vec![namespace.as_str().into()];
             delete.extend(ids.iter().map(|id| Param::Text(id.clone())));
             let deleted = B::DB::run(tx.conn(), &sql.sweep_delete(ids.len()), delete)
                 .await
