@@ -323,12 +323,12 @@ impl SessionStore for RedisStore {
     }
 
     /// One attempt is one round trip: a pipeline of `SET lock NX PX` and
-    /// `HMGET` of the record (and `PTTL lock` when waiting). The read needs no script to be
-    /// consistent with the lock: if the `SET` won, nobody else can write under
-    /// the lock until we release it, and an unlocked writer slipping in
-    /// between is no different from one that wrote just before the `SET`
-    /// (the save is fenced by version either way). If the `SET` lost, the
-    /// record read is dropped.
+    /// `HMGET` of the record (and `PTTL lock` when waiting). The read needs no
+    /// script to be consistent with the lock: if the `SET` won, nobody else
+    /// can write under the lock until we release it, and an unlocked writer
+    /// slipping in between is no different from one that wrote just before
+    /// the `SET` (the save is fenced by version either way). If the `SET`
+    /// lost, the record read is dropped.
     ///
     /// After the first failed attempt every attempt first raises the
     /// session's `waiting` flag, so that a release from then on pushes a
