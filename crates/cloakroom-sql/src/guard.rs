@@ -131,7 +131,12 @@ impl<B: Backend> RowLockGuard<B> {
                 return Err(self.held_error(e));
             }
         };
-        tx.end(B::COMMIT).await.map_err(|e| self.held_error(e))?;
+        // Unlike a failed statement, a COMMIT cut off by a lost connection is
+        // ambiguous: the server may have committed before the connection
+        // died. `Unavailable` says "outcome unknown"; `LeaseLost` would promise
+        // that nothing was written (seen: a MariaDB restart mid-COMMIT wrote
+        // an increment its caller had been told was refused).
+        tx.end(B::COMMIT).await.map_err(|e| self.store.map_err(e))?;
         Ok(affected)
     }
 
