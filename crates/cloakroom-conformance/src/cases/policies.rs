@@ -18,6 +18,24 @@ pub(super) async fn stored_session(manager: &Manager) -> SessionId {
     id
 }
 
+/// A task that increments `hits` of `id` `times` times, one whole session
+/// open-read-write-commit each, as a request would.
+pub(super) fn spawn_increments(
+    manager: Manager,
+    id: SessionId,
+    times: usize,
+) -> tokio::task::JoinHandle<Result<(), Error>> {
+    tokio::spawn(async move {
+        for _ in 0..times {
+            let mut s = manager.open(Some(&id)).await?;
+            let n: u64 = s.get("hits")?.unwrap_or(0);
+            s.insert("hits", &(n + 1))?;
+            s.commit().await?;
+        }
+        Ok(())
+    })
+}
+
 pub(super) async fn hits(manager: &Manager, id: &SessionId) -> Option<u64> {
     let s = must(manager.open_read_only(id).await, "read")?;
     must(s.get::<u64>("hits"), "get hits")
@@ -103,19 +121,9 @@ pub async fn serialized_sessions_lose_no_update(f: Fixture) {
         "manager",
     );
     let id = stored_session(&m).await;
-    let mut tasks = Vec::new();
-    for _ in 0..32 {
-        let (m, id) = (m.clone(), id.clone());
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..50 {
-                let mut s = m.open(Some(&id)).await?;
-                let n: u64 = s.get("hits")?.unwrap_or(0);
-                s.insert("hits", &(n + 1))?;
-                s.commit().await?;
-            }
-            Ok::<_, Error>(())
-        }));
-    }
+    let tasks: Vec<_> = (0..32)
+        .map(|_| spawn_increments(m.clone(), id.clone(), 50))
+        .collect();
     for t in tasks {
         must(t.await.expect("task panicked"), "serialized increment");
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use cloakroom_core::{Error, Manager};
 
-use super::policies::{hits, stored_session};
+use super::policies::{hits, spawn_increments, stored_session};
 use super::{must, opts, SLACK};
 use crate::record::{session_bytes, write_with};
 use crate::TwoInstances;
@@ -26,20 +26,9 @@ pub async fn two_instances_lose_no_update(t: TwoInstances) {
     };
     let (a, b) = (manager(t.first.clone()), manager(t.second.clone()));
     let id = stored_session(&a).await;
-    let mut tasks = Vec::new();
-    for i in 0..16 {
-        let m = if i % 2 == 0 { a.clone() } else { b.clone() };
-        let id = id.clone();
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..25 {
-                let mut s = m.open(Some(&id)).await?;
-                let n: u64 = s.get("hits")?.unwrap_or(0);
-                s.insert("hits", &(n + 1))?;
-                s.commit().await?;
-            }
-            Ok::<_, Error>(())
-        }));
-    }
+    let tasks: Vec<_> = (0..16)
+        .map(|i| spawn_increments(if i % 2 == 0 { a.clone() } else { b.clone() }, id.clone(), 25))
+        .collect();
     for task in tasks {
         must(task.await.expect("task panicked"), "serialized increment");
     }
