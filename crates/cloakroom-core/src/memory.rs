@@ -377,7 +377,14 @@ impl SessionStore for MemoryStore {
                 .is_some(),
             None => false,
         };
-        ns.retain(|_, slot| !slot.is_unused());
+        // Only the slots this batch emptied can have become unused (every
+        // other call drops its own, see `with_slot`); a `retain` over the
+        // whole namespace here made a full sweep quadratic.
+        for id in &deleted {
+            if ns.get(id).is_some_and(Slot::is_unused) {
+                ns.remove(id);
+            }
+        }
         if ns.is_empty() {
             table.remove(namespace);
         }
@@ -561,5 +568,63 @@ impl Drop for MemoryLockGuard {
             let token = self.token;
             self.store.shared.with_slot(&self.key, |slot| slot.release(token));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sweep must leave no empty slot behind (each would be a leak for
+    /// the life of the process), while a locked expired session keeps its.
+    #[tokio::test]
+    async fn a_full_sweep_frees_every_slot_it_empties() {
+        let store = MemoryStore::new();
+        let ns = Namespace::new("sweep").unwrap();
+        let now = Timestamp::now();
+        let expired = RecordWrite {
+            data: b"x".to_vec(),
+            created: now,
+            accessed: now,
+            expires: now.saturating_add(Duration::from_millis(1)),
+        };
+        let mut keys = Vec::new();
+        for _ in 0..25 {
+            let key = SessionKey::new(ns.clone(), SessionId::generate());
+            store.create(&key, expired.clone()).await.unwrap();
+            keys.push(key);
+        }
+        let held = store
+            .lock(
+                &keys[0],
+                LockOptions::new(Duration::from_secs(30), Duration::ZERO),
+            )
+            .await
+            .unwrap();
+        let later = now.saturating_add(Duration::from_secs(1));
+        let mut cursor = None;
+        let mut deleted = 0;
+        loop {
+            let batch = store.sweep_expired(&ns, later, cursor, 4).await.unwrap();
+            deleted += batch.deleted.len();
+            match batch.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(deleted, 24, "every expired, unlocked session is swept");
+        let slots: Vec<SessionId> = store
+            .shared
+            .table()
+            .get(&ns)
+            .map_or(Vec::new(), |ns| ns.keys().cloned().collect());
+        assert_eq!(
+            slots,
+            vec![keys[0].id.clone()],
+            "only the locked session keeps a slot"
+        );
+        held.unlock().await.unwrap();
+        store.sweep_expired(&ns, later, None, 100).await.unwrap();
+        assert!(store.shared.table().is_empty(), "the last sweep left empty slots");
     }
 }
