@@ -17,7 +17,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use cloakroom::Policy;
 use cloakroom_cli::bench::{
-    comparison, fresh_namespace, run_plan, table, BenchResult, CloakroomTarget, Plan, WorkerRun,
+    comparison, concurrency_label, fresh_namespace, run_plan, table, BenchResult, CloakroomTarget, Plan,
+    WorkerRun,
 };
 use tower_sessions_sqlx_store::sqlx;
 
@@ -68,6 +69,11 @@ struct RunArgs {
     /// Print every result as a JSON line as it is measured.
     #[arg(long)]
     json: bool,
+    /// Run everything this many times, alternating which library goes
+    /// first, and end with the median of the per-round ratios. On a shared,
+    /// noisy machine one round can be off by a third either way.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
 }
 
 #[derive(Debug, Args)]
@@ -244,16 +250,94 @@ fn specs(args: &RunArgs) -> Result<Vec<Spec>> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    let mut results = Vec::new();
-    for spec in specs(&args)? {
-        let r = run_spec(&spec, &args.plan, args.json)
-            .await
-            .with_context(|| format!("{} on {}", spec.kind, spec.backend))?;
-        results.extend(r);
+    let mut rounds = Vec::new();
+    for round in 0..args.rounds {
+        let mut specs = specs(&args)?;
+        // Drift (another tenant, thermal limits) favours whoever runs in the
+        // quieter half, so the order swaps every round.
+        if round % 2 == 1 {
+            specs.reverse();
+        }
+        let mut results = Vec::new();
+        for spec in specs {
+            let r = run_spec(&spec, &args.plan, args.json)
+                .await
+                .with_context(|| format!("{} on {}", spec.kind, spec.backend))?;
+            results.extend(r);
+        }
+        if args.rounds > 1 {
+            println!("\nround {} of {}", round + 1, args.rounds);
+        }
+        println!("\n{}", table(&results));
+        println!("{}", comparison(&results, ANCHOR, RAW));
+        rounds.push(results);
     }
-    println!("\n{}", table(&results));
-    println!("{}", comparison(&results, ANCHOR, RAW));
+    if rounds.len() > 1 {
+        println!("{}", median_ratios(&rounds));
+    }
     Ok(())
+}
+
+/// Per backend, mode and concurrency: the median over rounds of cloakroom's
+/// and the anchor's cycles/s, and the median, lowest and highest of the
+/// ratios taken within each round.
+fn median_ratios(rounds: &[Vec<BenchResult>]) -> String {
+    use std::collections::BTreeMap;
+    type Key = (String, String, usize, usize);
+    let mut by_key: BTreeMap<Key, (String, Vec<(f64, f64)>)> = BTreeMap::new();
+    for results in rounds {
+        let rate = |lib: &str, like: &BenchResult| {
+            results
+                .iter()
+                .find(|r| {
+                    r.library == lib
+                        && r.backend == like.backend
+                        && r.mode == like.mode
+                        && r.processes == like.processes
+                        && r.concurrency == like.concurrency
+                })
+                .map(|r| r.cycles_per_sec)
+        };
+        for ours in results.iter().filter(|r| r.library == "cloakroom") {
+            if let Some(theirs) = rate(ANCHOR, ours).filter(|t| *t > 0.0) {
+                let key = (
+                    ours.backend.clone(),
+                    ours.mode.clone(),
+                    ours.processes,
+                    ours.concurrency,
+                );
+                let (_, pairs) = by_key
+                    .entry(key)
+                    .or_insert_with(|| (concurrency_label(ours), Vec::new()));
+                pairs.push((ours.cycles_per_sec, theirs));
+            }
+        }
+    }
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let mut out = format!(
+        "median of {} rounds\n\n| backend | mode | C | cloakroom/s | {ANCHOR}/s | ratio (median) | ratio (min–max) |\n|---|---|---|---|---|---|---|\n",
+        rounds.len()
+    );
+    for ((backend, mode, _, _), (c, pairs)) in by_key {
+        let ratios: Vec<f64> = pairs.iter().map(|(o, t)| o / t).collect();
+        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().copied().fold(0.0, f64::max);
+        out.push_str(&format!(
+            "| {backend} | {mode} | {c} | {:.0} | {:.0} | {:.2} | {lo:.2}–{hi:.2} |\n",
+            median(pairs.iter().map(|p| p.0).collect()),
+            median(pairs.iter().map(|p| p.1).collect()),
+            median(ratios),
+        ));
+    }
+    out
 }
 
 fn main() -> ExitCode {

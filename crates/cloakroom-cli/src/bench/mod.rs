@@ -20,7 +20,7 @@ use cloakroom::{Namespace, Policy, SessionId};
 pub use modes::{contention, create_sessions, processes, remove_sessions, run_claims, spread, worker};
 pub use modes::{SpreadConfig, TaskStats};
 pub use payload::{CartItem, Payload, CART, CSRF_TOKEN, FLASH, HITS, LOCALE, USER_ID};
-pub use report::{comparison, sweep_table, table, BenchResult, Samples, SweepResult};
+pub use report::{comparison, concurrency_label, sweep_table, table, BenchResult, Samples, SweepResult};
 pub use sweep::{sweep, SWEEP_BATCH};
 pub use target::{backend_of, hits_of_encoded, policy_name, CloakroomTarget, CycleError, Target};
 

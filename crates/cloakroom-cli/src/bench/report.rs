@@ -101,7 +101,8 @@ pub fn table(results: &[BenchResult]) -> String {
     render(&HEADER.map(String::from), &rows)
 }
 
-fn concurrency_label(r: &BenchResult) -> String {
+/// The `C` column: tasks, or `processes×tasks` for the processes mode.
+pub fn concurrency_label(r: &BenchResult) -> String {
     if r.processes > 1 {
         format!("{}×{}", r.processes, r.concurrency / r.processes.max(1))
     } else {
