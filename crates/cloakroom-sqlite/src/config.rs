@@ -9,6 +9,11 @@ use cloakroom_core::{Error, Result};
 pub const DEFAULT_TABLE: &str = "cloakroom_sessions";
 /// Default size limit of one encoded record.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
+/// Default size past which the WAL file is checkpointed and truncated.
+pub const DEFAULT_MAX_WAL_BYTES: u64 = 64 * 1024 * 1024;
+/// Most connections one store may keep: more buys nothing against one
+/// database-wide write lock, and the bound keeps the permit count sane.
+const MAX_CONNECTIONS: usize = 1024;
 
 /// SQLite's `synchronous` setting: how hard a commit waits for the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -53,7 +58,7 @@ impl Synchronous {
 ///
 /// URL form: `sqlite:///abs/path.db` or `sqlite:relative.db`, with optional
 /// query options `table`, `synchronous`, `busy_timeout_ms`,
-/// `max_connections`, `max_record_bytes`.
+/// `max_connections`, `max_record_bytes`, `max_wal_bytes`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SqliteOptions {
     /// The database file (created if missing).
@@ -70,6 +75,12 @@ pub struct SqliteOptions {
     pub max_connections: usize,
     /// Largest encoded record accepted ([`Error::TooLarge`] beyond).
     pub max_record_bytes: usize,
+    /// Size of the `-wal` file past which the store briefly holds back its
+    /// own work to checkpoint and truncate it. Under steady concurrent
+    /// traffic SQLite's automatic checkpoint alone never gets to start the
+    /// WAL over, and the file grows without bound. 64 MiB by default; a
+    /// smaller value means shorter, more frequent pauses.
+    pub max_wal_bytes: u64,
 }
 
 impl SqliteOptions {
@@ -82,6 +93,7 @@ impl SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             max_connections: 4,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            max_wal_bytes: DEFAULT_MAX_WAL_BYTES,
         }
     }
 
@@ -115,11 +127,19 @@ impl SqliteOptions {
         self
     }
 
+    /// Set the WAL size that triggers a truncating checkpoint.
+    pub fn max_wal_bytes(mut self, limit: u64) -> Self {
+        self.max_wal_bytes = limit;
+        self
+    }
+
     /// Check the options; [`Error::Config`] names the first bad one.
     pub fn validate(&self) -> Result<()> {
         validate_table_name(&self.table)?;
-        if self.max_connections == 0 {
-            return Err(Error::Config("max_connections must be at least 1".into()));
+        if self.max_connections == 0 || self.max_connections > MAX_CONNECTIONS {
+            return Err(Error::Config(format!(
+                "max_connections must be between 1 and {MAX_CONNECTIONS}"
+            )));
         }
         if self.path.as_os_str().is_empty() {
             return Err(Error::Config("sqlite database path is empty".into()));
@@ -128,7 +148,7 @@ impl SqliteOptions {
     }
 
     /// Parse `sqlite:///abs/path.db` or `sqlite:relative.db` with optional
-    /// `?table=…&synchronous=…&busy_timeout_ms=…&max_connections=…&max_record_bytes=…`.
+    /// `?table=…&synchronous=…&busy_timeout_ms=…&max_connections=…&max_record_bytes=…&max_wal_bytes=…`.
     pub fn from_url(text: &str) -> Result<Self> {
         let rest = text
             .strip_prefix("sqlite:")
@@ -165,6 +185,7 @@ impl SqliteOptions {
                 "busy_timeout_ms" => options.busy_timeout = Duration::from_millis(number("busy_timeout_ms")?),
                 "max_connections" => options.max_connections = number("max_connections")? as usize,
                 "max_record_bytes" => options.max_record_bytes = number("max_record_bytes")? as usize,
+                "max_wal_bytes" => options.max_wal_bytes = number("max_wal_bytes")?,
                 other => {
                     return Err(Error::Config(format!(
                         "sqlite store URL: unknown option {other:?}"
@@ -204,12 +225,16 @@ mod tests {
     fn parses_absolute_and_relative_urls() {
         let abs = SqliteOptions::from_url("sqlite:///var/lib/app/s.db").unwrap();
         assert_eq!(abs.path, PathBuf::from("/var/lib/app/s.db"));
-        let rel = SqliteOptions::from_url("sqlite:data/s.db?table=t1&synchronous=full&busy_timeout_ms=250")
-            .unwrap();
+        let rel = SqliteOptions::from_url(
+            "sqlite:data/s.db?table=t1&synchronous=full&busy_timeout_ms=250&max_wal_bytes=1048576",
+        )
+        .unwrap();
         assert_eq!(rel.path, PathBuf::from("data/s.db"));
         assert_eq!(rel.table, "t1");
         assert_eq!(rel.synchronous, Synchronous::Full);
         assert_eq!(rel.busy_timeout, Duration::from_millis(250));
+        assert_eq!(rel.max_wal_bytes, 1 << 20);
+        assert_eq!(abs.max_wal_bytes, DEFAULT_MAX_WAL_BYTES);
         let spaced = SqliteOptions::from_url("sqlite:///tmp/a%20b.db").unwrap();
         assert_eq!(spaced.path, PathBuf::from("/tmp/a b.db"));
     }
@@ -224,6 +249,8 @@ mod tests {
             "sqlite:x.db?synchronous=sometimes",
             "sqlite:x.db?colour=red",
             "sqlite:x.db?max_connections=0",
+            "sqlite:x.db?max_connections=18446744073709551615",
+            "sqlite:x.db?max_wal_bytes=lots",
             "sqlite:x.db?table=a;b",
         ] {
             assert!(

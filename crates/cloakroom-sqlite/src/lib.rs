@@ -4,6 +4,10 @@
 //!
 //! - WAL journal, `synchronous=NORMAL` by default ([`Synchronous`]), a busy
 //!   timeout, and `BEGIN IMMEDIATE` for every read-then-write.
+//! - The WAL file stays bounded under steady concurrent traffic: past
+//!   [`SqliteOptions::max_wal_bytes`] the store pauses its own connections
+//!   for a moment and truncates it, because SQLite's automatic checkpoint
+//!   alone is starved by overlapping readers and lets it grow without end.
 //! - Per-session locks are lease columns in the session's row (see [`lock`]),
 //!   never a transaction held across a request: SQLite's write lock is
 //!   database-wide.
@@ -25,12 +29,16 @@
 //! ```
 #![warn(clippy::unwrap_used)]
 
+mod checkpoint;
 mod config;
 pub mod lock;
 mod pool;
 mod schema;
 mod store;
 
-pub use config::{validate_table_name, SqliteOptions, Synchronous, DEFAULT_MAX_RECORD_BYTES, DEFAULT_TABLE};
+pub use config::{
+    validate_table_name, SqliteOptions, Synchronous, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_WAL_BYTES,
+    DEFAULT_TABLE,
+};
 pub use lock::SqliteLockGuard;
 pub use store::SqliteStore;

@@ -7,6 +7,7 @@ use cloakroom_core::{Error, Result};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::Semaphore;
 
+use crate::checkpoint::{self, Outcome, WalLimit};
 use crate::config::SqliteOptions;
 
 /// SQLite errors as cloakroom errors: a database still busy after the busy
@@ -25,13 +26,16 @@ pub(crate) struct Pool {
     options: SqliteOptions,
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
+    wal: WalLimit,
 }
 
 impl Pool {
+    /// A pool for `options`, which must have passed [`SqliteOptions::validate`].
     pub(crate) fn new(options: SqliteOptions) -> Self {
         Pool {
             permits: Arc::new(Semaphore::new(options.max_connections)),
             idle: Mutex::new(Vec::new()),
+            wal: WalLimit::new(&options.path, options.max_wal_bytes),
             options,
         }
     }
@@ -55,18 +59,63 @@ impl Pool {
             .await
             .map_err(|_| Error::backend("sqlite connection pool closed"))?;
         let pool = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let out = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let mut conn = match pool.idle().pop() {
-                Some(conn) => conn,
-                None => pool.connect()?,
-            };
-            let out = work(&mut conn);
-            pool.idle().push(conn);
+            let out = pool.with_connection(work);
+            pool.wal.after_operation();
             out
         })
         .await
-        .map_err(|e| Error::backend(format!("sqlite worker failed: {e}")))?
+        .map_err(|e| Error::backend(format!("sqlite worker failed: {e}")))?;
+        if self.wal.claim() {
+            let pool = self.clone();
+            tokio::spawn(async move {
+                let outcome = pool.truncate_wal().await;
+                pool.wal.finish(outcome);
+            });
+        }
+        out
+    }
+
+    fn with_connection<T>(&self, work: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut conn = match self.idle().pop() {
+            Some(conn) => conn,
+            None => self.connect()?,
+        };
+        let out = work(&mut conn);
+        self.idle().push(conn);
+        out
+    }
+
+    /// Checkpoint and truncate the WAL with every connection of this pool
+    /// idle (see [`checkpoint`] for why). `None` if it failed outright.
+    async fn truncate_wal(self: &Arc<Self>) -> Option<Outcome> {
+        // `validate` keeps max_connections within u32; the semaphore queues
+        // new work behind this claim, so the pool drains and stays idle.
+        let all = u32::try_from(self.options.max_connections).unwrap_or(u32::MAX);
+        let permits = self.permits.clone().acquire_many_owned(all).await.ok()?;
+        let pool = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let _permits = permits;
+            let started = std::time::Instant::now();
+            let outcome = pool.with_connection(|conn| checkpoint::truncate(conn).map_err(sql_error));
+            (outcome, started.elapsed())
+        })
+        .await;
+        match result {
+            Ok((Ok(outcome), paused)) => {
+                tracing::debug!(?outcome, ?paused, "sqlite WAL checkpoint (truncate)");
+                Some(outcome)
+            }
+            Ok((Err(e), _)) => {
+                tracing::warn!(error = %e, "sqlite WAL checkpoint failed; retried later");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sqlite WAL checkpoint worker failed; retried later");
+                None
+            }
+        }
     }
 
     fn connect(&self) -> Result<Connection> {
@@ -88,6 +137,14 @@ impl Pool {
         }
         conn.pragma_update(None, "synchronous", o.synchronous.pragma_value())
             .map_err(sql_error)?;
+        // Whenever the WAL does start over, cut the file back to the limit
+        // instead of keeping the largest size it ever reached.
+        conn.pragma_update(
+            None,
+            "journal_size_limit",
+            i64::try_from(o.max_wal_bytes).unwrap_or(i64::MAX),
+        )
+        .map_err(sql_error)?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(conn)
     }

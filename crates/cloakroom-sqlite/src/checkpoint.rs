@@ -1,0 +1,114 @@
+//! Keeping the WAL file bounded under steady concurrent traffic.
+//!
+//! SQLite's automatic checkpoint copies committed pages back into the
+//! database, but the WAL only starts over from its beginning when a writer
+//! begins at an instant when every frame has been copied back *and* no other
+//! connection is reading from the WAL. With several pooled connections
+//! overlapping short transactions that instant never comes (checkpoint
+//! starvation), so the file grows by every commit, for as long as the
+//! traffic lasts: measured here at 260 MiB beside a 145 MiB database after
+//! 64,000 writes, and at 21 GB during a sweep of a million sessions.
+//!
+//! So the pool watches the WAL's size, and once it passes
+//! [`SqliteOptions::max_wal_bytes`](crate::SqliteOptions::max_wal_bytes) it
+//! makes that instant: it takes every connection permit of this store (new
+//! work queues behind it, in-flight work finishes) and runs
+//! `PRAGMA wal_checkpoint(TRUNCATE)`. That waits, through the busy timeout,
+//! for other processes' readers and writers, copies the few pages the
+//! automatic checkpoints left, and truncates the file. The pause is the time
+//! to finish in-flight statements plus that copy, because the automatic
+//! checkpoints keep doing most of the copying meanwhile.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use rusqlite::Connection;
+
+/// How many pool operations pass between two looks at the WAL's size (one
+/// `stat` each): at about 20 KiB of WAL per write, a few MiB at most.
+const CHECK_EVERY: u64 = 64;
+
+/// The WAL size watch of one pool.
+#[derive(Debug)]
+pub(crate) struct WalLimit {
+    wal: PathBuf,
+    max_bytes: u64,
+    operations: AtomicU64,
+    due: AtomicBool,
+    running: AtomicBool,
+}
+
+/// What one `wal_checkpoint(TRUNCATE)` answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Every frame copied back and the file truncated.
+    Truncated,
+    /// Another connection held the checkpoint lock, or a reader or writer
+    /// outlasted the busy timeout; the next look at the size tries again.
+    Busy,
+}
+
+impl WalLimit {
+    /// A watch of the WAL beside `database` (SQLite names it `<database>-wal`).
+    pub(crate) fn new(database: &Path, max_bytes: u64) -> Self {
+        let mut wal = database.as_os_str().to_owned();
+        wal.push("-wal");
+        WalLimit {
+            wal: wal.into(),
+            max_bytes,
+            operations: AtomicU64::new(0),
+            due: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+        }
+    }
+
+    /// Count one operation (on the blocking thread that ran it); every
+    /// [`CHECK_EVERY`]th looks at the file and marks a checkpoint due.
+    pub(crate) fn after_operation(&self) {
+        if !self
+            .operations
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(CHECK_EVERY)
+        {
+            return;
+        }
+        // A missing file (not in WAL mode yet, or just truncated) is size 0.
+        let size = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
+        if size > self.max_bytes {
+            self.due.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Claim the checkpoint if one is due and none is running. The caller
+    /// must call [`WalLimit::finish`] afterwards.
+    pub(crate) fn claim(&self) -> bool {
+        self.due.load(Ordering::Relaxed)
+            && self
+                .running
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// End a claimed checkpoint. `Busy` leaves it due, to be retried.
+    pub(crate) fn finish(&self, outcome: Option<Outcome>) {
+        if outcome == Some(Outcome::Truncated) {
+            self.due.store(false, Ordering::Relaxed);
+        }
+        self.running.store(false, Ordering::Release);
+    }
+}
+
+/// Run `PRAGMA wal_checkpoint(TRUNCATE)` on `conn`.
+pub(crate) fn truncate(conn: &Connection) -> rusqlite::Result<Outcome> {
+    // (busy, frames in the WAL, frames copied back); busy is 1 when the
+    // checkpoint could not finish. After a TRUNCATE both counts are 0.
+    let (busy, _log, _copied): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
+    Ok(if busy == 0 {
+        Outcome::Truncated
+    } else {
+        Outcome::Busy
+    })
+}
