@@ -31,8 +31,12 @@ pub trait Backend: Send + Sync + fmt::Debug + Sized + 'static {
     const COMMIT: &'static str;
     /// Ends the locking transaction, dropping its writes (and its placeholder row).
     const ROLLBACK: &'static str;
-    /// Starts a plain read-committed transaction (for sweeps).
-    const BEGIN: &'static str;
+    /// Starts a read-committed sweep transaction in which a lock wait gives
+    /// up after about a second. A sweep only takes rows that were not locked
+    /// (`SKIP LOCKED`), so any wait means it has run into a session in use,
+    /// and it must not sit on the rows it holds while it waits (the server's
+    /// default is 50 s on MySQL, forever on Postgres).
+    const SWEEP_BEGIN: &'static str;
     /// Returns the server's id for the current connection, as a signed integer.
     const CONNECTION_ID: &'static str;
 

@@ -42,7 +42,9 @@ impl Backend for Mysql {
     // pooled connection wait as long as the server's default says.
     const COMMIT: &'static str = "COMMIT; SET SESSION innodb_lock_wait_timeout = DEFAULT";
     const ROLLBACK: &'static str = "ROLLBACK; SET SESSION innodb_lock_wait_timeout = DEFAULT";
-    const BEGIN: &'static str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN";
+    // Whole seconds; COMMIT and ROLLBACK above put the default back.
+    const SWEEP_BEGIN: &'static str =
+        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; SET SESSION innodb_lock_wait_timeout = 1; BEGIN";
     const CONNECTION_ID: &'static str = "SELECT CAST(CONNECTION_ID() AS SIGNED)";
 
     fn dialect() -> Dialect {

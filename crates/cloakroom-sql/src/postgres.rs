@@ -33,7 +33,7 @@ impl Backend for Postgres {
     const CLIENT_LEASE_WATCHDOG: bool = false;
     const COMMIT: &'static str = "COMMIT";
     const ROLLBACK: &'static str = "ROLLBACK";
-    const BEGIN: &'static str = "BEGIN";
+    const SWEEP_BEGIN: &'static str = "BEGIN; SET LOCAL lock_timeout = '1s'";
     const CONNECTION_ID: &'static str = "SELECT pg_backend_pid()::int8";
 
     fn dialect() -> Dialect {

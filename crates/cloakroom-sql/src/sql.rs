@@ -52,6 +52,11 @@ pub struct Statements {
     pub count: String,
     /// `(ns, after, now, limit)` → ids of expired, unlocked records, now locked by this transaction.
     pub sweep_select: String,
+    /// `(ns, after, now, limit)` → ids of expired records, locking nothing
+    /// (the sweep's fallback, see [`RowLockStore::sweep_expired`](crate::RowLockStore)).
+    pub sweep_candidates: String,
+    /// `(ns, id, now)`: delete one record if it is still expired (the fallback).
+    pub sweep_delete_one: String,
     /// `(data, version, created, accessed, expires, ns, id)`: the lock holder's write.
     pub held_save: String,
     /// `(accessed, expires, ns, id)`: the lock holder's touch.
@@ -108,6 +113,10 @@ impl Statements {
         let placeholder_values = format!("(?, ?, {empty_bytes}, 0, 0, 0, 0)");
         let columns = "(namespace, id, data, version, created, accessed, expires)";
         let lock = format!("SELECT {RECORD_COLUMNS} FROM {pk} WHERE namespace = ? AND id = ? FOR UPDATE");
+        let sweep_page = format!(
+            "SELECT {id_text} FROM {t} WHERE namespace = ? AND id > ? AND version > 0 AND expires <= ? \
+             ORDER BY id LIMIT ?"
+        );
         Statements {
             dialect,
             table: table.clone(),
@@ -137,9 +146,10 @@ impl Statements {
             // SKIP LOCKED: a session whose lock is held is in use and is not
             // swept; the rows returned are locked by the sweeping transaction
             // until it commits, so nobody renews them between this and the delete.
-            sweep_select: s(format!(
-                "SELECT {id_text} FROM {t} WHERE namespace = ? AND id > ? AND version > 0 AND expires <= ? \
-                 ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED"
+            sweep_select: s(format!("{sweep_page} FOR UPDATE SKIP LOCKED")),
+            sweep_candidates: s(sweep_page),
+            sweep_delete_one: s(format!(
+                "{delete_pk} WHERE namespace = ? AND id = ? AND version > 0 AND expires <= ?"
             )),
             held_save: s(format!(
                 "UPDATE {pk} SET data = ?, version = ?, created = ?, accessed = ?, expires = ? \
