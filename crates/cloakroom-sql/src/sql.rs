@@ -53,7 +53,7 @@ pub struct Statements {
     /// `(ns, after, now, limit)` → ids of expired, unlocked records, now locked by this transaction.
     pub sweep_select: String,
     /// `(ns, after, now, limit)` → ids of expired records, locking nothing
-    /// (the sweep's fallback, see [`RowLockStore::sweep_expired`](crate::RowLockStore)).
+    /// (the sweep's fallback when a locked page runs into a row lock).
     pub sweep_candidates: String,
     /// `(ns, id, now)`: delete one record if it is still expired (the fallback).
     pub sweep_delete_one: String,

@@ -68,10 +68,13 @@ impl Pool {
         .await
         .map_err(|e| Error::backend(format!("sqlite worker failed: {e}")))?;
         if self.wal.claim() {
-            let pool = self.clone();
+            let mut claim = Claim {
+                pool: self.clone(),
+                outcome: None,
+            };
             tokio::spawn(async move {
-                let outcome = pool.truncate_wal().await;
-                pool.wal.finish(outcome);
+                let outcome = claim.pool.truncate_wal().await;
+                claim.done(outcome);
             });
         }
         out
@@ -147,5 +150,24 @@ impl Pool {
         .map_err(sql_error)?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(conn)
+    }
+}
+
+/// A claimed WAL checkpoint, released however its task ends (even dropped
+/// unfinished with its runtime), so that a later one can run.
+struct Claim {
+    pool: Arc<Pool>,
+    outcome: Option<Outcome>,
+}
+
+impl Claim {
+    fn done(&mut self, outcome: Option<Outcome>) {
+        self.outcome = outcome;
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.pool.wal.finish(self.outcome);
     }
 }
