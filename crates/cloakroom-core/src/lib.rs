@@ -51,7 +51,8 @@ pub use memory::{MemoryLockGuard, MemoryStore};
 pub use record::{check_loaded_is_live, Record, RecordWrite, Timestamp};
 pub use session::{Committed, ReadOnlySession, Session};
 pub use store::{
-    Capabilities, Cursor, IdPage, Lease, LockGuard, LockKind, LockOptions, SessionStore, SweepBatch,
+    Capabilities, Cursor, Finish, Finished, IdPage, Lease, LockGuard, LockKind, LockOptions, SessionStore,
+    SweepBatch, Then,
 };
 
 /// Re-exported so backends implement the traits with the same macro version.

@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 use crate::id::{Namespace, SessionId, SessionKey};
 use crate::record::{check_loaded_is_live, Record, RecordWrite, Timestamp};
 use crate::store::{
-    Capabilities, Cursor, IdPage, Lease, LockGuard, LockKind, LockOptions, SessionStore, SweepBatch,
+    Capabilities, Cursor, Finish, Finished, IdPage, Lease, LockGuard, LockKind, LockOptions, SessionStore,
+    SweepBatch, Then,
 };
 
 /// Default size limit of one encoded record.
@@ -454,34 +455,48 @@ pub struct MemoryLockGuard {
     released: bool,
 }
 
-impl MemoryLockGuard {
-    /// Check the fence and release, then run `write` on the slot if the fence
-    /// held. Releasing whatever the outcome is what the contract promises.
-    fn finish<T>(mut self, write: impl FnOnce(&mut Slot, Option<&Record>) -> Result<T>) -> Result<T> {
-        self.released = true;
-        let token = self.token;
-        let loaded = self.record.take();
-        self.store.shared.with_slot(&self.key, |slot| {
-            let held = slot
-                .holder
-                .as_ref()
-                .is_some_and(|h| h.token == token && h.deadline > Instant::now());
-            let out = if held {
-                write(slot, loaded.as_ref())
-            } else {
-                Err(Error::LeaseLost)
-            };
-            slot.release(token);
-            out
-        })
-    }
-}
-
 fn check_unchanged(slot: &Slot, loaded: Option<&Record>, now: Timestamp) -> Result<()> {
     check_loaded_is_live(
         loaded.map(|r| r.version),
         slot.live_record(now).map(|r| r.version),
     )
+}
+
+/// The write of one `finish`, applied to the slot once the fence held.
+fn apply(slot: &mut Slot, loaded: Option<&Record>, op: Finish) -> Result<(Finished, Option<Record>)> {
+    let now = Timestamp::now();
+    match op {
+        Finish::Save(write) => {
+            check_unchanged(slot, loaded, now)?;
+            let (version, created) = match loaded {
+                Some(r) => (r.version + 1, r.created),
+                None => (1, write.created),
+            };
+            let record = Record {
+                created,
+                ..write.into_record(version)
+            };
+            slot.record = Some(record.clone());
+            Ok((Finished::Saved { version }, Some(record)))
+        }
+        Finish::Touch { accessed, expires } => {
+            check_unchanged(slot, loaded, now)?;
+            match slot.record.as_mut() {
+                Some(r) if loaded.is_some() => {
+                    r.accessed = accessed;
+                    r.expires = expires;
+                    Ok((Finished::Touched, Some(r.clone())))
+                }
+                _ => Err(Error::Gone),
+            }
+        }
+        Finish::Delete => {
+            let was_live = slot.live_record(now).is_some();
+            slot.record = None;
+            Ok((Finished::Deleted { was_live }, None))
+        }
+        Finish::Nothing => Ok((Finished::Nothing, loaded.cloned())),
+    }
 }
 
 #[async_trait]
@@ -514,60 +529,60 @@ impl LockGuard for MemoryLockGuard {
         Ok(())
     }
 
-    async fn save_and_unlock(self: Box<Self>, write: RecordWrite) -> Result<u64> {
-        self.store.check_size(&write)?;
-        self.finish(|slot, loaded| {
-            let now = Timestamp::now();
-            check_unchanged(slot, loaded, now)?;
-            let (version, created) = match loaded {
-                Some(r) => (r.version + 1, r.created),
-                None => (1, write.created),
-            };
-            slot.record = Some(Record {
-                created,
-                ..write.into_record(version)
-            });
-            Ok(version)
-        })
-    }
-
-    async fn touch_and_unlock(self: Box<Self>, accessed: Timestamp, expires: Timestamp) -> Result<()> {
-        self.finish(|slot, loaded| {
-            let now = Timestamp::now();
-            check_unchanged(slot, loaded, now)?;
-            match slot.record.as_mut() {
-                Some(r) if loaded.is_some() => {
-                    r.accessed = accessed;
-                    r.expires = expires;
-                    Ok(())
-                }
-                _ => Err(Error::Gone),
+    async fn finish(&mut self, op: Finish, then: Then) -> Result<Finished> {
+        if self.released {
+            return Err(Error::LeaseLost);
+        }
+        if let Finish::Save(write) = &op {
+            if let Err(e) = self.store.check_size(write) {
+                self.release();
+                return Err(e);
             }
-        })
-    }
-
-    async fn delete_and_unlock(self: Box<Self>) -> Result<bool> {
-        self.finish(|slot, _| {
-            let was_live = slot.live_record(Timestamp::now()).is_some();
-            slot.record = None;
-            Ok(was_live)
-        })
-    }
-
-    async fn unlock(mut self: Box<Self>) -> Result<()> {
-        self.released = true;
+        }
         let token = self.token;
-        self.store.shared.with_slot(&self.key, |slot| slot.release(token));
-        Ok(())
+        let loaded = self.record.take();
+        let out = self.store.shared.with_slot(&self.key, |slot| {
+            let held = slot
+                .holder
+                .as_ref()
+                .is_some_and(|h| h.token == token && h.deadline > Instant::now());
+            let out = if held {
+                apply(slot, loaded.as_ref(), op)
+            } else {
+                Err(Error::LeaseLost)
+            };
+            if then == Then::Release || out.is_err() {
+                slot.release(token);
+            }
+            out
+        });
+        match out {
+            Ok((finished, record)) => {
+                self.record = record;
+                self.released = then == Then::Release;
+                Ok(finished)
+            }
+            Err(e) => {
+                self.released = true;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl MemoryLockGuard {
+    fn release(&mut self) {
+        if !self.released {
+            self.released = true;
+            let token = self.token;
+            self.store.shared.with_slot(&self.key, |slot| slot.release(token));
+        }
     }
 }
 
 impl Drop for MemoryLockGuard {
     fn drop(&mut self) {
-        if !self.released {
-            let token = self.token;
-            self.store.shared.with_slot(&self.key, |slot| slot.release(token));
-        }
+        self.release();
     }
 }
 

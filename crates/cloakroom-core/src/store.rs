@@ -47,6 +47,11 @@ pub struct Capabilities {
     /// The backend deletes expired records by itself (Redis key TTLs), so a
     /// sweep finds nothing to delete and only reports what remains.
     pub expires_natively: bool,
+    /// A [`LockGuard::finish`] with [`Then::Keep`] is durable when it
+    /// returns. False for row-lock backends, where the write waits in the
+    /// locking transaction until the release commits it: the lock engine
+    /// then acknowledges a chain of hand-offs at that release.
+    pub durable_while_locked: bool,
 }
 
 impl Capabilities {
@@ -58,6 +63,7 @@ impl Capabilities {
             lock,
             max_record_bytes,
             expires_natively: false,
+            durable_while_locked: !matches!(lock, LockKind::RowLock),
         }
     }
 
@@ -234,19 +240,80 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     ) -> Result<SweepBatch>;
 }
 
-/// One held per-session lock, with the record loaded under it.
+/// What a lock holder writes when it finishes with the lock (or with one
+/// holder's turn, when it keeps the lock for the next).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Finish {
+    /// Replace the data: version = the guard's record version + 1 (1 when
+    /// the guard holds no record, which creates it). `created` of an
+    /// existing record is kept.
+    Save(RecordWrite),
+    /// Set `accessed` and `expires` of the guard's record, no data rewrite,
+    /// no version bump.
+    Touch {
+        /// New access time.
+        accessed: Timestamp,
+        /// New expiry.
+        expires: Timestamp,
+    },
+    /// Delete the record.
+    Delete,
+    /// Write nothing.
+    Nothing,
+}
+
+/// What happens to the lock after a [`LockGuard::finish`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    /// Release the lock in the same step as the write. The guard is spent:
+    /// every later call on it fails with [`Error::LeaseLost`](crate::Error::LeaseLost).
+    Release,
+    /// Keep the lock (same lease deadline) for a next write by the same
+    /// holder. The guard's [`record`](LockGuard::record) becomes what was
+    /// written, so the next write is fenced against it.
+    Keep,
+}
+
+/// What a [`LockGuard::finish`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Finished {
+    /// The data was written at this version.
+    Saved {
+        /// The new record version.
+        version: u64,
+    },
+    /// Access time and expiry were moved.
+    Touched,
+    /// The record was deleted; `was_live` says whether a live one existed.
+    Deleted {
+        /// Whether a live record was deleted.
+        was_live: bool,
+    },
+    /// Nothing was written.
+    Nothing,
+}
+
+/// One held per-session lock, with the record loaded under it: the backend
+/// primitive that the lock engine in [`Manager`](crate::Manager) builds on.
 ///
-/// Dropping a guard without calling one of its `*_unlock` methods releases
-/// the lock (synchronously where the backend can, otherwise on a spawned
-/// task); if even that fails, the lease frees it. So a cancelled or panicking
-/// request never leaves a session locked past its lease.
+/// A backend implements [`renew`](LockGuard::renew) and
+/// [`finish`](LockGuard::finish); the `*_unlock` methods are shorthands over
+/// `finish` with [`Then::Release`].
+///
+/// Dropping a guard without releasing it releases the lock (synchronously
+/// where the backend can, otherwise on a spawned task); if even that fails,
+/// the lease frees it. So a cancelled or panicking request never leaves a
+/// session locked past its lease.
 #[async_trait]
 pub trait LockGuard: Send + Sync + fmt::Debug {
     /// The key this guard locks.
     fn key(&self) -> &SessionKey;
 
-    /// The live record as loaded when the lock was taken; `None` for a new
-    /// session.
+    /// The live record under the lock: as loaded when the lock was taken,
+    /// then as last written by a [`finish`](LockGuard::finish) with
+    /// [`Then::Keep`]; `None` for a new (or deleted) session.
     fn record(&self) -> Option<&Record>;
 
     /// The current lease.
@@ -257,25 +324,65 @@ pub trait LockGuard: Send + Sync + fmt::Debug {
     /// run out (even if nobody took the lock meanwhile: the holder cannot know).
     async fn renew(&mut self, lease: Duration) -> Result<()>;
 
-    /// Write the record and release the lock, in as few round trips as the
-    /// backend allows; returns the new record's version.
+    /// Write `op` and then release or keep the lock, as one atomic, fenced
+    /// step, in as few round trips as the backend allows.
     ///
-    /// Fenced: if the lease ran out, fails with
-    /// [`Error::LeaseLost`](crate::Error::LeaseLost) and changes nothing. If
-    /// the guard loaded a record that is now gone (deleted by an unlocked
-    /// writer, or expired), fails with [`Error::Gone`](crate::Error::Gone); if
-    /// it loaded none, this creates the record. The lock is released whatever
-    /// the outcome.
-    async fn save_and_unlock(self: Box<Self>, write: RecordWrite) -> Result<u64>;
+    /// - **Fenced:** if the lease ran out, fails with
+    ///   [`Error::LeaseLost`](crate::Error::LeaseLost) and changes nothing.
+    /// - **Still live:** for `Save` and `Touch`, if the guard's record is now
+    ///   gone (deleted by an unlocked writer, or expired) the call fails with
+    ///   [`Error::Gone`](crate::Error::Gone); another version found is
+    ///   [`Error::Conflict`](crate::Error::Conflict). `Touch` without a record
+    ///   is `Gone`. `Save` without a record creates it at version 1.
+    /// - **Size:** a `Save` over the backend's limit is
+    ///   [`Error::TooLarge`](crate::Error::TooLarge), checked before anything.
+    /// - **Release:** with [`Then::Release`] the lock is released whatever
+    ///   the outcome, and the guard is spent.
+    /// - **Keep:** with [`Then::Keep`] and success, the lock stays held and
+    ///   [`record`](LockGuard::record) reflects the write (`None` after a
+    ///   delete). On failure the lock is released and the guard is spent:
+    ///   the engine starts over from the store.
+    /// - **Durability under Keep:** lease backends make a kept write durable
+    ///   when the call returns. Row-lock backends write into the transaction
+    ///   that holds the row lock, so a kept write becomes durable only at the
+    ///   release that commits it; they say so with
+    ///   [`Capabilities::durable_while_locked`] `= false`.
+    async fn finish(&mut self, op: Finish, then: Then) -> Result<Finished>;
 
-    /// Set `accessed` and `expires` of the loaded record (no data rewrite, no
-    /// version bump) and release the lock. Fenced like `save_and_unlock`.
-    async fn touch_and_unlock(self: Box<Self>, accessed: Timestamp, expires: Timestamp) -> Result<()>;
+    /// `finish(Save, Release)`: write the record and release the lock;
+    /// returns the new version.
+    async fn save_and_unlock(mut self: Box<Self>, write: RecordWrite) -> Result<u64> {
+        match self.finish(Finish::Save(write), Then::Release).await? {
+            Finished::Saved { version } => Ok(version),
+            other => Err(unexpected("save", other)),
+        }
+    }
 
-    /// Delete the record and release the lock; returns whether a live record
-    /// was deleted. Fenced like `save_and_unlock`.
-    async fn delete_and_unlock(self: Box<Self>) -> Result<bool>;
+    /// `finish(Touch, Release)`.
+    async fn touch_and_unlock(mut self: Box<Self>, accessed: Timestamp, expires: Timestamp) -> Result<()> {
+        self.finish(Finish::Touch { accessed, expires }, Then::Release)
+            .await
+            .map(|_| ())
+    }
 
-    /// Release the lock without writing.
-    async fn unlock(self: Box<Self>) -> Result<()>;
+    /// `finish(Delete, Release)`; returns whether a live record was deleted.
+    async fn delete_and_unlock(mut self: Box<Self>) -> Result<bool> {
+        match self.finish(Finish::Delete, Then::Release).await? {
+            Finished::Deleted { was_live } => Ok(was_live),
+            other => Err(unexpected("delete", other)),
+        }
+    }
+
+    /// `finish(Nothing, Release)`: release the lock without writing. A
+    /// holder whose lease already ran out has nothing to release: `Ok`.
+    async fn unlock(mut self: Box<Self>) -> Result<()> {
+        match self.finish(Finish::Nothing, Then::Release).await {
+            Ok(_) | Err(crate::Error::LeaseLost) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn unexpected(asked: &str, got: Finished) -> crate::Error {
+    crate::Error::backend(format!("a {asked} finished as {got:?}"))
 }
