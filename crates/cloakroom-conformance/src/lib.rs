@@ -222,6 +222,11 @@ macro_rules! conformance_tests {
             read_only_open_never_locks,
             rollback_discards_and_releases,
             hashed_ids_keep_no_bearer_token_in_the_store,
+            local_waiters_are_served_in_arrival_order,
+            handed_off_waiter_sees_the_previous_holders_data,
+            a_busy_local_queue_lets_another_process_in,
+            a_failed_group_write_fails_every_commit_it_covered,
+            a_release_wakes_the_stores_waiter_promptly,
         );
     };
 }

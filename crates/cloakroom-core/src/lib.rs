@@ -31,6 +31,7 @@
 #![warn(clippy::unwrap_used)]
 
 mod codec;
+mod engine;
 mod error;
 mod id;
 mod manager;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{Stream, TryStreamExt};
 
+use crate::engine::{EngineConfig, LockEngine};
 use crate::error::{Error, Result};
 use crate::id::{Namespace, SessionId, SessionKey};
 use crate::record::{Record, Timestamp};
@@ -58,6 +59,13 @@ pub struct SessionConfig {
     pub max_record_bytes: usize,
     /// Refuse a store that cannot serve several processes (the memory store).
     pub require_multi_process: bool,
+    /// Early hand-off: at most this many local requests in a row get the
+    /// session from the previous one in memory before the store lock is
+    /// given back, so that a waiter in another process gets its turn.
+    pub handoff_limit: u32,
+    /// Early hand-off: the store lock is given back between two local
+    /// requests once this process has held it this long.
+    pub handoff_window: Duration,
     /// Key records by [`SessionId::hashed`] instead of the id itself, so a
     /// leaked store (a backup, a replica, a `KEYS` dump) holds no usable
     /// session cookie. Listeners, listings and the CLI then see the hashed
@@ -77,6 +85,8 @@ impl Default for SessionConfig {
             touch_interval: Duration::from_secs(60),
             max_record_bytes: 1024 * 1024,
             require_multi_process: false,
+            handoff_limit: 32,
+            handoff_window: Duration::from_millis(20),
             hash_ids: false,
         }
     }
@@ -110,6 +120,7 @@ pub struct Manager {
 }
 
 pub(crate) struct ManagerInner {
+    pub(crate) engine: Arc<LockEngine>,
     pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) namespace: Namespace,
     pub(crate) config: SessionConfig,
@@ -196,6 +207,15 @@ impl ManagerBuilder {
         self
     }
 
+    /// Bound early hand-off: at most `limit` local hand-offs in a row and
+    /// at most `window` of holding the store lock before it is given back.
+    /// `limit = 0` turns hand-off off: every request takes the store lock.
+    pub fn handoff(mut self, limit: u32, window: Duration) -> Self {
+        self.config.handoff_limit = limit;
+        self.config.handoff_window = window;
+        self
+    }
+
     /// Store a hash of each id instead of the id (see [`SessionConfig::hash_ids`]).
     pub fn hash_ids(mut self, on: bool) -> Self {
         self.config.hash_ids = on;
@@ -223,8 +243,19 @@ impl ManagerBuilder {
         if self.config.idle_timeout.is_zero() {
             return Err(Error::Config("the idle timeout must be longer than zero".into()));
         }
+        let engine = Arc::new(LockEngine::new(
+            Arc::clone(&self.store),
+            EngineConfig {
+                lease: self.config.lease,
+                renew_lease: self.config.renew_lease,
+                lock_wait: self.config.lock_wait,
+                handoff_limit: self.config.handoff_limit,
+                handoff_window: self.config.handoff_window,
+            },
+        ));
         Ok(Manager {
             inner: Arc::new(ManagerInner {
+                engine,
                 store: self.store,
                 namespace: self.namespace,
                 config: self.config,
@@ -253,6 +284,10 @@ impl Manager {
     /// The store behind this manager.
     pub fn store(&self) -> &Arc<dyn SessionStore> {
         &self.inner.store
+    }
+
+    pub(crate) fn engine(&self) -> &Arc<LockEngine> {
+        &self.inner.engine
     }
 
     /// This manager's namespace.

@@ -1,19 +1,17 @@
 //! One request's view of a session.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::Mutex;
-use tokio::task::JoinHandle;
 
 use crate::codec::SessionData;
+use crate::engine::Hold;
 use crate::error::{Error, Result};
 use crate::id::{SessionId, SessionKey};
 use crate::manager::{Manager, Policy};
 use crate::record::{Record, RecordWrite, Timestamp};
-use crate::store::{LockGuard, LockOptions};
+use crate::store::{Finish, Finished};
 
 /// What [`Session::commit`] did, so a web layer knows whether the stored
 /// expiry moved (and a persistent cookie's Max-Age with it).
@@ -57,58 +55,10 @@ pub struct Session {
     /// The record as opened; `None` for a session not stored yet.
     loaded: Option<Record>,
     dirty: bool,
-    lock: Option<HeldLock>,
+    /// This request's turn on the session's lock (Serialized only).
+    lock: Option<Hold>,
     /// Set by `cycle_id`: the stored id to retire at commit.
     retired_id: Option<SessionId>,
-}
-
-/// A lock held for the life of a session, renewed in the background.
-#[derive(Debug)]
-struct HeldLock {
-    guard: Arc<Mutex<Option<Box<dyn LockGuard>>>>,
-    renewer: Option<JoinHandle<()>>,
-}
-
-impl HeldLock {
-    fn new(guard: Box<dyn LockGuard>, lease: Duration, renew: bool) -> Self {
-        let guard = Arc::new(Mutex::new(Some(guard)));
-        let renewer = renew.then(|| tokio::spawn(renew_lease(Arc::clone(&guard), lease)));
-        HeldLock { guard, renewer }
-    }
-
-    /// Stop renewing and hand over the guard.
-    async fn take(mut self) -> Option<Box<dyn LockGuard>> {
-        if let Some(r) = self.renewer.take() {
-            r.abort();
-        }
-        self.guard.lock().await.take()
-    }
-}
-
-impl Drop for HeldLock {
-    fn drop(&mut self) {
-        // Dropping the renewer's handle does not stop it; aborting does, and
-        // with it goes its reference to the guard, whose own Drop releases.
-        if let Some(r) = self.renewer.take() {
-            r.abort();
-        }
-    }
-}
-
-/// Keep the lease alive while a long request holds the session. Renewing at a
-/// third of the lease leaves two chances before it runs out.
-async fn renew_lease(guard: Arc<Mutex<Option<Box<dyn LockGuard>>>>, lease: Duration) {
-    let period = (lease / 3).max(Duration::from_millis(1));
-    loop {
-        tokio::time::sleep(period).await;
-        let mut slot = guard.lock().await;
-        let Some(g) = slot.as_mut() else { return };
-        if let Err(e) = g.renew(lease).await {
-            // The save will report LeaseLost; nothing more to do here.
-            tracing::warn!(key = %g.key(), error = %e, "session lease renewal failed");
-            return;
-        }
-    }
 }
 
 impl Session {
@@ -120,16 +70,15 @@ impl Session {
         let config = manager.config().clone();
         match config.policy {
             Policy::Serialized => {
-                let options = LockOptions::new(config.lease, config.lock_wait);
-                let guard = manager.store().lock(&key, options).await?;
-                let Some(record) = guard.record().cloned() else {
-                    guard.unlock().await?;
+                let hold = manager.engine().open(&key).await?;
+                let Some(record) = hold.record().cloned() else {
+                    hold.abandon();
                     return Ok(Session::fresh(manager));
                 };
-                // On a corrupt record the guard is dropped here, which unlocks.
+                // On a corrupt record the hold is dropped here, which passes
+                // the turn on without writing.
                 let data = SessionData::decode(&record.data)?;
-                let lock = HeldLock::new(guard, config.lease, config.renew_lease);
-                Ok(Session::stored(manager, id.clone(), data, record, Some(lock)))
+                Ok(Session::stored(manager, id.clone(), data, record, Some(hold)))
             }
             Policy::Optimistic | Policy::Lossy => match manager.store().load(&key).await? {
                 Some(record) => {
@@ -158,7 +107,7 @@ impl Session {
         id: SessionId,
         data: SessionData,
         record: Record,
-        lock: Option<HeldLock>,
+        lock: Option<Hold>,
     ) -> Session {
         Session {
             manager,
@@ -272,13 +221,6 @@ impl Session {
         })
     }
 
-    async fn take_guard(&mut self) -> Option<Box<dyn LockGuard>> {
-        match self.lock.take() {
-            Some(lock) => lock.take().await,
-            None => None,
-        }
-    }
-
     /// Save the session if it changed (touch it if only its expiry is due to
     /// slide) and release its lock.
     ///
@@ -288,7 +230,7 @@ impl Session {
     /// logout), [`Error::TooLarge`]. The lock is released in every case.
     pub async fn commit(mut self) -> Result<Committed> {
         let now = Timestamp::now();
-        let guard = self.take_guard().await;
+        let guard = self.lock.take();
         let store = Arc::clone(self.manager.store());
         if let Some(old_id) = self.retired_id.take() {
             return self.commit_cycled(old_id, guard, now).await;
@@ -306,16 +248,26 @@ impl Session {
         let touch_due = self.manager.touch_due(loaded, now);
         let expires = self.manager.expiry(loaded.created, now);
         match guard {
-            Some(guard) if self.dirty => {
-                guard.save_and_unlock(self.write(now)?).await?;
+            Some(hold) if self.dirty => {
+                // Encoded before the turn ends: a TooLarge session writes
+                // nothing and the hold's drop passes the turn on.
+                let write = self.write(now)?;
+                hold.finish(Finish::Save(write)).await?;
                 Ok(Committed::Saved)
             }
-            Some(guard) if touch_due => {
-                guard.touch_and_unlock(now, expires).await?;
+            Some(hold) if touch_due => {
+                hold.finish(Finish::Touch {
+                    accessed: now,
+                    expires,
+                })
+                .await?;
                 Ok(Committed::Touched)
             }
-            Some(guard) => {
-                guard.unlock().await?;
+            Some(hold) => {
+                // Waits for the write of any earlier holder whose state this
+                // request saw: its response must not show data that may
+                // still be lost.
+                hold.finish(Finish::Nothing).await?;
                 Ok(Committed::Unchanged)
             }
             None if self.dirty => {
@@ -337,7 +289,7 @@ impl Session {
     async fn commit_cycled(
         self,
         old_id: SessionId,
-        guard: Option<Box<dyn LockGuard>>,
+        guard: Option<Hold>,
         now: Timestamp,
     ) -> Result<Committed> {
         let store = self.manager.store();
@@ -347,32 +299,39 @@ impl Session {
             .create(&self.manager.key(&self.id), self.write(now)?)
             .await?;
         match guard {
-            Some(guard) => guard.delete_and_unlock().await?,
-            None => store.delete(&self.manager.key(&old_id)).await?,
-        };
+            Some(hold) => {
+                hold.finish(Finish::Delete).await?;
+            }
+            None => {
+                store.delete(&self.manager.key(&old_id)).await?;
+            }
+        }
         Ok(Committed::Created)
     }
 
     /// Release the lock and write nothing: every change made since opening is
     /// discarded.
     pub async fn rollback(mut self) -> Result<()> {
-        match self.take_guard().await {
-            Some(guard) => guard.unlock().await,
-            None => Ok(()),
+        if let Some(hold) = self.lock.take() {
+            hold.abandon();
         }
+        Ok(())
     }
 
     /// Delete the session (logout) and release its lock; delete listeners
     /// run if a live record was deleted. Returns whether one was.
     pub async fn delete(mut self) -> Result<bool> {
-        let guard = self.take_guard().await;
+        let guard = self.lock.take();
         if self.loaded.is_none() {
             return Ok(false);
         }
         let stored_id = self.retired_id.take().unwrap_or_else(|| self.id.clone());
         let key = self.manager.key(&stored_id);
         let deleted = match guard {
-            Some(guard) => guard.delete_and_unlock().await?,
+            Some(hold) => matches!(
+                hold.finish(Finish::Delete).await?,
+                Finished::Deleted { was_live: true }
+            ),
             None => self.manager.store().delete(&key).await?,
         };
         if deleted {

@@ -5,6 +5,7 @@
 //! call one directly while debugging.
 
 mod crud;
+mod handoff;
 mod hostile;
 mod locking;
 mod policies;
@@ -12,6 +13,7 @@ mod shared;
 mod sweep;
 
 pub use crud::*;
+pub use handoff::*;
 pub use hostile::*;
 pub use locking::*;
 pub use policies::*;
