@@ -18,6 +18,13 @@
 //! writes find the file gone and fail with [`Error::LeaseLost`]. A holder
 //! killed outright loses the `flock` at once: the kernel drops it with the
 //! process.
+//!
+//! A write ([`LockGuard::finish`]) takes the file out of the shared hold for
+//! its duration, so the timer cannot drop the `flock` under it; the lease is
+//! checked on the blocking pool right before the write. With [`Then::Keep`]
+//! the write hands the file back afterwards, unless the lease ran out
+//! meanwhile (the timer found nothing to close) or the guard was given up
+//! (dropped, or its `finish` cancelled): then the write releases it itself.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
@@ -27,7 +34,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use cloakroom_core::{Error, Lease, LockGuard, Record, RecordWrite, Result, SessionKey, Timestamp};
+use cloakroom_core::{
+    Error, Finish, Finished, Lease, LockGuard, Record, Result, SessionKey, Then, Timestamp,
+};
 use tokio::task::AbortHandle;
 
 use crate::disk::{self, io_error, ShardMutex};
@@ -130,13 +139,29 @@ impl Inner {
 /// The flock file and the lease end, shared with the lease timer.
 #[derive(Debug)]
 struct Hold {
+    /// The flock; `None` once released, and while a write has it.
     file: Option<File>,
     deadline: Instant,
+    /// The guard was given up: a write in flight releases the flock rather
+    /// than handing it back.
+    spent: bool,
 }
 
 fn hold(hold: &Mutex<Hold>) -> MutexGuard<'_, Hold> {
-    // Each critical section is a field read or a take: nothing half-done.
+    // Each critical section is a few field reads and writes: nothing half-done.
     hold.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Release a flock from synchronous code (a `Drop`): on the blocking pool
+/// when there is a runtime, else right here.
+fn release_soon(inner: Arc<Inner>, key: SessionKey, file: File) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(move || inner.release(&key, file));
+        }
+        // Outside a runtime there is no blocking pool to defer to.
+        Err(_) => inner.release(&key, file),
+    }
 }
 
 /// A held lock of the [`FileStore`](crate::FileStore).
@@ -173,6 +198,7 @@ impl FileLockGuard {
             hold: Arc::new(Mutex::new(Hold {
                 file: Some(file),
                 deadline,
+                spent: false,
             })),
             timer: None,
         };
@@ -182,9 +208,7 @@ impl FileLockGuard {
 
     /// (Re)start the task that drops the flock when the lease runs out.
     fn start_timer(&mut self) {
-        if let Some(old) = self.timer.take() {
-            old.abort();
-        }
+        self.stop_timer();
         let (inner, key, shared) = (self.inner.clone(), self.key.clone(), self.hold.clone());
         let task = tokio::spawn(async move {
             loop {
@@ -195,6 +219,8 @@ impl FileLockGuard {
                     if Instant::now() < h.deadline {
                         continue; // renewed meanwhile
                     }
+                    // `None` if released, or if a write has it: that write
+                    // sees the lapse when it is done and releases it.
                     h.file.take()
                 };
                 if let Some(file) = file {
@@ -210,37 +236,36 @@ impl FileLockGuard {
         self.timer = Some(task.abort_handle());
     }
 
-    /// Take the flock back from the timer, run `op` if the lease still holds,
-    /// and release whatever the outcome.
-    async fn finish<T: Send + 'static>(
-        mut self: Box<Self>,
-        op: impl FnOnce(&Inner, &SessionKey, Option<Record>) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    fn stop_timer(&mut self) {
         if let Some(timer) = self.timer.take() {
             timer.abort();
         }
-        let (file, deadline) = {
+    }
+}
+
+/// Gives the guard up if a `finish` is dropped while its write runs (a
+/// cancelled request): the write then releases the flock when it is done,
+/// or the flock is released here if the write already handed it back.
+struct InFlight {
+    inner: Arc<Inner>,
+    key: SessionKey,
+    hold: Arc<Mutex<Hold>>,
+    armed: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let file = {
             let mut h = hold(&self.hold);
-            (h.file.take(), h.deadline)
+            h.spent = true;
+            h.file.take()
         };
-        // Gone means the timer already released it: someone may hold it now.
-        let Some(file) = file else {
-            return Err(Error::LeaseLost);
-        };
-        // Past the deadline but not yet released: still nobody else can have
-        // written, but the contract is that a lapsed lease writes nothing.
-        let lapsed = Instant::now() >= deadline;
-        let (inner, key, loaded) = (self.inner.clone(), self.key.clone(), self.record.take());
-        run_blocking(move || {
-            let out = if lapsed {
-                Err(Error::LeaseLost)
-            } else {
-                op(&inner, &key, loaded)
-            };
-            inner.release(&key, file);
-            out
-        })
-        .await
+        if let Some(file) = file {
+            release_soon(self.inner.clone(), self.key.clone(), file);
+        }
     }
 }
 
@@ -250,6 +275,49 @@ fn current_if_unchanged(paths: &SessionPaths, loaded: Option<&Record>) -> Result
     let current = disk::read_record(&paths.data)?;
     check_unchanged(current.as_ref(), loaded, Timestamp::now())?;
     Ok(current)
+}
+
+/// The write of one `finish`, once the lease is known to hold: what it did,
+/// and the guard's record afterwards.
+fn apply(
+    inner: &Inner,
+    key: &SessionKey,
+    loaded: Option<Record>,
+    op: Finish,
+) -> Result<(Finished, Option<Record>)> {
+    match op {
+        Finish::Save(write) => {
+            let paths = inner.layout.session(key);
+            let _mutex = ShardMutex::lock(&paths.shard)?;
+            current_if_unchanged(&paths, loaded.as_ref())?;
+            let record = inner.replace(key, loaded.as_ref(), write)?;
+            Ok((
+                Finished::Saved {
+                    version: record.version,
+                },
+                Some(record),
+            ))
+        }
+        Finish::Touch { accessed, expires } => {
+            let paths = inner.layout.session(key);
+            let _mutex = ShardMutex::lock(&paths.shard)?;
+            match current_if_unchanged(&paths, loaded.as_ref())? {
+                Some(current) if loaded.is_some() => {
+                    let record = inner.retouch(key, current, accessed, expires)?;
+                    Ok((Finished::Touched, Some(record)))
+                }
+                _ => Err(Error::Gone),
+            }
+        }
+        Finish::Delete => {
+            let was_live = inner.remove(key)?;
+            Ok((Finished::Deleted { was_live }, None))
+        }
+        Finish::Nothing => Ok((Finished::Nothing, loaded)),
+        other => Err(Error::backend(format!(
+            "the file store does not know the finish {other:?}"
+        ))),
+    }
 }
 
 #[async_trait]
@@ -281,57 +349,80 @@ impl LockGuard for FileLockGuard {
         Ok(())
     }
 
-    async fn save_and_unlock(self: Box<Self>, write: RecordWrite) -> Result<u64> {
-        write.check_size(self.inner.options.max_record_bytes)?;
-        self.finish(move |inner, key, loaded| {
-            let paths = inner.layout.session(key);
-            let _mutex = ShardMutex::lock(&paths.shard)?;
-            current_if_unchanged(&paths, loaded.as_ref())?;
-            inner.replace(key, loaded.as_ref(), write)
-        })
-        .await
-    }
-
-    async fn touch_and_unlock(self: Box<Self>, accessed: Timestamp, expires: Timestamp) -> Result<()> {
-        self.finish(move |inner, key, loaded| {
-            let paths = inner.layout.session(key);
-            let _mutex = ShardMutex::lock(&paths.shard)?;
-            match current_if_unchanged(&paths, loaded.as_ref())? {
-                Some(current) if loaded.is_some() => inner.retouch(key, current, accessed, expires),
-                _ => Err(Error::Gone),
+    async fn finish(&mut self, op: Finish, then: Then) -> Result<Finished> {
+        // Take the flock from the timer for the write. Gone means it was
+        // released (by the timer, or by an earlier finish): someone else may
+        // hold it now.
+        let (file, deadline) = {
+            let mut h = hold(&self.hold);
+            (h.file.take(), h.deadline)
+        };
+        let Some(file) = file else {
+            self.stop_timer();
+            return Err(Error::LeaseLost);
+        };
+        if then == Then::Release {
+            self.stop_timer();
+        }
+        let mut in_flight = InFlight {
+            inner: self.inner.clone(),
+            key: self.key.clone(),
+            hold: self.hold.clone(),
+            armed: true,
+        };
+        let (inner, key, shared) = (self.inner.clone(), self.key.clone(), self.hold.clone());
+        let loaded = self.record.take();
+        let out = run_blocking(move || {
+            let out = (|| {
+                if let Finish::Save(write) = &op {
+                    write.check_size(inner.options.max_record_bytes)?;
+                }
+                // Past the deadline but not yet released: still nobody else
+                // can have written, but a lapsed lease writes nothing.
+                if Instant::now() >= deadline {
+                    return Err(Error::LeaseLost);
+                }
+                apply(&inner, &key, loaded, op)
+            })();
+            let mut file = Some(file);
+            if then == Then::Keep && out.is_ok() {
+                let mut h = hold(&shared);
+                // The timer closes the file only once the deadline passed,
+                // and it found nothing if that happened during the write.
+                if !h.spent && Instant::now() < h.deadline {
+                    h.file = file.take();
+                }
             }
+            if let Some(file) = file {
+                inner.release(&key, file);
+            }
+            out
         })
-        .await
-    }
-
-    async fn delete_and_unlock(self: Box<Self>) -> Result<bool> {
-        self.finish(|inner, key, _| inner.remove(key)).await
-    }
-
-    async fn unlock(self: Box<Self>) -> Result<()> {
-        self.finish(|_, _, _| Ok(())).await.or_else(|e| match e {
-            // Nothing to release any more; unlocking is not a write.
-            Error::LeaseLost => Ok(()),
-            e => Err(e),
-        })
+        .await;
+        in_flight.armed = false;
+        match out {
+            Ok((finished, record)) => {
+                self.record = record;
+                Ok(finished)
+            }
+            Err(e) => {
+                self.stop_timer();
+                Err(e)
+            }
+        }
     }
 }
 
 impl Drop for FileLockGuard {
     fn drop(&mut self) {
-        if let Some(timer) = self.timer.take() {
-            timer.abort();
-        }
-        let Some(file) = hold(&self.hold).file.take() else {
-            return;
+        self.stop_timer();
+        let file = {
+            let mut h = hold(&self.hold);
+            h.spent = true;
+            h.file.take()
         };
-        let (inner, key) = (self.inner.clone(), self.key.clone());
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn_blocking(move || inner.release(&key, file));
-            }
-            // Outside a runtime there is no blocking pool to defer to.
-            Err(_) => inner.release(&key, file),
+        if let Some(file) = file {
+            release_soon(self.inner.clone(), self.key.clone(), file);
         }
     }
 }

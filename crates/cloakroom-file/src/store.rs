@@ -115,13 +115,13 @@ impl Inner {
 
     /// Write `write` as the new record, after `current` (the record read under
     /// the shard mutex): keeps `created` and bumps the version, or starts a
-    /// new record at version 1.
+    /// new record at version 1. Returns the record as written.
     pub(crate) fn replace(
         &self,
         key: &SessionKey,
         current_live: Option<&Record>,
         write: RecordWrite,
-    ) -> Result<u64> {
+    ) -> Result<Record> {
         let record = match current_live {
             Some(live) => Record {
                 created: live.created,
@@ -130,21 +130,23 @@ impl Inner {
             None => write.into_record(1),
         };
         disk::write_record(&self.layout.session(key), &key.id, &record, self.durable())?;
-        Ok(record.version)
+        Ok(record)
     }
 
     /// Rewrite the metadata of a record, data and version unchanged (by
-    /// rename, like every write: never in place).
+    /// rename, like every write: never in place). Returns the record as
+    /// written.
     pub(crate) fn retouch(
         &self,
         key: &SessionKey,
         mut record: Record,
         accessed: Timestamp,
         expires: Timestamp,
-    ) -> Result<()> {
+    ) -> Result<Record> {
         record.accessed = accessed;
         record.expires = expires;
-        disk::write_record(&self.layout.session(key), &key.id, &record, self.durable())
+        disk::write_record(&self.layout.session(key), &key.id, &record, self.durable())?;
+        Ok(record)
     }
 
     fn sweep_blocking(
@@ -300,7 +302,7 @@ impl SessionStore for FileStore {
                     });
                 }
             }
-            inner.replace(&key, Some(&live), write)
+            inner.replace(&key, Some(&live), write).map(|r| r.version)
         })
         .await
     }
@@ -316,7 +318,7 @@ impl SessionStore for FileStore {
             let paths = inner.layout.session(&key);
             let _mutex = ShardMutex::lock(&paths.shard)?;
             match disk::read_record(&paths.data)?.filter(|r| r.is_live_at(Timestamp::now())) {
-                Some(live) => inner.retouch(&key, live, accessed, expires).map(|()| true),
+                Some(live) => inner.retouch(&key, live, accessed, expires).map(|_| true),
                 None => Ok(false),
             }
         })

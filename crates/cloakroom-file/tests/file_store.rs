@@ -5,10 +5,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use cloakroom_core::{
-    Cursor, Error, LockOptions, Namespace, RecordWrite, SessionId, SessionKey, SessionStore, Timestamp,
+    Cursor, Error, Finish, Finished, LockOptions, Namespace, RecordWrite, SessionId, SessionKey,
+    SessionStore, Then, Timestamp,
 };
 use cloakroom_file::{FileOptions, FileStore};
 
@@ -302,4 +304,183 @@ async fn durable_writes_work_and_are_reported() {
             .capabilities()
             .durable
     );
+}
+
+/// Two kept saves and a release: each save bumps the version and stays
+/// locked under the same lease, and the release frees the lock at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_saves_hold_the_lock_and_a_release_frees_it() {
+    let dir = temp();
+    let store = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
+    let k = key("app");
+    store.create(&k, write(b"v1")).await.unwrap();
+
+    let mut g = store.lock(&k, opts(30_000, 1_000)).await.unwrap();
+    let lease = g.lease().clone();
+    assert_eq!(
+        g.finish(Finish::Save(write(b"v2")), Then::Keep).await.unwrap(),
+        Finished::Saved { version: 2 }
+    );
+    let held = g.record().expect("the guard holds what it wrote");
+    assert_eq!((held.version, held.data.as_slice()), (2, &b"v2"[..]));
+    assert_eq!(g.lease(), &lease, "a kept write keeps the same lease");
+    // Still locked between the writes.
+    assert!(matches!(
+        store.lock(&k, opts(30_000, 0)).await,
+        Err(Error::LockTimeout { .. })
+    ));
+
+    assert_eq!(
+        g.finish(Finish::Save(write(b"v3")), Then::Keep).await.unwrap(),
+        Finished::Saved { version: 3 }
+    );
+    assert_eq!(g.record().map(|r| r.version), Some(3));
+    assert_eq!(
+        g.finish(Finish::Nothing, Then::Release).await.unwrap(),
+        Finished::Nothing
+    );
+
+    let record = store.load(&k).await.unwrap().unwrap();
+    assert_eq!((record.version, record.data.as_slice()), (3, &b"v3"[..]));
+    // Free at once, and the released guard is spent.
+    let next = store.lock(&k, opts(30_000, 0)).await.unwrap();
+    assert_eq!(next.record().map(|r| r.version), Some(3));
+    assert!(matches!(
+        g.finish(Finish::Save(write(b"late")), Then::Keep).await,
+        Err(Error::LeaseLost)
+    ));
+    next.unlock().await.unwrap();
+    assert_eq!(store.load(&k).await.unwrap().unwrap().version, 3);
+}
+
+/// A kept write is on disk when `finish` returns: `load` (here and through
+/// another store on the same directory, as another process would) sees it
+/// while the lock is still held. Durable mode, so the fsync path runs too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_writes_are_visible_to_load_at_once() {
+    let dir = temp();
+    let store = FileStore::open(dir.path());
+    let other = FileStore::open(dir.path());
+    let k = key("app");
+
+    // A new session: the kept save creates it at version 1.
+    let mut g = store.lock(&k, opts(30_000, 1_000)).await.unwrap();
+    assert!(g.record().is_none());
+    assert_eq!(
+        g.finish(Finish::Save(write(b"first")), Then::Keep).await.unwrap(),
+        Finished::Saved { version: 1 }
+    );
+    for s in [&store, &other] {
+        let seen = s.load(&k).await.unwrap().expect("visible while locked");
+        assert_eq!((seen.version, seen.data.as_slice()), (1, &b"first"[..]));
+    }
+
+    let expires = Timestamp::now().saturating_add(Duration::from_secs(7200));
+    let accessed = Timestamp::now();
+    assert_eq!(
+        g.finish(Finish::Touch { accessed, expires }, Then::Keep)
+            .await
+            .unwrap(),
+        Finished::Touched
+    );
+    let seen = other.load(&k).await.unwrap().unwrap();
+    assert_eq!((seen.version, seen.expires), (1, expires));
+    assert_eq!(g.record().map(|r| r.expires), Some(expires));
+
+    assert_eq!(
+        g.finish(Finish::Delete, Then::Keep).await.unwrap(),
+        Finished::Deleted { was_live: true }
+    );
+    assert!(g.record().is_none());
+    assert!(other.load(&k).await.unwrap().is_none());
+    // Still ours after the delete, and a save recreates it at version 1.
+    assert!(matches!(
+        other.lock(&k, opts(30_000, 0)).await,
+        Err(Error::LockTimeout { .. })
+    ));
+    assert_eq!(
+        g.finish(Finish::Save(write(b"again")), Then::Keep).await.unwrap(),
+        Finished::Saved { version: 1 }
+    );
+    assert_eq!(other.load(&k).await.unwrap().unwrap().data, b"again");
+    g.unlock().await.unwrap();
+    other
+        .lock(&k, opts(30_000, 0))
+        .await
+        .unwrap()
+        .unlock()
+        .await
+        .unwrap();
+}
+
+/// A holder whose lease ran out (and whose lock someone else took) gets
+/// `LeaseLost` from a kept write, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_write_after_the_lease_lapsed_is_lease_lost_and_writes_nothing() {
+    let dir = temp();
+    let store = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
+    let k = key("app");
+    store.create(&k, write(b"v1")).await.unwrap();
+
+    let mut slow = store.lock(&k, opts(50, 1_000)).await.unwrap();
+    assert_eq!(
+        slow.finish(Finish::Save(write(b"v2")), Then::Keep).await.unwrap(),
+        Finished::Saved { version: 2 }
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fast = store.lock(&k, opts(30_000, 2_000)).await.unwrap();
+    assert_eq!(fast.record().map(|r| r.version), Some(2));
+
+    assert!(matches!(
+        slow.finish(Finish::Save(write(b"stale")), Then::Keep).await,
+        Err(Error::LeaseLost)
+    ));
+    let record = store.load(&k).await.unwrap().unwrap();
+    assert_eq!((record.version, record.data.as_slice()), (2, &b"v2"[..]));
+    // The new holder is untouched by the stale one and writes on.
+    assert!(matches!(
+        store.lock(&k, opts(30_000, 0)).await,
+        Err(Error::LockTimeout { .. })
+    ));
+    assert_eq!(
+        fast.finish(Finish::Save(write(b"v3")), Then::Keep).await.unwrap(),
+        Finished::Saved { version: 3 }
+    );
+    fast.unlock().await.unwrap();
+    assert_eq!(store.load(&k).await.unwrap().unwrap().data, b"v3");
+}
+
+/// A kept write whose `finish` is dropped midway (a cancelled request) gives
+/// the guard up: the lock is freed when the write is done, not at the end of
+/// a long lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_kept_write_frees_the_lock() {
+    let dir = temp();
+    let store = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
+    let k = key("app");
+    store.create(&k, write(b"v1")).await.unwrap();
+
+    let mut g = store.lock(&k, opts(60_000, 1_000)).await.unwrap();
+    // Poll the write once (it starts on the blocking pool), then drop it.
+    let first_poll = {
+        let mut write = g.finish(Finish::Save(write(b"v2")), Then::Keep);
+        std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
+    };
+    match first_poll {
+        Poll::Pending => assert!(matches!(
+            g.finish(Finish::Nothing, Then::Keep).await,
+            Err(Error::LeaseLost)
+        )),
+        // The write was done at the first poll: nothing was cancelled.
+        Poll::Ready(done) => {
+            done.unwrap();
+            g.finish(Finish::Nothing, Then::Release).await.unwrap();
+        }
+    }
+    let next = store.lock(&k, opts(60_000, 2_000)).await.unwrap();
+    // The write itself either happened whole or not at all.
+    let version = next.record().map(|r| r.version);
+    assert!(matches!(version, Some(1 | 2)), "{version:?}");
+    next.unlock().await.unwrap();
+    drop(g);
 }
