@@ -136,6 +136,23 @@ struct Chain {
     started: Instant,
 }
 
+impl Chain {
+    /// Whether one more local request may get the session in memory.
+    fn may_hand_off(&self, config: &EngineConfig) -> bool {
+        !self.closing
+            && self.handoffs < config.handoff_limit
+            && self.started.elapsed() < config.handoff_window
+    }
+
+    /// The state to hand to the next holder: an expired session is none.
+    fn live_state(&self) -> Option<Record> {
+        self.current
+            .as_ref()
+            .filter(|r| r.is_live_at(crate::record::Timestamp::now()))
+            .cloned()
+    }
+}
+
 impl Queue {
     fn is_unused(&self) -> bool {
         self.chain.is_none() && !self.acquiring && self.turn.is_none() && self.waiters.is_empty()
@@ -149,11 +166,7 @@ impl Queue {
     /// Give the turn to the first waiter still waiting, on the chain's state.
     fn hand_off(&mut self) {
         let Some(chain) = self.chain.as_mut() else { return };
-        let state = chain
-            .current
-            .as_ref()
-            .filter(|r| r.is_live_at(crate::record::Timestamp::now()))
-            .cloned();
+        let state = chain.live_state();
         while let Some(w) = self.waiters.pop_front() {
             if w.wake.send(Wake::Turn(state.clone(), w.ticket)).is_ok() {
                 self.turn = Some(w.ticket);
@@ -239,20 +252,17 @@ impl LockEngine {
         let first = self.with_queue(key, |q| {
             let ticket = q.ticket();
             if q.turn.is_none() && q.waiters.is_empty() {
-                let (limit, window) = (self.config.handoff_limit, self.config.handoff_window);
-                if let Some(chain) = q
-                    .chain
-                    .as_mut()
-                    .filter(|c| !c.closing && c.handoffs < limit && c.started.elapsed() < window)
-                {
-                    let state = chain
-                        .current
-                        .as_ref()
-                        .filter(|r| r.is_live_at(crate::record::Timestamp::now()))
-                        .cloned();
-                    chain.handoffs += 1;
-                    q.turn = Some(ticket);
-                    return First::Turn(state, ticket);
+                if let Some(chain) = q.chain.as_mut() {
+                    if chain.may_hand_off(&self.config) {
+                        let state = chain.live_state();
+                        chain.handoffs += 1;
+                        q.turn = Some(ticket);
+                        return First::Turn(state, ticket);
+                    }
+                    // Past the bound with nobody holding: the keeper gives
+                    // the store lock back, and this request queues for it.
+                    chain.closing = true;
+                    chain.keeper.notify_one();
                 }
                 if q.chain.is_none() && !q.acquiring {
                     q.acquiring = true;
@@ -355,8 +365,6 @@ impl LockEngine {
         op: Finish,
         ack: bool,
     ) -> Result<Option<oneshot::Receiver<Result<Finished>>>> {
-        let limit = self.config.handoff_limit;
-        let window = self.config.handoff_window;
         self.with_queue(key, |q| {
             if q.turn != Some(ticket) {
                 return Err(Error::LeaseLost);
@@ -420,11 +428,11 @@ impl LockEngine {
             } else {
                 None
             };
-            if !chain.closing && !q.waiters.is_empty() {
-                if chain.handoffs >= limit || chain.started.elapsed() >= window {
-                    chain.closing = true;
-                } else {
+            if !q.waiters.is_empty() {
+                if chain.may_hand_off(&self.config) {
                     q.hand_off();
+                } else {
+                    chain.closing = true;
                 }
             }
             if let Some(chain) = q.chain.as_ref() {
@@ -570,11 +578,18 @@ async fn keep_chain(
     let mut renew_at = Instant::now() + period;
     loop {
         let step = engine.with_queue(&key, |q| {
-            let idle = q.turn.is_none();
             let Some(chain) = q.chain.as_mut() else {
                 return Step::Exit;
             };
-            if idle && (q.waiters.is_empty() || chain.closing) {
+            if q.turn.is_none() && !q.waiters.is_empty() && chain.may_hand_off(&engine.config) {
+                q.hand_off();
+            }
+            let Some(chain) = q.chain.as_mut() else {
+                return Step::Exit;
+            };
+            if q.turn.is_none() {
+                // Nobody holds and nobody can be handed the session: the
+                // queue drained, or the bound says give the store lock back.
                 chain.closing = true;
                 let op = chain.pending.take().unwrap_or(Finish::Nothing);
                 return Step::Write(op, Then::Release, std::mem::take(&mut chain.acks));
