@@ -6,8 +6,10 @@
 //!   [`LeaseLost`](cloakroom_core::Error::LeaseLost) and changes nothing.
 //! - **One round trip each way**: lock-and-load is one pipeline (`SET NX PX`,
 //!   `HMGET`, `PTTL`; no script, since `SET NX` is atomic by itself), and
-//!   save-and-unlock is one `EVALSHA` (scripts are loaded on first
-//!   `NOSCRIPT`).
+//!   every write of a holder (save, touch, delete or nothing, then release
+//!   or keep the lock) is one `EVALSHA` of one script (scripts are loaded on
+//!   first `NOSCRIPT`). A kept write is durable when it returns and leaves
+//!   the lock key, and its lease, as they were.
 //! - **Wake-ups**: after a failed lock attempt, the waiter raises a
 //!   short-lived `waiting` flag and tries once more; a release that finds the
 //!   flag pushes to a

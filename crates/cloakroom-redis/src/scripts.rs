@@ -26,7 +26,8 @@ fn with_common(body: &str) -> Script {
 
 /// All scripts, built once per process.
 pub(crate) struct Scripts {
-    /// Save, touch, delete or plain unlock, then release: the guard's exits.
+    /// Save, touch, delete or nothing, then release or keep the lock: the
+    /// guard's writes.
     pub finish: Script,
     /// Token-checked lease extension.
     pub renew: Script,

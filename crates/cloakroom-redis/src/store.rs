@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use cloakroom_core::{
     async_trait, Capabilities, Cursor, Error, IdPage, Lease, LockGuard, LockKind, LockOptions, Namespace,
-    Record, RecordWrite, Result, SessionId, SessionKey, SessionStore, SweepBatch, Timestamp,
+    Record, RecordWrite, Result, SessionId, SessionKey, SessionStore, SweepBatch, Then, Timestamp,
 };
 use redis::Value;
 
 use crate::config::RedisConfig;
 use crate::conn::{masters, Conn, SlotRange};
 use crate::error::{map_redis, unexpected_reply};
-use crate::guard::RedisLockGuard;
+use crate::guard::{finish_script, Op, RedisLockGuard};
 use crate::keys::{KeyLayout, SessionKeys};
 use crate::reply::{self, LockReply, Status};
 use crate::scripts::SCRIPTS;
@@ -125,19 +125,10 @@ impl RedisStore {
         let store = self.clone();
         handle.spawn(async move {
             let mut conn = store.conn();
-            let result: redis::RedisResult<Value> = SCRIPTS
-                .finish
-                .key(&keys.record)
-                .key(&keys.lock)
-                .key(&keys.wake)
-                .key(&keys.waiting)
-                .arg(&token)
-                .arg("unlock")
-                .arg(Timestamp::now().as_millis())
-                .arg(0)
-                .arg(WAKE_TTL_MS)
-                .invoke_async(&mut conn)
-                .await;
+            let result: redis::RedisResult<Value> =
+                finish_script(&keys, &token, Op::Nothing, Then::Release, 0)
+                    .invoke_async(&mut conn)
+                    .await;
             if let Err(err) = result {
                 tracing::warn!(error = %err, "releasing a dropped redis session lock failed; its lease will free it");
             }

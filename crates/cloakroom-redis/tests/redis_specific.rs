@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use cloakroom_conformance::backends_required;
 use cloakroom_core::{
-    Error, LockOptions, Namespace, RecordWrite, SessionId, SessionKey, SessionStore, Timestamp,
+    Error, Finish, Finished, LockOptions, Namespace, RecordWrite, SessionId, SessionKey, SessionStore, Then,
+    Timestamp,
 };
 use cloakroom_redis::{RedisConfig, RedisStore};
 use redis::AsyncCommands;
@@ -499,4 +500,403 @@ async fn cluster_listing_of_ten_thousand_sessions_is_complete() {
         done.unwrap();
     }
     assert_eq!(store.count(&ns).await.unwrap(), 0);
+}
+
+/// Holding on with `Then::Keep`: each write lands at once (visible to
+/// `load`, durable), bumps the version the guard fences with, leaves the lock
+/// key as it was (same token, lease not extended), and the final release
+/// frees the lock for the next taker.
+async fn keep_writes_then_release(store: RedisStore, url: &str) {
+    let mut raw = raw(url).await;
+    let key = SessionKey::new(namespace(), SessionId::generate());
+    let keys = store.session_keys(&key);
+    let first = store
+        .create(&key, write(b"v1", Duration::from_secs(60)))
+        .await
+        .unwrap();
+
+    let mut guard = store.lock(&key, opts(30_000, 1_000)).await.unwrap();
+    let token = guard.lease().token.clone();
+    let pttl_before: i64 = raw.pttl(&keys.lock).await.unwrap();
+    let done = guard
+        .finish(Finish::Save(write(b"v2", Duration::from_secs(60))), Then::Keep)
+        .await
+        .unwrap();
+    assert_eq!(done, Finished::Saved { version: 2 });
+    let held = guard.record().unwrap();
+    assert_eq!((held.data.as_slice(), held.version), (b"v2".as_slice(), 2));
+    assert_eq!(held.created, first.created, "a kept save changed `created`");
+    // Durable while locked: the store, another connection, sees the write.
+    let loaded = store.load(&key).await.unwrap().unwrap();
+    assert_eq!((loaded.data.as_slice(), loaded.version), (b"v2".as_slice(), 2));
+    assert_eq!(loaded.created, first.created);
+    let holder: Option<String> = raw.get(&keys.lock).await.unwrap();
+    assert_eq!(holder, Some(token), "a kept save gave up or changed the lock");
+    let pttl_after: i64 = raw.pttl(&keys.lock).await.unwrap();
+    assert!(
+        0 < pttl_after && pttl_after <= pttl_before,
+        "a kept save moved the lease: PTTL {pttl_before} -> {pttl_after}"
+    );
+    match store.lock(&key, opts(30_000, 0)).await {
+        Err(Error::LockTimeout { .. }) => {}
+        other => panic!("the lock must still be held after a kept save, got {other:?}"),
+    }
+
+    let done = guard
+        .finish(Finish::Save(write(b"v3", Duration::from_secs(60))), Then::Keep)
+        .await
+        .unwrap();
+    assert_eq!(done, Finished::Saved { version: 3 });
+    assert_eq!(guard.record().map(|r| r.version), Some(3));
+    assert_eq!(
+        guard.finish(Finish::Nothing, Then::Release).await.unwrap(),
+        Finished::Nothing
+    );
+    let r = store.load(&key).await.unwrap().unwrap();
+    assert_eq!((r.data.as_slice(), r.version), (b"v3".as_slice(), 3));
+    let lock_left: bool = raw.exists(&keys.lock).await.unwrap();
+    assert!(!lock_left, "the release after kept saves left the lock key");
+    let next = store.lock(&key, opts(30_000, 0)).await.unwrap();
+    assert_eq!(next.record().map(|r| r.version), Some(3));
+    // The released guard is spent.
+    assert!(matches!(
+        guard.finish(Finish::Nothing, Then::Keep).await,
+        Err(Error::LeaseLost)
+    ));
+    next.unlock().await.unwrap();
+
+    // Keep with a save, a touch, a delete and a save again, the last
+    // released by a save: every step fenced against the one before.
+    let mut guard = store.lock(&key, opts(30_000, 1_000)).await.unwrap();
+    let later = Timestamp::now().saturating_add(Duration::from_secs(120));
+    let now = Timestamp::now();
+    assert_eq!(
+        guard
+            .finish(
+                Finish::Touch {
+                    accessed: now,
+                    expires: later
+                },
+                Then::Keep
+            )
+            .await
+            .unwrap(),
+        Finished::Touched
+    );
+    let touched = guard.record().unwrap().clone();
+    assert_eq!((touched.version, touched.expires), (3, later));
+    assert_eq!(store.load(&key).await.unwrap(), Some(touched));
+    assert_eq!(
+        guard.finish(Finish::Delete, Then::Keep).await.unwrap(),
+        Finished::Deleted { was_live: true }
+    );
+    assert!(guard.record().is_none(), "record() after a kept delete");
+    assert_eq!(store.load(&key).await.unwrap(), None);
+    let exists: bool = raw.exists(&keys.record).await.unwrap();
+    assert!(!exists, "a kept delete left the record hash");
+    assert!(matches!(
+        store.lock(&key, opts(30_000, 0)).await,
+        Err(Error::LockTimeout { .. })
+    ));
+    // A save after a kept delete creates the session anew, at version 1.
+    let fresh = write(b"again", Duration::from_secs(60));
+    assert_eq!(
+        guard
+            .finish(Finish::Save(fresh.clone()), Then::Keep)
+            .await
+            .unwrap(),
+        Finished::Saved { version: 1 }
+    );
+    assert_eq!(guard.record().map(|r| r.created), Some(fresh.created));
+    assert_eq!(
+        guard
+            .finish(
+                Finish::Save(write(b"last", Duration::from_secs(60))),
+                Then::Release
+            )
+            .await
+            .unwrap(),
+        Finished::Saved { version: 2 }
+    );
+    let r = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(
+        (r.data.as_slice(), r.version, r.created),
+        (b"last".as_slice(), 2, fresh.created)
+    );
+    store
+        .lock(&key, opts(30_000, 0))
+        .await
+        .unwrap()
+        .unlock()
+        .await
+        .unwrap();
+
+    // A new session: kept saves from no record at all.
+    let key = SessionKey::new(key.namespace.clone(), SessionId::generate());
+    let mut guard = store.lock(&key, opts(30_000, 1_000)).await.unwrap();
+    for (data, version) in [(&b"n1"[..], 1), (b"n2", 2)] {
+        assert_eq!(
+            guard
+                .finish(Finish::Save(write(data, Duration::from_secs(60))), Then::Keep)
+                .await
+                .unwrap(),
+            Finished::Saved { version }
+        );
+        assert_eq!(store.load(&key).await.unwrap().map(|r| r.version), Some(version));
+    }
+    guard.unlock().await.unwrap();
+    let r = store.load(&key).await.unwrap().unwrap();
+    assert_eq!((r.data.as_slice(), r.version), (b"n2".as_slice(), 2));
+    store
+        .lock(&key, opts(30_000, 0))
+        .await
+        .unwrap()
+        .unlock()
+        .await
+        .unwrap();
+    store.delete(&key).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_writes_then_release_single() {
+    if let Some(store) = single().await {
+        keep_writes_then_release(store, &single_url()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_writes_then_release_cluster() {
+    if let Some(store) = cluster().await {
+        // A raw connection to one node cannot read another node's slots, so
+        // on a Cluster the checks go through the store only.
+        keep_writes_then_release_on_cluster(store).await;
+    }
+}
+
+async fn keep_writes_then_release_on_cluster(store: RedisStore) {
+    let key = SessionKey::new(namespace(), SessionId::generate());
+    let mut guard = store.lock(&key, opts(30_000, 1_000)).await.unwrap();
+    for version in 1..=2u64 {
+        let data = format!("c{version}");
+        assert_eq!(
+            guard
+                .finish(
+                    Finish::Save(write(data.as_bytes(), Duration::from_secs(60))),
+                    Then::Keep
+                )
+                .await
+                .unwrap(),
+            Finished::Saved { version }
+        );
+        let r = store.load(&key).await.unwrap().unwrap();
+        assert_eq!((r.data, r.version), (data.into_bytes(), version));
+        assert!(matches!(
+            store.lock(&key, opts(30_000, 0)).await,
+            Err(Error::LockTimeout { .. })
+        ));
+    }
+    assert_eq!(
+        guard.finish(Finish::Nothing, Then::Release).await.unwrap(),
+        Finished::Nothing
+    );
+    let next = store.lock(&key, opts(30_000, 0)).await.unwrap();
+    assert_eq!(next.record().map(|r| r.version), Some(2));
+    next.unlock().await.unwrap();
+    store.delete(&key).await.unwrap();
+}
+
+/// The fence under Keep: once the lock key is gone or someone else's, a kept
+/// write is `LeaseLost`, writes nothing, leaves the other lock alone, and
+/// spends the guard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_write_after_the_lock_is_lost_is_lease_lost_and_writes_nothing() {
+    let Some(store) = single().await else { return };
+    let mut raw = raw(&single_url()).await;
+    let key = SessionKey::new(namespace(), SessionId::generate());
+    let keys = store.session_keys(&key);
+    store
+        .create(&key, write(b"original", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let unchanged = |r: Option<cloakroom_core::Record>, version: u64, data: &[u8]| {
+        let r = r.expect("the record vanished");
+        assert_eq!((r.data.as_slice(), r.version), (data, version));
+    };
+
+    // The lock key deleted between two kept saves.
+    let mut guard = store.lock(&key, opts(30_000, 1_000)).await.unwrap();
+    guard
+        .finish(Finish::Save(write(b"kept", Duration::from_secs(60))), Then::Keep)
+        .await
+        .unwrap();
+    let _: () = raw.del(&keys.lock).await.unwrap();
+    for op in [
+        Finish::Save(write(b"late", Duration::from_secs(60))),
+        Finish::Touch {
+            accessed: Timestamp::now(),
+            expires: Timestamp::now().saturating_add(Duration::from_secs(600)),
+        },
+        Finish::Delete,
+    ] {
+        // The first call finds the fence; every later one a spent guard.
+        match guard.finish(op, Then::Keep).await {
+            Err(Error::LeaseLost) => {}
+            other => panic!("a kept write without the lock key must be LeaseLost, got {other:?}"),
+        }
+    }
+    unchanged(store.load(&key).await.unwrap(), 2, b"kept");
+    let pttl: i64 = raw.pttl(&keys.record).await.unwrap();
+    assert!(pttl <= 60_000, "a fenced touch moved the expiry: PTTL {pttl}");
+    let lock_left: bool = raw.exists(&keys.lock).await.unwrap();
+    assert!(!lock_left, "a fenced kept write re-created the lock key");
+
+    // The lock key taken over by another token.
+    let mut guard = store.lock(&key, opts(30_000, 1_000)).await.unwrap();
+    let _: () = raw.set(&keys.lock, "someone-else").await.unwrap();
+    match guard
+        .finish(Finish::Save(write(b"late", Duration::from_secs(60))), Then::Keep)
+        .await
+    {
+        Err(Error::LeaseLost) => {}
+        other => panic!("a kept save under a stolen lock must be LeaseLost, got {other:?}"),
+    }
+    let holder: Option<String> = raw.get(&keys.lock).await.unwrap();
+    assert_eq!(holder.as_deref(), Some("someone-else"));
+    unchanged(store.load(&key).await.unwrap(), 2, b"kept");
+    let _: () = raw.del(&keys.lock).await.unwrap();
+
+    // The lease lapsed (Redis expired the lock key) after a kept save: the
+    // holder kept the lock but not the lease.
+    let mut guard = store.lock(&key, opts(150, 1_000)).await.unwrap();
+    guard
+        .finish(
+            Finish::Save(write(b"in time", Duration::from_secs(60))),
+            Then::Keep,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lock_left: bool = raw.exists(&keys.lock).await.unwrap();
+    assert!(!lock_left, "a kept save extended the lease");
+    match guard
+        .finish(Finish::Save(write(b"late", Duration::from_secs(60))), Then::Keep)
+        .await
+    {
+        Err(Error::LeaseLost) => {}
+        other => panic!("a kept save after the lease lapsed must be LeaseLost, got {other:?}"),
+    }
+    unchanged(store.load(&key).await.unwrap(), 3, b"in time");
+
+    // A kept write the record check refuses releases the lock and spends the
+    // guard: an unlocked writer moved the version meanwhile.
+    let mut guard = store.lock(&key, opts(30_000, 1_000)).await.unwrap();
+    store
+        .save(&key, write(b"unlocked", Duration::from_secs(60)), None)
+        .await
+        .unwrap();
+    match guard
+        .finish(Finish::Save(write(b"stale", Duration::from_secs(60))), Then::Keep)
+        .await
+    {
+        Err(Error::Conflict {
+            expected: 3,
+            found: 4,
+        }) => {}
+        other => panic!("a kept save over another version must be Conflict, got {other:?}"),
+    }
+    let lock_left: bool = raw.exists(&keys.lock).await.unwrap();
+    assert!(!lock_left, "a failed kept save kept the lock");
+    assert!(matches!(
+        guard.finish(Finish::Nothing, Then::Keep).await,
+        Err(Error::LeaseLost)
+    ));
+    // And the record deleted meanwhile: Gone, lock released.
+    let mut guard = store.lock(&key, opts(30_000, 1_000)).await.unwrap();
+    store.delete(&key).await.unwrap();
+    match guard
+        .finish(
+            Finish::Save(write(b"revived", Duration::from_secs(60))),
+            Then::Keep,
+        )
+        .await
+    {
+        Err(Error::Gone) => {}
+        other => panic!("a kept save of a deleted session must be Gone, got {other:?}"),
+    }
+    assert_eq!(store.load(&key).await.unwrap(), None);
+    store
+        .lock(&key, opts(30_000, 0))
+        .await
+        .unwrap()
+        .unlock()
+        .await
+        .unwrap();
+}
+
+/// A kept write frees nothing, so it wakes nobody: no wake-up is pushed and
+/// a blocked waiter stays blocked until the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_write_does_not_wake_a_waiter() {
+    let Some(store) = single().await else { return };
+    let mut raw = raw(&single_url()).await;
+    let key = SessionKey::new(namespace(), SessionId::generate());
+    let keys = store.session_keys(&key);
+
+    // As the server sees it: the waiting flag is up, a kept save pushes
+    // nothing, the release then pushes one wake-up.
+    let mut holder = store.lock(&key, opts(30_000, 1_000)).await.unwrap();
+    assert!(matches!(
+        store.lock(&key, opts(30_000, 50)).await,
+        Err(Error::LockTimeout { .. })
+    ));
+    let flag: bool = raw.exists(&keys.waiting).await.unwrap();
+    assert!(flag, "a failed attempt must raise the waiting flag");
+    for data in [&b"a"[..], b"b"] {
+        holder
+            .finish(Finish::Save(write(data, Duration::from_secs(60))), Then::Keep)
+            .await
+            .unwrap();
+        let wake: bool = raw.exists(&keys.wake).await.unwrap();
+        assert!(!wake, "a kept save pushed a wake-up");
+    }
+    holder.unlock().await.unwrap();
+    let wake_len: i64 = raw.llen(&keys.wake).await.unwrap();
+    assert_eq!(wake_len, 1, "the release must push one wake-up");
+    let _: () = raw.del(&[&keys.wake, &keys.waiting]).await.unwrap();
+
+    // A live waiter: blocked through kept saves, woken by the release, and it
+    // then loads the last kept write.
+    let mut holder = store.lock(&key, opts(30_000, 1_000)).await.unwrap();
+    let waiter = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::spawn(async move {
+            let guard = store.lock(&key, opts(30_000, 10_000)).await.unwrap();
+            let at = Instant::now();
+            let version = guard.record().map(|r| r.version);
+            guard.unlock().await.unwrap();
+            (at, version)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for version in 3..=5u64 {
+        assert_eq!(
+            holder
+                .finish(Finish::Save(write(b"held", Duration::from_secs(60))), Then::Keep)
+                .await
+                .unwrap(),
+            Finished::Saved { version }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished(), "a kept save let the waiter in");
+    }
+    let released = Instant::now();
+    holder.finish(Finish::Nothing, Then::Release).await.unwrap();
+    let (acquired, version) = waiter.await.unwrap();
+    assert_eq!(version, Some(5), "the waiter did not see the last kept save");
+    let handoff = acquired.duration_since(released);
+    assert!(
+        handoff < Duration::from_millis(500),
+        "hand-off took {handoff:?}: the release did not wake the waiter"
+    );
+    store.delete(&key).await.unwrap();
 }

@@ -6,26 +6,13 @@
 -- and the server is what bounds throughput, so the steady-state path (lock,
 -- save, unlock with nobody waiting) makes as few calls as it can.
 
--- The version of the live record at KEYS[1], or 0 when there is none. A
--- record past its `expires` counts as missing even before Redis reclaims it.
+-- The version of the live record at `record`, or 0 when there is none, and
+-- whether the hash is there at all (live or not). A record past its
+-- `expires` counts as missing even before Redis reclaims it.
 local function live_version(record, now)
   local f = redis.call('HMGET', record, 'version', 'expires')
   if f[1] and f[2] and tonumber(f[2]) > tonumber(now) then
-    return tonumber(f[1])
+    return tonumber(f[1]), true
   end
-  return 0
-end
-
--- Free the lock and, if a lock attempt failed lately (the client raises the
--- `waiting` flag then), wake exactly one waiter: the wake list holds at most
--- one element, BLPOP hands it to the longest-blocked client, and the short
--- expiry drops a wake-up nobody collected. Without waiters a release is one
--- DEL and one EXISTS.
-local function release(lock, wake, waiting, wake_ttl)
-  redis.call('DEL', lock)
-  if redis.call('EXISTS', waiting) == 1 then
-    redis.call('DEL', wake)
-    redis.call('RPUSH', wake, '1')
-    redis.call('PEXPIRE', wake, wake_ttl)
-  end
+  return 0, (f[1] or f[2]) ~= false
 end
