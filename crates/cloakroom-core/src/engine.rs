@@ -750,9 +750,9 @@ mod tests {
         async fn touch(&self, key: &SessionKey, accessed: Timestamp, expires: Timestamp) -> Result<bool> {
             self.inner.touch(key, accessed, expires).await
         }
-        async fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockGuard>> {
+        async fn try_lock(&self, key: &SessionKey, options: LockOptions) -> Result<crate::Acquired> {
             self.locks.fetch_add(1, Ordering::Relaxed);
-            self.inner.lock(key, options).await
+            self.inner.try_lock(key, options).await
         }
         async fn list_ids(
             &self,

@@ -51,9 +51,10 @@ pub use manager::{
 pub use memory::{MemoryLockGuard, MemoryStore};
 pub use record::{check_loaded_is_live, Record, RecordWrite, Timestamp};
 pub use session::{Committed, ReadOnlySession, Session};
+pub use store::wait_for_lock;
 pub use store::{
-    Capabilities, Cursor, Finish, Finished, IdPage, Lease, LockGuard, LockKind, LockOptions, SessionStore,
-    SweepBatch, Then,
+    Acquired, Capabilities, Cursor, Finish, Finished, IdPage, Lease, LockGuard, LockKind, LockOptions,
+    SessionStore, SweepBatch, Then,
 };
 
 /// Re-exported so backends implement the traits with the same macro version.

@@ -18,8 +18,8 @@ use crate::error::{Error, Result};
 use crate::id::{Namespace, SessionId, SessionKey};
 use crate::record::{check_loaded_is_live, Record, RecordWrite, Timestamp};
 use crate::store::{
-    Capabilities, Cursor, Finish, Finished, IdPage, Lease, LockGuard, LockKind, LockOptions, SessionStore,
-    SweepBatch, Then,
+    Acquired, Capabilities, Cursor, Finish, Finished, IdPage, Lease, LockGuard, LockKind, LockOptions,
+    SessionStore, SweepBatch, Then,
 };
 
 /// Default size limit of one encoded record.
@@ -232,9 +232,10 @@ impl SessionStore for MemoryStore {
         }))
     }
 
-    async fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockGuard>> {
-        let started = Instant::now();
-        let give_up_at = started + options.wait;
+    /// The in-process FIFO queue is this store's signal: a waiter waits in
+    /// it for up to `options.wait` and is handed the lock directly.
+    async fn try_lock(&self, key: &SessionKey, options: LockOptions) -> Result<Acquired> {
+        let give_up_at = Instant::now() + options.wait;
         let token = self.shared.new_token();
 
         let mut woken = {
@@ -257,7 +258,7 @@ impl SessionStore for MemoryStore {
                 Some(woken)
             });
             match queued {
-                None => return Ok(self.guard(key, token, options.lease)),
+                None => return Ok(Acquired::Locked(self.guard(key, token, options.lease))),
                 Some(woken) => woken,
             }
         };
@@ -305,13 +306,11 @@ impl SessionStore for MemoryStore {
             match outcome {
                 Some(true) => {
                     registration.armed = false;
-                    return Ok(self.guard(key, token, options.lease));
+                    return Ok(Acquired::Locked(self.guard(key, token, options.lease)));
                 }
                 Some(false) => {
                     registration.armed = false;
-                    return Err(Error::LockTimeout {
-                        waited: started.elapsed(),
-                    });
+                    return Ok(Acquired::BUSY);
                 }
                 None => continue,
             }

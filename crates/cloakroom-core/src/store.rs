@@ -105,6 +105,72 @@ pub struct Lease {
     pub deadline: Instant,
 }
 
+/// What one [`SessionStore::try_lock`] got.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Acquired {
+    /// The lock, with the record loaded under it.
+    Locked(Box<dyn LockGuard>),
+    /// Someone else holds the lock.
+    Busy {
+        /// When trying again makes sense: `Some(ZERO)` right away (the
+        /// backend already waited on its signal), `Some(d)` when the
+        /// holder's lease runs out in `d`; `None` when the backend cannot
+        /// tell. [`SessionStore::lock`] never waits longer than its own
+        /// bounded backoff either way.
+        retry_in: Option<Duration>,
+    },
+}
+
+impl Acquired {
+    /// Busy, with nothing known about when to retry.
+    pub const BUSY: Acquired = Acquired::Busy { retry_in: None };
+}
+
+/// First and longest pause of [`SessionStore::lock`] between two `Busy`
+/// attempts. 1, 2, 4, 8, 16, 20, 20 … ms: a release is seen within 20 ms at
+/// worst, against 100 ms to 1 s for the fixed sleeps of older session
+/// libraries, while a long wait costs at most 50 attempts a second.
+const FIRST_BACKOFF: Duration = Duration::from_millis(1);
+const MAX_BACKOFF: Duration = Duration::from_millis(20);
+
+/// The one wait loop of every backend: call `attempt` with the time left
+/// until it returns a lock (`Ok(Ok(lock))`) or the wait is over
+/// ([`Error::LockTimeout`](crate::Error::LockTimeout)). Between two busy
+/// answers (`Ok(Err(retry_in))`, see [`Acquired::Busy`]) it pauses 1, 2, 4 …
+/// up to 20 ms, never longer than `retry_in` or the time left.
+///
+/// [`SessionStore::lock`] uses it over [`SessionStore::try_lock`]; a backend
+/// that hands out its own guard type (to expose backend-specific methods)
+/// uses it too instead of a loop of its own.
+pub async fn wait_for_lock<T, F, Fut>(wait: Duration, mut attempt: F) -> Result<T>
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: std::future::Future<Output = Result<std::result::Result<T, Option<Duration>>>>,
+{
+    let started = Instant::now();
+    let give_up_at = started + wait;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let left = give_up_at.saturating_duration_since(Instant::now());
+        let retry_in = match attempt(left).await? {
+            Ok(lock) => return Ok(lock),
+            Err(retry_in) => retry_in,
+        };
+        let now = Instant::now();
+        if now >= give_up_at {
+            return Err(crate::Error::LockTimeout {
+                waited: started.elapsed(),
+            });
+        }
+        let nap = retry_in.map_or(backoff, |d| d.min(backoff));
+        if !nap.is_zero() {
+            tokio::time::sleep(nap.min(give_up_at - now)).await;
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
 /// A page of session ids from [`SessionStore::list_ids`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IdPage {
@@ -201,17 +267,43 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     /// data or changing its version; returns whether a live record was found.
     async fn touch(&self, key: &SessionKey, accessed: Timestamp, expires: Timestamp) -> Result<bool>;
 
-    /// Take the lock on `key` and load the live record with it, in as few
-    /// round trips as the backend allows.
+    /// One attempt to take the lock on `key`, loading the live record with
+    /// it in as few round trips as the backend allows.
     ///
     /// The key need not exist: a lock on a missing session is still a lock
-    /// (and [`LockGuard::record`] is `None`). Waiters are served in arrival
-    /// order as far as the backend allows and are woken promptly when the
-    /// lock is released (a notification where the backend has one, a short
-    /// backoff where it has none, never a fixed sleep). A holder whose lease
-    /// ran out no longer blocks anyone. Waiting longer than `options.wait`
-    /// fails with [`Error::LockTimeout`](crate::Error::LockTimeout).
-    async fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockGuard>>;
+    /// (and [`LockGuard::record`] is `None`). A holder whose lease ran out no
+    /// longer blocks anyone.
+    ///
+    /// If the lock is held, a backend that has a signal of its own for "the
+    /// lock was released" (a row-lock queue in the database, a wake list, an
+    /// in-process queue) may wait on it for at most `options.wait` and try
+    /// again; one that has none returns [`Acquired::Busy`] at once. Either
+    /// way it never sleeps a fixed interval and never waits past
+    /// `options.wait`: deadlines, backoff and [`Error::LockTimeout`](crate::Error::LockTimeout)
+    /// are [`lock`](SessionStore::lock)'s business, written once in core.
+    async fn try_lock(&self, key: &SessionKey, options: LockOptions) -> Result<Acquired>;
+
+    /// Take the lock on `key` and load the live record with it, waiting up
+    /// to `options.wait` for the current holder.
+    ///
+    /// Calls [`try_lock`](SessionStore::try_lock) until it succeeds; between
+    /// two `Busy` answers it waits a short, bounded, growing backoff (capped
+    /// by the holder's remaining lease when the backend knows it), so a
+    /// release is seen within milliseconds without polling at a fixed rate.
+    /// Past the wait it fails with [`Error::LockTimeout`](crate::Error::LockTimeout).
+    /// Waiters of one process are queued in arrival order by the
+    /// [`Manager`](crate::Manager)'s lock engine before they get here.
+    async fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockGuard>> {
+        wait_for_lock(options.wait, |left| async move {
+            Ok(
+                match self.try_lock(key, LockOptions::new(options.lease, left)).await? {
+                    Acquired::Locked(guard) => Ok(guard),
+                    Acquired::Busy { retry_in } => Err(retry_in),
+                },
+            )
+        })
+        .await
+    }
 
     /// One page of the ids of live records in `namespace`, starting at
     /// `cursor` (`None` for the first page), at most `limit` ids. Pages never

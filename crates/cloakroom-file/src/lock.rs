@@ -110,15 +110,13 @@ impl Inner {
     }
 
     /// Release a held session lock, unlinking the lock file first if the
-    /// session has no record (see the module docs for why that is safe), and
-    /// wake this process's next waiter.
+    /// session has no record (see the module docs for why that is safe).
     pub(crate) fn release(&self, key: &SessionKey, held: File) {
         let paths = self.layout.session(key);
         if matches!(fs::symlink_metadata(&paths.data), Err(e) if e.kind() == io::ErrorKind::NotFound) {
             let _ = fs::remove_file(&paths.lock);
         }
         drop(held);
-        self.wakers.wake(key);
     }
 
     /// Delete the record of `key`; whether a live one was deleted. A corrupt

@@ -6,25 +6,18 @@
 //! whole by rename. Session locks (held across a request) are separate
 //! `flock`s, see [`crate::lock`].
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use async_trait::async_trait;
 use cloakroom_core::{
-    check_loaded_is_live, Capabilities, Cursor, Error, IdPage, LockGuard, LockKind, LockOptions, Namespace,
+    check_loaded_is_live, Acquired, Capabilities, Cursor, Error, IdPage, LockKind, LockOptions, Namespace,
     Record, RecordWrite, Result, SessionId, SessionKey, SessionStore, SweepBatch, Timestamp,
 };
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::config::FileOptions;
 use crate::disk::{self, io_error, ShardMutex};
 use crate::layout::{self, Layout};
 use crate::lock::{self, FileLockGuard};
-use cloakroom_core::wake::Wakers;
-
-/// Backoff between lock attempts while another holder has the flock.
-const FIRST_BACKOFF: Duration = Duration::from_millis(1);
-const MAX_BACKOFF: Duration = Duration::from_millis(20);
 
 /// Sessions as files under one directory, safe across threads and processes
 /// on one host. Cloning shares the same store.
@@ -40,7 +33,6 @@ pub struct FileStore {
 pub(crate) struct Inner {
     pub(crate) layout: Layout,
     pub(crate) options: FileOptions,
-    pub(crate) wakers: Wakers,
 }
 
 impl FileStore {
@@ -57,7 +49,6 @@ impl FileStore {
             inner: Arc::new(Inner {
                 layout: Layout::new(options.root.clone()),
                 options,
-                wakers: Wakers::default(),
             }),
         }
     }
@@ -325,40 +316,24 @@ impl SessionStore for FileStore {
         .await
     }
 
-    async fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockGuard>> {
-        let started = Instant::now();
-        let give_up_at = started + options.wait;
-        let waiting = self.inner.wakers.subscribe(key);
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            // Registered before the attempt, so a release between a failed
-            // attempt and the nap still wakes us.
-            let notified = waiting.notify().notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-
-            let attempt_key = key.clone();
-            let acquired = self
-                .blocking(move |inner| inner.try_lock_and_load(&attempt_key))
-                .await?;
-            if let Some((held, record)) = acquired {
-                return Ok(Box::new(FileLockGuard::new(
-                    self.inner.clone(),
-                    key.clone(),
-                    held,
-                    record,
-                    options.lease,
-                )));
-            }
-            let now = Instant::now();
-            if now >= give_up_at {
-                return Err(Error::LockTimeout {
-                    waited: started.elapsed(),
-                });
-            }
-            let _ = tokio::time::timeout(backoff.min(give_up_at - now), notified).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
+    /// `flock` has no timed wait, so this is one non-blocking attempt; the
+    /// core's backoff does the waiting (waiters of one process queue in the
+    /// lock engine and never get here together).
+    async fn try_lock(&self, key: &SessionKey, options: LockOptions) -> Result<Acquired> {
+        let attempt_key = key.clone();
+        let acquired = self
+            .blocking(move |inner| inner.try_lock_and_load(&attempt_key))
+            .await?;
+        Ok(match acquired {
+            Some((held, record)) => Acquired::Locked(Box::new(FileLockGuard::new(
+                self.inner.clone(),
+                key.clone(),
+                held,
+                record,
+                options.lease,
+            ))),
+            None => Acquired::BUSY,
+        })
     }
 
     async fn list_ids(&self, namespace: &Namespace, cursor: Option<Cursor>, limit: usize) -> Result<IdPage> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloakroom_core::{
-    async_trait, Capabilities, Cursor, Error, IdPage, Lease, LockGuard, LockKind, LockOptions, Namespace,
+    async_trait, Acquired, Capabilities, Cursor, Error, IdPage, Lease, LockKind, LockOptions, Namespace,
     Record, RecordWrite, Result, SessionId, SessionKey, SessionStore, SweepBatch, Then, Timestamp,
 };
 use redis::Value;
@@ -325,9 +325,8 @@ impl SessionStore for RedisStore {
     /// session's `waiting` flag, so that a release from then on pushes a
     /// wake-up; the attempt right after raising it runs at once, so a release
     /// that came between the first failure and the flag is not missed.
-    async fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockGuard>> {
-        let started = Instant::now();
-        let give_up_at = started + options.wait;
+    async fn try_lock(&self, key: &SessionKey, options: LockOptions) -> Result<Acquired> {
+        let give_up_at = Instant::now() + options.wait;
         let keys = self.inner.keys.session(key);
         let token = new_token()?;
         let lease_ms = millis(options.lease);
@@ -373,7 +372,7 @@ impl SessionStore for RedisStore {
             drop(in_flight);
             let pttl = match reply::lock_reply(replies, Timestamp::now()) {
                 Ok(LockReply::Acquired(record)) => {
-                    return Ok(Box::new(RedisLockGuard::new(
+                    return Ok(Acquired::Locked(Box::new(RedisLockGuard::new(
                         self.clone(),
                         key.clone(),
                         keys,
@@ -382,7 +381,7 @@ impl SessionStore for RedisStore {
                             deadline: sent + options.lease,
                         },
                         record,
-                    )));
+                    ))));
                 }
                 Ok(LockReply::Held { pttl }) => pttl,
                 Err(err) => {
@@ -395,9 +394,7 @@ impl SessionStore for RedisStore {
 
             let now = Instant::now();
             if now >= give_up_at {
-                return Err(Error::LockTimeout {
-                    waited: started.elapsed(),
-                });
+                return Ok(Acquired::BUSY);
             }
             if !waiting {
                 waiting = true;
