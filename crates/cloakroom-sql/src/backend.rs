@@ -49,10 +49,18 @@ pub trait Backend: Send + Sync + fmt::Debug + Sized + 'static {
     #[doc(hidden)]
     fn classify_database(err: &dyn sqlx::error::DatabaseError) -> Failure;
 
-    /// Begin the locking transaction on `conn` and lock the row of `key`,
-    /// inserting a placeholder row if the key is missing, giving up at
-    /// `give_up`. Returns the locked row. On a lock timeout this returns
-    /// `Ok(None)`; the caller maps it to `LockTimeout`.
+    /// The script that begins a locking transaction, settings included, in
+    /// one round trip: for a lock that may wait `left` for the row and holds
+    /// a lease of `lease`. Only numbers are written into it.
+    #[doc(hidden)]
+    fn begin_lock(left: Duration, lease: Duration) -> String;
+
+    /// Lock the row of `key` in the transaction that the caller began on
+    /// `conn` with [`begin_lock`](Self::begin_lock), inserting a placeholder
+    /// row if the key is missing, giving up at `give_up`. Returns the locked
+    /// row. On a lock timeout this returns `Ok(None)`; the caller maps it to
+    /// `LockTimeout`. A backend that has to start over (a deadlock victim)
+    /// begins its transaction again itself.
     #[doc(hidden)]
     fn lock_row<'a>(
         conn: &'a mut PoolConnection<Self::DB>,

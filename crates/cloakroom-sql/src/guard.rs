@@ -9,13 +9,25 @@
 //! backend); for MySQL, which has no sub-second equivalent, a watchdog task
 //! rolls the transaction back at the deadline. Either way, a holder that
 //! comes back later finds its transaction gone and gets `LeaseLost`.
+//!
+//! A row lock cannot outlive a `COMMIT`, so [`Then::Keep`] writes into the
+//! locking transaction and leaves it open: the next holder's turn sees the
+//! write, other connections see the last committed version, and the write
+//! becomes durable at the [`Then::Release`] that commits it (hence
+//! `durable_while_locked = false`). A finish that fails, a lease that runs
+//! out, and a guard dropped without a release all roll the transaction back,
+//! kept writes included: an error from `finish` means that nothing of the
+//! uncommitted chain was written, except for a `COMMIT` cut off by a lost
+//! connection, which is `Unavailable` (outcome unknown).
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use cloakroom_core::{Error, Lease, LockGuard, Record, RecordWrite, Result, SessionKey, Timestamp};
+use cloakroom_core::{
+    Error, Finish, Finished, Lease, LockGuard, Record, Result, SessionKey, Then, Timestamp,
+};
 use tokio::task::JoinHandle;
 
 use crate::backend::Backend;
@@ -46,6 +58,24 @@ pub struct RowLockGuard<B: Backend> {
     lease: Lease,
     held: Arc<Held<B>>,
     watchdog: Option<JoinHandle<()>>,
+    /// The transaction holds writes made with `Then::Keep` that no `COMMIT`
+    /// has made durable yet: a release must commit, even with nothing to write.
+    pending: bool,
+    /// The locked row exists in the transaction (a record, an expired record
+    /// or a lock placeholder); false after a kept delete, when a save must
+    /// insert.
+    row: bool,
+}
+
+/// What one write did inside the transaction, before it is kept or committed.
+struct Written {
+    finished: Finished,
+    /// The guard's record afterwards; `None`: unchanged.
+    record: Option<Option<Record>>,
+    /// A statement changed the transaction.
+    wrote: bool,
+    /// Whether the locked row exists in the transaction afterwards.
+    row: bool,
 }
 
 impl<B: Backend> fmt::Debug for RowLockGuard<B> {
@@ -83,6 +113,8 @@ impl<B: Backend> RowLockGuard<B> {
             },
             held,
             watchdog,
+            pending: false,
+            row: true,
         }
     }
 
@@ -100,17 +132,30 @@ impl<B: Backend> RowLockGuard<B> {
             .ok_or_else(|| Error::backend("no connection id returned"))
     }
 
-    /// Take the transaction out for a finishing call, enforcing the lease.
+    /// Take the transaction out for a finishing call; `LeaseLost` if it has
+    /// ended (released, failed, or rolled back by the lease watchdog).
     async fn take_tx(&mut self) -> Result<TxConn<B::DB>> {
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.abort();
         }
-        let tx = self.held.tx.lock().await.take().ok_or(Error::LeaseLost)?;
-        if Instant::now() >= self.lease.deadline {
-            let _ = tx.end(B::ROLLBACK).await;
-            return Err(Error::LeaseLost);
+        self.held.tx.lock().await.take().ok_or(Error::LeaseLost)
+    }
+
+    /// Hand the transaction back after a kept write, with its watchdog.
+    async fn keep_tx(&mut self, tx: TxConn<B::DB>) {
+        *self.held.tx.lock().await = Some(tx);
+        if B::CLIENT_LEASE_WATCHDOG {
+            // Same deadline: if it passed during the write, this rolls back at once.
+            self.watchdog = Some(tokio::spawn(watch_lease(Arc::clone(&self.held))));
         }
-        Ok(tx)
+    }
+
+    /// End the transaction after a failure, dropping its writes (kept ones too).
+    async fn abandon(&mut self, tx: TxConn<B::DB>) {
+        self.pending = false;
+        // Not worth a failure of its own: if the rollback fails the
+        // connection is closed, which ends the transaction too.
+        let _ = tx.end(B::ROLLBACK).await;
     }
 
     /// The error for a failure of the locking transaction: a lost connection
@@ -122,33 +167,122 @@ impl<B: Backend> RowLockGuard<B> {
         }
     }
 
-    /// Run one statement in the transaction and commit it.
-    async fn write_and_commit(&self, mut tx: TxConn<B::DB>, sql: &str, params: Vec<Param>) -> Result<u64> {
-        let affected = match B::DB::run(tx.conn(), sql, params).await {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = tx.end(B::ROLLBACK).await;
-                return Err(self.held_error(e));
-            }
-        };
-        // Unlike a failed statement, a COMMIT cut off by a lost connection is
-        // ambiguous: the server may have committed before the connection
-        // died. `Unavailable` says "outcome unknown"; `LeaseLost` would promise
-        // that nothing was written (seen: a MariaDB restart mid-COMMIT wrote
-        // an increment its caller had been told was refused).
-        tx.end(B::COMMIT).await.map_err(|e| self.store.map_err(e))?;
-        Ok(affected)
+    /// `Gone` if the guard's record expired while locked (a lock keeps others
+    /// out, not time). Nobody else can have changed the row: the row lock
+    /// makes every other writer wait, so this is the whole "still live" check.
+    fn check_still_live(&self, now: Timestamp) -> Result<()> {
+        match &self.record {
+            Some(r) if !r.is_live_at(now) => Err(Error::Gone),
+            _ => Ok(()),
+        }
     }
 
-    /// `Gone` if the loaded record expired while locked (a lock keeps others
-    /// out, not time).
-    async fn check_still_live(&self, tx: TxConn<B::DB>) -> Result<TxConn<B::DB>> {
-        match &self.record {
-            Some(r) if !r.is_live_at(Timestamp::now()) => {
-                let _ = tx.end(B::ROLLBACK).await;
-                Err(Error::Gone)
+    /// Run one of the holder's statements (`params` without the lease
+    /// parameter) in the transaction; returns how many rows it wrote.
+    async fn run_held(&self, tx: &mut TxConn<B::DB>, sql: &str, mut params: Vec<Param>) -> Result<u64> {
+        let written = if self.store.inner.sql.held_sets_lease {
+            // Rounded up: the server must not end the transaction before our
+            // own deadline, or a release that commits kept writes just
+            // before it would find the connection gone and have to answer
+            // `Unavailable` (outcome unknown) for a transaction surely rolled back.
+            let left = self.lease.deadline.saturating_duration_since(Instant::now());
+            let millis = left.as_micros().div_ceil(1000).max(1);
+            params.push(Param::Text(format!("{millis}ms")));
+            B::DB::fetch_texts(tx.conn(), sql, params)
+                .await
+                .map(|rows| u64::try_from(rows.len()).unwrap_or(u64::MAX))
+        } else {
+            B::DB::run(tx.conn(), sql, params).await
+        };
+        // A failed statement on a lost connection is `LeaseLost`: the server
+        // rolled the transaction back, nothing was written.
+        written.map_err(|e| self.held_error(e))
+    }
+
+    /// Apply `op` inside the transaction, without committing.
+    async fn write(&self, tx: &mut TxConn<B::DB>, op: Finish) -> Result<Written> {
+        let now = Timestamp::now();
+        let sql = &self.store.inner.sql;
+        match op {
+            Finish::Save(write) => {
+                self.check_still_live(now)?;
+                let (version, created) = match &self.record {
+                    Some(r) => (r.version + 1, r.created),
+                    None => (1, write.created),
+                };
+                let record = Record {
+                    created,
+                    ..write.into_record(version)
+                };
+                let mut params = vec![
+                    Param::Bytes(record.data.clone()),
+                    version_to_db(version)?.into(),
+                    created.as_millis().into(),
+                    record.accessed.as_millis().into(),
+                    record.expires.as_millis().into(),
+                ];
+                params.extend(key_params(&self.key, []));
+                let statement = if self.row {
+                    &sql.held_save
+                } else {
+                    &sql.held_insert
+                };
+                match self.run_held(tx, statement, params).await? {
+                    1 => Ok(Written {
+                        finished: Finished::Saved { version },
+                        record: Some(Some(record)),
+                        wrote: true,
+                        row: true,
+                    }),
+                    n => Err(Error::backend(format!("locked save matched {n} rows"))),
+                }
             }
-            _ => Ok(tx),
+            Finish::Touch { accessed, expires } => {
+                self.check_still_live(now)?;
+                let Some(current) = &self.record else {
+                    return Err(Error::Gone);
+                };
+                let mut params = vec![accessed.as_millis().into(), expires.as_millis().into()];
+                params.extend(key_params(&self.key, []));
+                match self.run_held(tx, &sql.held_touch, params).await? {
+                    1 => Ok(Written {
+                        finished: Finished::Touched,
+                        record: Some(Some(Record {
+                            accessed,
+                            expires,
+                            ..current.clone()
+                        })),
+                        wrote: true,
+                        row: true,
+                    }),
+                    n => Err(Error::backend(format!("locked touch matched {n} rows"))),
+                }
+            }
+            Finish::Delete => {
+                let was_live = self.record.as_ref().is_some_and(|r| r.is_live_at(now));
+                // Deleted earlier in this transaction: nothing left to delete.
+                let wrote = self.row;
+                if wrote {
+                    self.run_held(tx, &sql.held_delete, key_params(&self.key, []))
+                        .await?;
+                }
+                Ok(Written {
+                    finished: Finished::Deleted { was_live },
+                    record: Some(None),
+                    wrote,
+                    row: false,
+                })
+            }
+            Finish::Nothing => Ok(Written {
+                finished: Finished::Nothing,
+                record: None,
+                wrote: false,
+                row: self.row,
+            }),
+            _ => Err(Error::backend(format!(
+                "{}: a kind of finish this backend does not know",
+                B::NAME
+            ))),
         }
     }
 }
@@ -199,66 +333,52 @@ impl<B: Backend> LockGuard for RowLockGuard<B> {
         Ok(())
     }
 
-    async fn save_and_unlock(mut self: Box<Self>, write: RecordWrite) -> Result<u64> {
-        self.store.check_size(&write)?;
-        let tx = self.take_tx().await?;
-        let tx = self.check_still_live(tx).await?;
-        let (version, created) = match &self.record {
-            Some(r) => (r.version + 1, r.created),
-            None => (1, write.created),
+    async fn finish(&mut self, op: Finish, then: Then) -> Result<Finished> {
+        let mut tx = self.take_tx().await?;
+        if let Finish::Save(write) = &op {
+            if let Err(too_large) = self.store.check_size(write) {
+                self.abandon(tx).await;
+                return Err(too_large);
+            }
+        }
+        // The lease is checked here, before anything is sent: a holder whose
+        // lease ran out writes nothing, even if the server has not ended its
+        // transaction yet.
+        if Instant::now() >= self.lease.deadline {
+            self.abandon(tx).await;
+            return Err(Error::LeaseLost);
+        }
+        let written = match self.write(&mut tx, op).await {
+            Ok(written) => written,
+            Err(e) => {
+                self.abandon(tx).await;
+                return Err(e);
+            }
         };
-        let mut params = vec![
-            Param::Bytes(write.data),
-            version_to_db(version)?.into(),
-            created.as_millis().into(),
-            write.accessed.as_millis().into(),
-            write.expires.as_millis().into(),
-        ];
-        params.extend(key_params(&self.key, []));
-        let sql = &self.store.inner.sql.held_save;
-        match self.write_and_commit(tx, sql, params).await? {
-            1 => Ok(version),
-            n => Err(Error::backend(format!("locked save matched {n} rows"))),
+        let commit = written.wrote || self.pending;
+        match then {
+            Then::Keep => {
+                self.pending = commit;
+                self.keep_tx(tx).await;
+            }
+            Then::Release if commit => {
+                self.pending = false;
+                // Unlike a failed statement, a COMMIT cut off by a lost
+                // connection is ambiguous: the server may have committed
+                // before the connection died. `Unavailable` says "outcome
+                // unknown"; `LeaseLost` would promise that nothing was written
+                // (seen: a MariaDB restart mid-COMMIT wrote an increment its
+                // caller had been told was refused).
+                tx.end(B::COMMIT).await.map_err(|e| self.store.map_err(e))?;
+            }
+            // Nothing to keep: the rollback also removes a lock placeholder.
+            Then::Release => tx.end(B::ROLLBACK).await.map_err(|e| self.held_error(e))?,
         }
-    }
-
-    async fn touch_and_unlock(mut self: Box<Self>, accessed: Timestamp, expires: Timestamp) -> Result<()> {
-        let tx = self.take_tx().await?;
-        let tx = self.check_still_live(tx).await?;
-        if self.record.is_none() {
-            let _ = tx.end(B::ROLLBACK).await;
-            return Err(Error::Gone);
+        self.row = written.row;
+        if let Some(record) = written.record {
+            self.record = record;
         }
-        let mut params = vec![accessed.as_millis().into(), expires.as_millis().into()];
-        params.extend(key_params(&self.key, []));
-        self.write_and_commit(tx, &self.store.inner.sql.held_touch, params)
-            .await?;
-        Ok(())
-    }
-
-    async fn delete_and_unlock(mut self: Box<Self>) -> Result<bool> {
-        let tx = self.take_tx().await?;
-        let params = key_params(&self.key, []);
-        self.write_and_commit(tx, &self.store.inner.sql.held_delete, params)
-            .await?;
-        Ok(self
-            .record
-            .as_ref()
-            .is_some_and(|r| r.is_live_at(Timestamp::now())))
-    }
-
-    async fn unlock(mut self: Box<Self>) -> Result<()> {
-        // A lapsed or killed holder has nothing left to release.
-        let Ok(tx) = self.take_tx().await else {
-            return Ok(());
-        };
-        match tx.end(B::ROLLBACK).await {
-            Ok(()) => Ok(()),
-            Err(e) => match self.held_error(e) {
-                Error::LeaseLost => Ok(()),
-                other => Err(other),
-            },
-        }
+        Ok(written.finished)
     }
 }
 

@@ -16,6 +16,14 @@
 //! - Lease: a holder's transaction ends at its lease deadline (Postgres:
 //!   `idle_in_transaction_session_timeout`; MySQL: a watchdog task), and the
 //!   holder's later save fails with `LeaseLost`.
+//! - A row lock cannot outlive a `COMMIT`, so a
+//!   [`finish`](cloakroom_core::LockGuard::finish) with
+//!   [`Then::Keep`](cloakroom_core::Then::Keep) writes into the locking
+//!   transaction without committing: other connections keep seeing the last
+//!   committed version, and the kept writes become durable at the release
+//!   that commits them (`Capabilities::durable_while_locked` is false). A
+//!   failed finish, a lease that runs out and a guard dropped unreleased roll
+//!   them back.
 //! - Unlocked saves are compare-and-set `UPDATE`s of live rows only; they
 //!   never insert, so a deleted or expired session is never brought back.
 //!   Note that on these backends an unlocked write to a session whose lock
@@ -25,13 +33,16 @@
 //! # Connections and the pool
 //!
 //! Each in-flight locked request holds **one pooled connection** from `lock`
-//! until it saves, unlocks or drops its guard, because the lock is that
-//! connection's open transaction. Size [`StoreConfig::max_connections`]
+//! until it releases or drops its guard (through a whole chain of
+//! `Then::Keep` hand-offs), because the lock is that connection's open
+//! transaction. Size [`StoreConfig::max_connections`]
 //! (default 40) for the number of sessions you expect to be locked at once,
 //! and keep it below the server's `max_connections`. When the pool is
 //! exhausted:
 //! - `lock` waits for a connection no longer than its own wait timeout and
-//!   then fails with [`Error::LockTimeout`](cloakroom_core::Error::LockTimeout);
+//!   then fails with [`Error::LockTimeout`](cloakroom_core::Error::LockTimeout)
+//!   (a connection the pool can give at once, idle or new, is taken even by
+//!   a lock with no wait, within `acquire_timeout`);
 //! - every other call waits up to [`StoreConfig::acquire_timeout`] (default
 //!   5 s) and then fails with
 //!   [`Error::Unavailable`](cloakroom_core::Error::Unavailable).

@@ -1,6 +1,7 @@
 //! MySQL and MariaDB: `innodb_lock_wait_timeout` counts whole seconds, so a
-//! lock waits in the server for the whole seconds of its wait and polls with
-//! `FOR UPDATE NOWAIT` and a short backoff for the rest; the guard's watchdog
+//! lock attempt waits in the server for the whole seconds of its wait, and
+//! one with less than a second left tries `FOR UPDATE NOWAIT` (the core's
+//! backoff then decides when to try again); the guard's watchdog
 //! ends a holder's transaction at its lease (the server has no sub-second
 //! idle-transaction timeout). Locking transactions run at READ COMMITTED so
 //! that they take no gap locks.
@@ -29,9 +30,6 @@ pub type MysqlLockGuard = crate::guard::RowLockGuard<Mysql>;
 /// The MySQL / MariaDB [`Backend`].
 #[derive(Debug)]
 pub struct Mysql;
-
-/// Longest pause between two `NOWAIT` attempts.
-const MAX_BACKOFF: Duration = Duration::from_millis(16);
 
 impl Backend for Mysql {
     type DB = MySql;
@@ -73,27 +71,30 @@ impl Backend for Mysql {
         mysql_code(err)
     }
 
+    fn begin_lock(left: Duration, _lease: Duration) -> String {
+        // Whole seconds only; 0 (MariaDB) means "do not wait".
+        format!(
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; \
+             SET SESSION innodb_lock_wait_timeout = {}; BEGIN",
+            left.as_secs()
+        )
+    }
+
     fn lock_row<'a>(
         conn: &'a mut PoolConnection<Self::DB>,
         sql: &'a Statements,
         key: &'a SessionKey,
-        _lease: Duration,
+        lease: Duration,
         give_up: Instant,
     ) -> BoxFuture<'a, std::result::Result<Option<RecordRow>, sqlx::Error>> {
         Box::pin(async move {
-            let mut begin = true;
+            // The caller ran `begin_lock`.
+            let mut begin = false;
             let mut first_attempt = true;
-            let mut backoff = Duration::from_millis(1);
             loop {
                 let left = give_up.saturating_duration_since(Instant::now());
                 if begin {
-                    // Whole seconds only; 0 (MariaDB) means "do not wait".
-                    let script = format!(
-                        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; \
-                         SET SESSION innodb_lock_wait_timeout = {}; BEGIN",
-                        left.as_secs()
-                    );
-                    MySql::run_script(conn, &script).await?;
+                    MySql::run_script(conn, &Self::begin_lock(left, lease)).await?;
                     begin = false;
                 }
                 // Wait in the server (queued, woken at once) for the whole
@@ -123,12 +124,10 @@ impl Backend for Mysql {
                         _ => return Err(e),
                     },
                 }
-                let left = give_up.saturating_duration_since(Instant::now());
-                if left.is_zero() {
+                // Busy: the core's backoff decides when to try again.
+                if !begin {
                     return Ok(None);
                 }
-                tokio::time::sleep(backoff.min(left)).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         })
     }

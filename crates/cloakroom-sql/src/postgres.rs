@@ -55,6 +55,10 @@ impl Backend for Postgres {
         postgres_code(err)
     }
 
+    fn begin_lock(left: Duration, lease: Duration) -> String {
+        format!("BEGIN; {}", settings(left, lease))
+    }
+
     fn lock_row<'a>(
         conn: &'a mut PoolConnection<Self::DB>,
         sql: &'a Statements,
@@ -63,25 +67,25 @@ impl Backend for Postgres {
         give_up: Instant,
     ) -> BoxFuture<'a, std::result::Result<Option<RecordRow>, sqlx::Error>> {
         Box::pin(async move {
-            let mut begin = true;
+            // The caller ran `begin_lock`: the first attempt goes straight to
+            // the locking statement.
+            let mut next = Before::Nothing;
             loop {
-                let Some(left) = give_up.checked_duration_since(Instant::now()) else {
+                // The first attempt is made even with no time left (its
+                // `lock_timeout` is then 1 ms): a lock that may not wait still
+                // takes a free row.
+                let left = give_up.saturating_duration_since(Instant::now());
+                if left.is_zero() && !matches!(next, Before::Nothing) {
                     return Ok(None);
-                };
-                // Durations formatted as integers are the only values written
-                // into these statements; `SET` takes no bound parameters.
-                let settings = format!(
-                    "SET LOCAL lock_timeout = '{}ms'; SET LOCAL idle_in_transaction_session_timeout = '{}ms'",
-                    millis_at_least_one(left),
-                    millis_at_least_one(lease),
-                );
-                let script = if begin {
-                    format!("BEGIN; {settings}")
-                } else {
-                    settings
-                };
-                begin = false;
-                sqlx::Postgres::run_script(conn, &script).await?;
+                }
+                match next {
+                    Before::Nothing => {}
+                    // Another attempt in the same transaction waits only for
+                    // what is left.
+                    Before::Settings => sqlx::Postgres::run_script(conn, &settings(left, lease)).await?,
+                    Before::Begin => sqlx::Postgres::run_script(conn, &Self::begin_lock(left, lease)).await?,
+                }
+                next = Before::Settings;
                 let params = [key_params(key, []), key_params(key, [])].concat();
                 match sqlx::Postgres::fetch_records(conn, &sql.lock_or_insert, params).await {
                     Ok(rows) => {
@@ -95,7 +99,7 @@ impl Backend for Postgres {
                         Failure::LockBusy => return Ok(None),
                         Failure::Deadlock => {
                             sqlx::Postgres::run_script(conn, "ROLLBACK").await?;
-                            begin = true;
+                            next = Before::Begin;
                         }
                         _ => return Err(e),
                     },
@@ -118,4 +122,24 @@ impl Backend for Postgres {
             sqlx::Postgres::run_script(conn, &script).await
         })
     }
+}
+
+/// What `lock_row` runs before its next attempt.
+#[derive(Clone, Copy)]
+enum Before {
+    Nothing,
+    Settings,
+    Begin,
+}
+
+/// The locking transaction's settings: how long its lock statement may wait
+/// and when the server ends it if its holder goes quiet. Durations formatted
+/// as integers are the only values written into these statements; `SET`
+/// takes no bound parameters.
+fn settings(left: Duration, lease: Duration) -> String {
+    format!(
+        "SET LOCAL lock_timeout = '{}ms'; SET LOCAL idle_in_transaction_session_timeout = '{}ms'",
+        millis_at_least_one(left),
+        millis_at_least_one(lease),
+    )
 }

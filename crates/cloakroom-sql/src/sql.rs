@@ -57,12 +57,24 @@ pub struct Statements {
     pub sweep_candidates: String,
     /// `(ns, id, now)`: delete one record if it is still expired (the fallback).
     pub sweep_delete_one: String,
-    /// `(data, version, created, accessed, expires, ns, id)`: the lock holder's write.
+    /// `(data, version, created, accessed, expires, ns, id)`: the lock holder's
+    /// write over the locked row (a record, an expired one, or a placeholder).
     pub held_save: String,
+    /// `(data, version, created, accessed, expires, ns, id)`: the lock holder's
+    /// write after it deleted the row earlier in the same transaction.
+    pub held_insert: String,
     /// `(accessed, expires, ns, id)`: the lock holder's touch.
     pub held_touch: String,
     /// `(ns, id)`: the lock holder's delete.
     pub held_delete: String,
+    /// Whether the four `held_*` statements take one more parameter, the
+    /// lease left (text such as `'1500ms'`), and return one row per row they
+    /// wrote instead of a count (Postgres). They set the transaction's
+    /// `idle_in_transaction_session_timeout` to what is left of the lease,
+    /// since every statement restarts that idle timer: without this, a write
+    /// under `Then::Keep` would extend the server-side end of the lock to a
+    /// whole lease after the write rather than keeping the lease's deadline.
+    pub held_sets_lease: bool,
     /// `(ns, id)`: insert a lock placeholder unless the key exists (MySQL).
     pub insert_placeholder: String,
     /// `(ns, id)` → the row, locked; waits up to the session's lock timeout.
@@ -110,6 +122,12 @@ impl Statements {
                 format!("DELETE {t} FROM {t} FORCE INDEX (PRIMARY)"),
             ),
         };
+        // See `held_sets_lease`. Evaluated once per written row, and the
+        // holder's statements write the one row they lock.
+        let held_lease = match dialect {
+            Dialect::Postgres => " RETURNING set_config('idle_in_transaction_session_timeout', ?, true)",
+            Dialect::MySql => "",
+        };
         let placeholder_values = format!("(?, ?, {empty_bytes}, 0, 0, 0, 0)");
         let columns = "(namespace, id, data, version, created, accessed, expires)";
         let lock = format!("SELECT {RECORD_COLUMNS} FROM {pk} WHERE namespace = ? AND id = ? FOR UPDATE");
@@ -153,12 +171,17 @@ impl Statements {
             )),
             held_save: s(format!(
                 "UPDATE {pk} SET data = ?, version = ?, created = ?, accessed = ?, expires = ? \
-                 WHERE namespace = ? AND id = ?"
+                 WHERE namespace = ? AND id = ?{held_lease}"
+            )),
+            held_insert: s(format!(
+                "INSERT INTO {t} (data, version, created, accessed, expires, namespace, id) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?){held_lease}"
             )),
             held_touch: s(format!(
-                "UPDATE {pk} SET accessed = ?, expires = ? WHERE namespace = ? AND id = ?"
+                "UPDATE {pk} SET accessed = ?, expires = ? WHERE namespace = ? AND id = ?{held_lease}"
             )),
-            held_delete: s(format!("{delete_pk} WHERE namespace = ? AND id = ?")),
+            held_delete: s(format!("{delete_pk} WHERE namespace = ? AND id = ?{held_lease}")),
+            held_sets_lease: dialect == Dialect::Postgres,
             insert_placeholder: s(format!(
                 "{insert_ignore} {t} {columns} VALUES {placeholder_values}{on_conflict_nothing}"
             )),
@@ -291,5 +314,27 @@ mod tests {
             "DELETE FROM t WHERE namespace = $1 AND id IN ($2, $3, $4)"
         );
         assert!(s.lock_or_insert.contains("namespace = $3 AND id = $4 FOR UPDATE"));
+        assert!(s.held_sets_lease);
+        assert_eq!(
+            s.held_save,
+            "UPDATE t SET data = $1, version = $2, created = $3, accessed = $4, expires = $5 \
+             WHERE namespace = $6 AND id = $7 \
+             RETURNING set_config('idle_in_transaction_session_timeout', $8, true)"
+        );
+        assert!(s
+            .held_delete
+            .ends_with("id = $2 RETURNING set_config('idle_in_transaction_session_timeout', $3, true)"));
+    }
+
+    #[test]
+    fn mysql_held_writes_take_no_lease_parameter() {
+        let s = Statements::new(Dialect::MySql, &TableName::new("t").unwrap());
+        assert!(!s.held_sets_lease);
+        assert_eq!(
+            s.held_insert,
+            "INSERT INTO t (data, version, created, accessed, expires, namespace, id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)"
+        );
+        assert!(s.held_touch.ends_with("WHERE namespace = ? AND id = ?"));
     }
 }

@@ -6,12 +6,12 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cloakroom_core::{
-    Capabilities, Cursor, Error, IdPage, LockGuard, LockKind, LockOptions, Namespace, Record, RecordWrite,
-    Result, SessionId, SessionKey, SessionStore, SweepBatch, Timestamp,
+    wait_for_lock, Acquired, Capabilities, Cursor, Error, IdPage, LockKind, LockOptions, Namespace, Record,
+    RecordWrite, Result, SessionId, SessionKey, SessionStore, SweepBatch, Timestamp,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::Pool;
@@ -101,63 +101,127 @@ impl<B: Backend> RowLockStore<B> {
     /// Take the lock on `key`, like [`SessionStore::lock`], returning the
     /// concrete guard (which can tell its server connection id).
     pub async fn lock_row(&self, key: &SessionKey, options: LockOptions) -> Result<RowLockGuard<B>> {
-        let started = Instant::now();
-        let give_up = started + options.wait;
-        let timed_out = || Error::LockTimeout {
-            waited: started.elapsed(),
+        wait_for_lock(options.wait, |left| async move {
+            let attempt = LockOptions::new(options.lease, left);
+            Ok(self.try_lock_row(key, attempt).await?.ok_or(None))
+        })
+        .await
+    }
+
+    /// One attempt at the row lock of `key`, queued in the server (its own
+    /// wake-up) for at most `options.wait`; `None` if the row stayed locked.
+    async fn try_lock_row(&self, key: &SessionKey, options: LockOptions) -> Result<Option<RowLockGuard<B>>> {
+        let give_up = Instant::now() + options.wait;
+        let mut tx = match self.begin_locking_tx(give_up, options.lease).await {
+            Ok(tx) => tx,
+            Err(None) => return Ok(None),
+            Err(Some(e)) => return Err(e),
         };
-        let conn = self.acquire_for_lock(give_up).await.map_err(|e| match e {
-            Some(e) => e,
-            None => timed_out(),
-        })?;
-        let mut tx = TxConn::new(conn);
         let row = match B::lock_row(tx.conn(), &self.inner.sql, key, options.lease, give_up).await {
             Ok(Some(row)) => row,
             Ok(None) => {
                 // Not worth a failure of its own if the rollback fails: the
                 // connection is closed then, which ends the transaction too.
                 let _ = tx.end(B::ROLLBACK).await;
-                return Err(timed_out());
+                return Ok(None);
             }
             Err(e) => {
                 let failure = self.classify(&e);
                 if failure == Failure::LockBusy {
                     let _ = tx.end(B::ROLLBACK).await;
-                    return Err(timed_out());
+                    return Ok(None);
                 }
                 return Err(to_error(e, failure));
             }
         };
         let record = live_record(row, Timestamp::now())?;
         let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok(RowLockGuard::new(
+        Ok(Some(RowLockGuard::new(
             self.clone(),
             key.clone(),
             record,
             tx,
             options.lease,
             token,
-        ))
+        )))
     }
 
-    /// A connection for `lock`. An exhausted pool is a wait like any other,
-    /// bounded by the lock's deadline (`Err(None)`: timed out); a pool that
-    /// cannot open connections at all means the server is unavailable.
+    /// A connection on which the locking transaction has begun
+    /// ([`Backend::begin_lock`]). `Err(None)`: timed out.
+    ///
+    /// An idle connection is taken without the pool's liveness ping (a
+    /// round trip of its own before every acquire): the `BEGIN` script, one
+    /// round trip either way, is the test. It has no effect that outlives a
+    /// failure (a transaction that began on a connection that then fails is
+    /// rolled back by the server), so if it fails for any reason the
+    /// connection is closed and the lock goes the regular way, through a
+    /// pinged (or new) connection, as if the idle one had failed its ping.
+    async fn begin_locking_tx(
+        &self,
+        give_up: Instant,
+        lease: Duration,
+    ) -> std::result::Result<TxConn<B::DB>, Option<Error>> {
+        // A lock with no time left still tries once (a `wait` of zero means
+        // "do not wait for a holder"), so `left` may be zero throughout.
+        if let Some(conn) = self.inner.pool.try_acquire() {
+            let left = give_up.saturating_duration_since(Instant::now());
+            let mut tx = TxConn::new(conn);
+            match B::DB::run_script(tx.conn(), &B::begin_lock(left, lease)).await {
+                Ok(()) => return Ok(tx),
+                Err(e) => {
+                    tracing::debug!(
+                        backend = B::NAME,
+                        error = %e,
+                        "an idle connection failed to begin a lock; closing it and taking another"
+                    );
+                    // Dropping the transaction closes the connection.
+                    drop(tx);
+                }
+            }
+        }
+        let conn = self.acquire_for_lock(give_up).await?;
+        let left = give_up.saturating_duration_since(Instant::now());
+        let mut tx = TxConn::new(conn);
+        B::DB::run_script(tx.conn(), &B::begin_lock(left, lease))
+            .await
+            .map_err(|e| Some(self.map_err(e)))?;
+        Ok(tx)
+    }
+
+    /// A connection for `lock`. Waiting for a connection that other
+    /// requests hold (an exhausted pool) is a wait like any other, bounded by
+    /// the lock's deadline (`Err(None)`: timed out). A connection the pool
+    /// can give at once (idle, or a new one) is taken even by a lock that may
+    /// not wait at all, within the pool's acquire timeout like every other
+    /// call: a lock that waits for nobody must still be able to take a free
+    /// session, and a server that cannot be reached is `Unavailable`, not a
+    /// busy lock. (If the pool is exhausted by other locks between the check
+    /// and the acquire, the wait for a connection is bounded by the acquire
+    /// timeout rather than by the lock's.)
     async fn acquire_for_lock(
         &self,
         give_up: Instant,
     ) -> std::result::Result<PoolConnection<B::DB>, Option<Error>> {
         let pool = &self.inner.pool;
+        let max = self.inner.config.max_connections;
         loop {
-            match tokio::time::timeout_at(give_up.into(), pool.acquire()).await {
-                Ok(Ok(conn)) => return Ok(conn),
-                Err(_elapsed) => return Err(None),
-                Ok(Err(sqlx::Error::PoolTimedOut)) if pool.size() >= self.inner.config.max_connections => {
+            let exhausted = pool.num_idle() == 0 && pool.size() >= max;
+            let acquired = if exhausted {
+                match tokio::time::timeout_at(give_up.into(), pool.acquire()).await {
+                    Ok(acquired) => acquired,
+                    Err(_elapsed) => return Err(None),
+                }
+            } else {
+                pool.acquire().await
+            };
+            match acquired {
+                Ok(conn) => return Ok(conn),
+                Err(sqlx::Error::PoolTimedOut) if pool.size() >= max => {
                     if Instant::now() >= give_up {
                         return Err(None);
                     }
                 }
-                Ok(Err(e)) => return Err(Some(self.map_err(e))),
+                Err(e) => return Err(Some(self.map_err(e))),
             }
         }
     }
@@ -326,8 +390,11 @@ impl<B: Backend> SessionStore for RowLockStore<B> {
         Ok(self.run(&self.inner.sql.touch_live, params).await? > 0)
     }
 
-    async fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockGuard>> {
-        Ok(Box::new(self.lock_row(key, options).await?))
+    async fn try_lock(&self, key: &SessionKey, options: LockOptions) -> Result<Acquired> {
+        Ok(match self.try_lock_row(key, options).await? {
+            Some(guard) => Acquired::Locked(Box::new(guard)),
+            None => Acquired::BUSY,
+        })
     }
 
     async fn list_ids(&self, namespace: &Namespace, cursor: Option<Cursor>, limit: usize) -> Result<IdPage> {

@@ -1,21 +1,29 @@
 //! Backend-specific tests of the row-lock stores, run on both servers: the
 //! things the conformance suite cannot see from the trait (SQL injection
 //! through the table name, killed connections, pool exhaustion, placeholder
-//! rows, an unreachable server).
+//! rows, an unreachable server), the row-lock meaning of `Then::Keep`, and
+//! the round trips of one lock cycle.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloakroom_core::{
-    Error, LockGuard, LockOptions, Namespace, RecordWrite, SessionId, SessionKey, SessionStore, Timestamp,
+    Error, Finish, Finished, LockGuard, LockOptions, Namespace, RecordWrite, SessionId, SessionKey,
+    SessionStore, Then, Timestamp,
 };
 use cloakroom_sql::{Backend, MysqlStore, PostgresStore, RowLockStore, StoreConfig, TableName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 const TABLE: &str = "cloakroom_sql_tests";
 
 /// What a test needs to reach behind the store's back.
 trait Server: Backend {
     const DEFAULT_URL: &'static str;
+    const DEFAULT_PORT: u16;
     const URL_ENV: &'static str;
     const DOWN_URL: &'static str;
     /// End connection `id` from another connection, as an operator would.
@@ -26,6 +34,7 @@ trait Server: Backend {
 
 impl Server for cloakroom_sql::Postgres {
     const DEFAULT_URL: &'static str = "postgres://postgres@127.0.0.1:5432/test";
+    const DEFAULT_PORT: u16 = 5432;
     const URL_ENV: &'static str = "CLOAKROOM_POSTGRES_URL";
     const DOWN_URL: &'static str = "postgres://postgres@127.0.0.1:1/test";
 
@@ -49,6 +58,7 @@ impl Server for cloakroom_sql::Postgres {
 
 impl Server for cloakroom_sql::Mysql {
     const DEFAULT_URL: &'static str = "mysql://root@127.0.0.1:3306/test";
+    const DEFAULT_PORT: u16 = 3306;
     const URL_ENV: &'static str = "CLOAKROOM_MYSQL_URL";
     const DOWN_URL: &'static str = "mysql://root@127.0.0.1:1/test";
 
@@ -308,6 +318,317 @@ async fn migrate_while_sessions_are_locked_does_not_stall_writers<B: Server>() {
     assert!(store.delete(&other).await.unwrap());
 }
 
+fn save(data: &[u8]) -> Finish {
+    Finish::Save(write(data))
+}
+
+/// The lock is free: another holder gets it at once.
+async fn assert_free<B: Server>(store: &RowLockStore<B>, k: &SessionKey) {
+    let started = Instant::now();
+    let guard = store.lock(k, opts(5_000, 2_000)).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "the lock was still held: {:?}",
+        started.elapsed()
+    );
+    guard.unlock().await.unwrap();
+}
+
+/// Two kept saves and a release: the release commits both, the last one
+/// wins, and the guard's record follows every write so each save is
+/// fenced against the one before.
+async fn kept_saves_chain_and_a_release_commits_them<B: Server>() {
+    let store = store::<B>().await;
+    assert!(!store.capabilities().durable_while_locked);
+    let k = key();
+    let created = store.create(&k, write(b"v1")).await.unwrap();
+    let mut guard = store.lock(&k, opts(10_000, 1_000)).await.unwrap();
+
+    assert_eq!(
+        guard.finish(save(b"a"), Then::Keep).await.unwrap(),
+        Finished::Saved { version: 2 }
+    );
+    let record = guard.record().unwrap();
+    assert_eq!((record.version, record.data.as_slice()), (2, &b"a"[..]));
+    assert_eq!(record.created, created.created, "created is kept");
+    assert_eq!(
+        guard.finish(save(b"b"), Then::Keep).await.unwrap(),
+        Finished::Saved { version: 3 }
+    );
+    assert_eq!(guard.record().unwrap().version, 3);
+    assert_eq!(
+        guard.finish(Finish::Nothing, Then::Keep).await.unwrap(),
+        Finished::Nothing
+    );
+
+    assert_eq!(
+        guard.finish(Finish::Nothing, Then::Release).await.unwrap(),
+        Finished::Nothing
+    );
+    let loaded = store.load(&k).await.unwrap().unwrap();
+    assert_eq!((loaded.version, loaded.data.as_slice()), (3, &b"b"[..]));
+    assert_eq!(loaded.created, created.created);
+    let spent = guard.finish(Finish::Nothing, Then::Release).await;
+    assert!(matches!(spent, Err(Error::LeaseLost)), "{spent:?}");
+    assert_free(&store, &k).await;
+}
+
+/// Row-lock semantics: a kept write lives in the locking transaction, so
+/// another connection's `load` sees the last committed version until the
+/// release commits.
+async fn a_kept_write_is_invisible_to_others_until_the_release<B: Server>() {
+    let store = store::<B>().await;
+    let k = key();
+    store.create(&k, write(b"v1")).await.unwrap();
+    let mut guard = store.lock(&k, opts(10_000, 1_000)).await.unwrap();
+    assert_eq!(
+        guard.finish(save(b"kept"), Then::Keep).await.unwrap(),
+        Finished::Saved { version: 2 }
+    );
+    let seen = store.load(&k).await.unwrap().unwrap();
+    assert_eq!((seen.version, seen.data.as_slice()), (1, &b"v1"[..]));
+
+    assert_eq!(
+        guard.finish(save(b"released"), Then::Release).await.unwrap(),
+        Finished::Saved { version: 3 }
+    );
+    let seen = store.load(&k).await.unwrap().unwrap();
+    assert_eq!((seen.version, seen.data.as_slice()), (3, &b"released"[..]));
+}
+
+/// A release with nothing to write after a kept write must COMMIT, not
+/// roll back: here a new session, created under the lock, must exist
+/// afterwards (and its lock placeholder must not linger).
+async fn a_release_with_nothing_commits_a_kept_write<B: Server>() {
+    let store = store::<B>().await;
+    let k = key();
+    let mut guard = store.lock(&k, opts(10_000, 1_000)).await.unwrap();
+    assert!(guard.record().is_none());
+    assert_eq!(
+        guard.finish(save(b"new"), Then::Keep).await.unwrap(),
+        Finished::Saved { version: 1 }
+    );
+    assert!(
+        store.load(&k).await.unwrap().is_none(),
+        "visible before the commit"
+    );
+    guard.unlock().await.unwrap();
+    let seen = store.load(&k).await.unwrap().unwrap();
+    assert_eq!((seen.version, seen.data.as_slice()), (1, &b"new"[..]));
+    assert_eq!(B::raw_rows(&store, &k.namespace).await, 1);
+}
+
+/// A lease that runs out during a chain: the next finish is `LeaseLost`
+/// and nothing of the chain was written.
+async fn a_lapsed_lease_loses_the_whole_chain<B: Server>() {
+    let store = store::<B>().await;
+    let k = key();
+    store.create(&k, write(b"v1")).await.unwrap();
+    let mut guard = store.lock(&k, opts(600, 1_000)).await.unwrap();
+    guard.finish(save(b"a"), Then::Keep).await.unwrap();
+    let (accessed, expires) = (Timestamp::now(), write(b"").expires);
+    assert_eq!(
+        guard
+            .finish(Finish::Touch { accessed, expires }, Then::Keep)
+            .await
+            .unwrap(),
+        Finished::Touched
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let late = guard.finish(save(b"late"), Then::Release).await;
+    assert!(matches!(late, Err(Error::LeaseLost)), "{late:?}");
+    let seen = store.load(&k).await.unwrap().unwrap();
+    assert_eq!((seen.version, seen.data.as_slice()), (1, &b"v1"[..]));
+    let again = guard.finish(Finish::Nothing, Then::Release).await;
+    assert!(matches!(again, Err(Error::LeaseLost)), "{again:?}");
+    assert_free(&store, &k).await;
+}
+
+/// `Then::Keep` keeps the lease's deadline on the server too. A statement
+/// restarts Postgres' idle-in-transaction timer, so without care a kept write
+/// near the end of the lease would hold the row a whole lease longer.
+async fn a_kept_write_does_not_extend_the_lease_on_the_server<B: Server>() {
+    let store = store::<B>().await;
+    let k = key();
+    store.create(&k, write(b"v1")).await.unwrap();
+    let lease = Duration::from_millis(1_500);
+    let mut guard = store.lock(&k, opts(1_500, 1_000)).await.unwrap();
+    let locked_at = Instant::now();
+    let waiter = {
+        let (store, k) = (store.clone(), k.clone());
+        tokio::spawn(async move {
+            let guard = store.lock(&k, opts(10_000, 8_000)).await.unwrap();
+            let version = guard.record().map(|r| r.version);
+            guard.unlock().await.unwrap();
+            (Instant::now(), version)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    guard.finish(save(b"kept"), Then::Keep).await.unwrap();
+    // The holder goes quiet.
+    let (got_it, version) = waiter.await.unwrap();
+    let after = got_it.saturating_duration_since(locked_at);
+    assert!(
+        after >= lease - Duration::from_millis(50) && after < lease + Duration::from_millis(600),
+        "the waiter got the lock {after:?} after it was taken, with a lease of {lease:?}"
+    );
+    assert_eq!(version, Some(1), "the unreleased kept write was rolled back");
+    let late = guard.finish(Finish::Nothing, Then::Release).await;
+    assert!(matches!(late, Err(Error::LeaseLost)), "{late:?}");
+}
+
+/// A kept delete leaves the row deleted inside the transaction (and still
+/// locked): a later save under the same lock recreates the session at
+/// version 1, and a touch then moves its expiry.
+async fn a_kept_delete_then_save_recreates_the_session<B: Server>() {
+    let store = store::<B>().await;
+    let k = key();
+    store.create(&k, write(b"v1")).await.unwrap();
+    let mut guard = store.lock(&k, opts(10_000, 1_000)).await.unwrap();
+    assert_eq!(
+        guard.finish(Finish::Delete, Then::Keep).await.unwrap(),
+        Finished::Deleted { was_live: true }
+    );
+    assert!(guard.record().is_none());
+    assert_eq!(store.load(&k).await.unwrap().unwrap().version, 1);
+    assert_eq!(
+        guard.finish(Finish::Delete, Then::Keep).await.unwrap(),
+        Finished::Deleted { was_live: false }
+    );
+    let touch_gone = {
+        // On a second session: a touch without a record is Gone, and the
+        // failure rolls back that guard's kept delete.
+        let other = key();
+        store.create(&other, write(b"other")).await.unwrap();
+        let mut g = store.lock(&other, opts(10_000, 1_000)).await.unwrap();
+        g.finish(Finish::Delete, Then::Keep).await.unwrap();
+        let (accessed, expires) = (Timestamp::now(), write(b"").expires);
+        let out = g.finish(Finish::Touch { accessed, expires }, Then::Keep).await;
+        assert!(
+            store.load(&other).await.unwrap().is_some(),
+            "the kept delete was rolled back"
+        );
+        assert_free(&store, &other).await;
+        out
+    };
+    assert!(matches!(touch_gone, Err(Error::Gone)), "{touch_gone:?}");
+
+    let reborn = write(b"reborn");
+    let created = reborn.created;
+    assert_eq!(
+        guard.finish(Finish::Save(reborn), Then::Keep).await.unwrap(),
+        Finished::Saved { version: 1 }
+    );
+    assert_eq!(guard.record().unwrap().created, created);
+    let expires = Timestamp::now().saturating_add(Duration::from_secs(7_200));
+    let accessed = Timestamp::now();
+    assert_eq!(
+        guard
+            .finish(Finish::Touch { accessed, expires }, Then::Keep)
+            .await
+            .unwrap(),
+        Finished::Touched
+    );
+    assert_eq!(guard.record().unwrap().expires, expires);
+    guard.finish(Finish::Nothing, Then::Release).await.unwrap();
+    let seen = store.load(&k).await.unwrap().unwrap();
+    assert_eq!((seen.version, seen.data.as_slice()), (1, &b"reborn"[..]));
+    assert_eq!((seen.accessed, seen.expires), (accessed, expires));
+
+    // A kept delete that a release commits.
+    let mut guard = store.lock(&k, opts(10_000, 1_000)).await.unwrap();
+    guard.finish(Finish::Delete, Then::Keep).await.unwrap();
+    guard.unlock().await.unwrap();
+    assert!(store.load(&k).await.unwrap().is_none());
+    assert_eq!(B::raw_rows(&store, &k.namespace).await, 0);
+}
+
+/// A finish that fails after kept writes releases the lock, spends the
+/// guard and writes nothing of the chain.
+async fn a_failed_finish_rolls_back_the_kept_writes<B: Server>() {
+    let store = store_with::<B>(StoreConfig {
+        table: TableName::new(TABLE).unwrap(),
+        max_record_bytes: 64,
+        ..StoreConfig::default()
+    })
+    .await;
+    let k = key();
+    store.create(&k, write(b"v1")).await.unwrap();
+    let mut guard = store.lock(&k, opts(10_000, 1_000)).await.unwrap();
+    guard.finish(save(b"small"), Then::Keep).await.unwrap();
+    let too_large = guard.finish(save(&[7; 100]), Then::Release).await;
+    assert!(matches!(too_large, Err(Error::TooLarge { .. })), "{too_large:?}");
+    let seen = store.load(&k).await.unwrap().unwrap();
+    assert_eq!((seen.version, seen.data.as_slice()), (1, &b"v1"[..]));
+    let spent = guard.finish(Finish::Nothing, Then::Keep).await;
+    assert!(matches!(spent, Err(Error::LeaseLost)), "{spent:?}");
+    assert_free(&store, &k).await;
+}
+
+/// `lock` takes an idle connection without the pool's liveness ping (the
+/// BEGIN round trip tests it). One that died while idle, killed here as a
+/// server restart or an idle timeout would, must cost the lock nothing but a
+/// fresh connection.
+async fn a_lock_on_a_dead_idle_connection_takes_another<B: Server>() {
+    let operator = store::<B>().await;
+    let store = store_with::<B>(StoreConfig {
+        table: TableName::new(TABLE).unwrap(),
+        max_connections: 1,
+        ..StoreConfig::default()
+    })
+    .await;
+    let k = key();
+    store.create(&k, write(b"v1")).await.unwrap();
+    let guard = store.lock_row(&k, opts(10_000, 1_000)).await.unwrap();
+    let idle = guard.connection_id().await.unwrap();
+    Box::new(guard).unlock().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    B::kill(&operator, idle).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut guard = store.lock_row(&k, opts(10_000, 2_000)).await.unwrap();
+    assert_ne!(guard.connection_id().await.unwrap(), idle);
+    assert_eq!(guard.record().unwrap().version, 1);
+    assert_eq!(
+        guard.finish(save(b"v2"), Then::Release).await.unwrap(),
+        Finished::Saved { version: 2 }
+    );
+    assert_eq!(store.load(&k).await.unwrap().unwrap().version, 2);
+}
+
+/// A wait of zero means "do not wait for a holder", not "fail": a free
+/// session is locked (even by a store with no connection open yet), a held
+/// one times out at once.
+async fn a_lock_that_may_not_wait_takes_a_free_session<B: Server>() {
+    let k = key();
+    store::<B>().await.create(&k, write(b"v1")).await.unwrap();
+    let cold = RowLockStore::<B>::connect_lazy(
+        &url::<B>(),
+        StoreConfig {
+            table: TableName::new(TABLE).unwrap(),
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    let held = cold.lock(&k, opts(10_000, 0)).await.unwrap();
+    assert_eq!(held.record().unwrap().version, 1);
+    let started = Instant::now();
+    let busy = cold.lock(&k, opts(10_000, 0)).await;
+    assert!(matches!(busy, Err(Error::LockTimeout { .. })), "{busy:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    held.unlock().await.unwrap();
+    cold.lock(&k, opts(10_000, 0))
+        .await
+        .unwrap()
+        .unlock()
+        .await
+        .unwrap();
+}
+
 macro_rules! on_both_servers {
     ($($test:ident),* $(,)?) => {
         mod postgres {
@@ -338,4 +659,143 @@ on_both_servers!(
     sub_second_lock_wait_times_out_promptly,
     a_held_lock_does_not_block_other_sessions_of_its_namespace,
     migrate_while_sessions_are_locked_does_not_stall_writers,
+    kept_saves_chain_and_a_release_commits_them,
+    a_kept_write_is_invisible_to_others_until_the_release,
+    a_release_with_nothing_commits_a_kept_write,
+    a_lapsed_lease_loses_the_whole_chain,
+    a_kept_write_does_not_extend_the_lease_on_the_server,
+    a_kept_delete_then_save_recreates_the_session,
+    a_failed_finish_rolls_back_the_kept_writes,
+    a_lock_on_a_dead_idle_connection_takes_another,
+    a_lock_that_may_not_wait_takes_a_free_session,
 );
+
+/// A TCP proxy in front of the server that counts round trips: every time
+/// the client speaks again after the server has answered is one more. The
+/// drivers here never pipeline, so this is the number of waits for the
+/// server.
+struct Proxy {
+    addr: SocketAddr,
+    trips: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let trips = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&trips);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = TcpStream::connect(upstream).await.unwrap();
+                // Whether the client's next bytes start a new round trip.
+                let clients_turn = Arc::new(AtomicBool::new(true));
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                let (turn, counter) = (Arc::clone(&clients_turn), Arc::clone(&counter));
+                tokio::spawn(pipe(client_read, server_write, move || {
+                    if turn.swap(false, Ordering::SeqCst) {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                }));
+                tokio::spawn(pipe(server_read, client_write, move || {
+                    clients_turn.store(true, Ordering::SeqCst);
+                }));
+            }
+        });
+        Proxy { addr, trips }
+    }
+
+    fn trips(&self) -> u64 {
+        self.trips.load(Ordering::SeqCst)
+    }
+}
+
+/// Copy bytes one way, calling `seen` before forwarding each read.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    seen: impl Fn() + Send + 'static,
+) {
+    let mut buf = vec![0; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        seen();
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Round trips of one locked request on a warm pooled connection: lock and
+/// load, a kept save, a save that releases. Runs on a current-thread runtime,
+/// so the pool's own ping when a released connection goes back to the pool
+/// (spawned in the background) cannot run before a count is read.
+async fn round_trips_of_a_lock_cycle<B: Server>() -> (u64, u64, u64) {
+    let direct = store::<B>().await;
+    let mut url = url::Url::parse(&url::<B>()).unwrap();
+    let host = url.host_str().unwrap().to_owned();
+    let port = url.port().unwrap_or(B::DEFAULT_PORT);
+    let upstream = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(upstream).await;
+    url.set_host(Some("127.0.0.1")).unwrap();
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let store = RowLockStore::<B>::connect_lazy(
+        url.as_str(),
+        StoreConfig {
+            table: TableName::new(TABLE).unwrap(),
+            max_connections: 1,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    let k = key();
+    direct.create(&k, write(b"v1")).await.unwrap();
+    let options = opts(10_000, 2_000);
+
+    // Warm up: connect, and prepare every statement on the connection.
+    let mut guard = store.lock(&k, options).await.unwrap();
+    guard.finish(save(b"warm"), Then::Keep).await.unwrap();
+    guard.finish(save(b"warm"), Then::Release).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let before = proxy.trips();
+    let mut guard = store.lock(&k, options).await.unwrap();
+    let lock = proxy.trips() - before;
+    assert_eq!(guard.record().unwrap().version, 3);
+    let before = proxy.trips();
+    guard.finish(save(b"kept"), Then::Keep).await.unwrap();
+    let keep = proxy.trips() - before;
+    let before = proxy.trips();
+    guard.finish(save(b"last"), Then::Release).await.unwrap();
+    let release = proxy.trips() - before;
+    assert_eq!(direct.load(&k).await.unwrap().unwrap().version, 5);
+    println!(
+        "{}: lock+load {lock}, kept save {keep}, save+release {release} round trips",
+        B::NAME
+    );
+    (lock, keep, release)
+}
+
+mod round_trips {
+    use super::round_trips_of_a_lock_cycle;
+
+    #[tokio::test]
+    async fn postgres() {
+        let trips = round_trips_of_a_lock_cycle::<cloakroom_sql::Postgres>().await;
+        assert_eq!(trips, (2, 1, 2), "(lock+load, kept save, save+release)");
+    }
+
+    #[tokio::test]
+    async fn mysql() {
+        let trips = round_trips_of_a_lock_cycle::<cloakroom_sql::Mysql>().await;
+        assert_eq!(trips, (2, 1, 2), "(lock+load, kept save, save+release)");
+    }
+}

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloakroom::{
-    async_trait, Capabilities, Cursor, IdPage, LockGuard, LockOptions, Manager, ManagerBuilder, Namespace,
-    Record, RecordWrite, SessionId, SessionKey, SessionStore, SweepBatch, Timestamp,
+    async_trait, Acquired, Capabilities, Cursor, Finish, Finished, IdPage, LockGuard, LockOptions, Manager,
+    ManagerBuilder, Namespace, Record, RecordWrite, SessionId, SessionKey, SessionStore, SweepBatch, Then,
+    Timestamp,
 };
 use cloakroom_tower::SessionLayer;
 
@@ -27,7 +28,7 @@ fn bump(calls: &Calls, method: &'static str) {
     *calls.lock().unwrap().entry(method).or_default() += 1;
 }
 
-/// Counts what is done through a lock guard too (`guard.save_and_unlock`, …).
+/// Counts what is done through a lock guard too (`guard.finish`, …).
 #[derive(Debug)]
 struct CountingGuard {
     inner: Box<dyn LockGuard>,
@@ -49,25 +50,9 @@ impl LockGuard for CountingGuard {
         bump(&self.calls, "guard.renew");
         self.inner.renew(lease).await
     }
-    async fn save_and_unlock(self: Box<Self>, write: RecordWrite) -> cloakroom::Result<u64> {
-        bump(&self.calls, "guard.save_and_unlock");
-        self.inner.save_and_unlock(write).await
-    }
-    async fn touch_and_unlock(
-        self: Box<Self>,
-        accessed: Timestamp,
-        expires: Timestamp,
-    ) -> cloakroom::Result<()> {
-        bump(&self.calls, "guard.touch_and_unlock");
-        self.inner.touch_and_unlock(accessed, expires).await
-    }
-    async fn delete_and_unlock(self: Box<Self>) -> cloakroom::Result<bool> {
-        bump(&self.calls, "guard.delete_and_unlock");
-        self.inner.delete_and_unlock().await
-    }
-    async fn unlock(self: Box<Self>) -> cloakroom::Result<()> {
-        bump(&self.calls, "guard.unlock");
-        self.inner.unlock().await
+    async fn finish(&mut self, op: Finish, then: Then) -> cloakroom::Result<Finished> {
+        bump(&self.calls, "guard.finish");
+        self.inner.finish(op, then).await
     }
 }
 
@@ -136,13 +121,15 @@ impl SessionStore for CountingStore {
         self.count("touch");
         self.inner.touch(key, accessed, expires).await
     }
-    async fn lock(&self, key: &SessionKey, options: LockOptions) -> cloakroom::Result<Box<dyn LockGuard>> {
+    async fn try_lock(&self, key: &SessionKey, options: LockOptions) -> cloakroom::Result<Acquired> {
         self.count("lock");
-        let inner = self.inner.lock(key, options).await?;
-        Ok(Box::new(CountingGuard {
-            inner,
-            calls: Arc::clone(&self.calls),
-        }))
+        Ok(match self.inner.try_lock(key, options).await? {
+            Acquired::Locked(inner) => Acquired::Locked(Box::new(CountingGuard {
+                inner,
+                calls: Arc::clone(&self.calls),
+            })),
+            busy => busy,
+        })
     }
     async fn list_ids(
         &self,
