@@ -132,6 +132,8 @@ struct Chain {
     /// No more hand-offs: the next write releases the store lock and the next
     /// waiter takes it from the store.
     closing: bool,
+    /// The keeper is writing (commits it covers are not acknowledged yet).
+    writing: bool,
     handoffs: u32,
     started: Instant,
 }
@@ -338,6 +340,7 @@ impl LockEngine {
                 pending: None,
                 acks: Vec::new(),
                 closing: false,
+                writing: false,
                 handoffs: 0,
                 started: Instant::now(),
             });
@@ -384,6 +387,11 @@ impl LockEngine {
                 q.promote();
                 return Err(Error::LeaseLost);
             };
+            let op_kind = if matches!(op, Finish::Nothing) {
+                OpKind::Nothing
+            } else {
+                OpKind::Write
+            };
             match op {
                 Finish::Save(write) => {
                     let created = chain.current.as_ref().map_or(write.created, |r| r.created);
@@ -421,7 +429,10 @@ impl LockEngine {
                 }
                 _ => {}
             }
-            let receiver = if ack {
+            // A commit that changed nothing and saw only durable state has
+            // nothing to wait for.
+            let settled = chain.pending.is_none() && !chain.writing;
+            let receiver = if ack && !(matches!(op_kind, OpKind::Nothing) && settled) {
                 let (tx, rx) = oneshot::channel();
                 chain.acks.push(tx);
                 Some(rx)
@@ -557,6 +568,11 @@ impl Drop for Acquiring<'_> {
     }
 }
 
+enum OpKind {
+    Nothing,
+    Write,
+}
+
 /// What the keeper does next.
 enum Step {
     Write(Finish, Then, Vec<Ack>),
@@ -576,6 +592,13 @@ async fn keep_chain(
     let lease = engine.config.lease;
     let period = (lease / 3).max(Duration::from_millis(1));
     let mut renew_at = Instant::now() + period;
+    // If this task ends any other way than below (a backend that panics, a
+    // runtime shutting down), the chain must not be left holding the queue.
+    let mut exit = KeeperExit {
+        engine: &engine,
+        key: &key,
+        armed: true,
+    };
     loop {
         let step = engine.with_queue(&key, |q| {
             let Some(chain) = q.chain.as_mut() else {
@@ -591,17 +614,22 @@ async fn keep_chain(
                 // Nobody holds and nobody can be handed the session: the
                 // queue drained, or the bound says give the store lock back.
                 chain.closing = true;
+                chain.writing = true;
                 let op = chain.pending.take().unwrap_or(Finish::Nothing);
                 return Step::Write(op, Then::Release, std::mem::take(&mut chain.acks));
             }
             if engine.durable_while_locked && chain.pending.is_some() {
+                chain.writing = true;
                 let op = chain.pending.take().unwrap_or(Finish::Nothing);
                 return Step::Write(op, Then::Keep, std::mem::take(&mut chain.acks));
             }
             Step::Wait
         });
         match step {
-            Step::Exit => return,
+            Step::Exit => {
+                exit.armed = false;
+                return;
+            }
             Step::Wait => {
                 if !engine.config.renew_lease {
                     keeper.notified().await;
@@ -613,6 +641,7 @@ async fn keep_chain(
                         renew_at = Instant::now() + period;
                         if let Err(e) = guard.renew(lease).await {
                             tracing::warn!(%key, error = %e, "session lease renewal failed");
+                            exit.armed = false;
                             engine.break_chain(&key, e, Vec::new());
                             return;
                         }
@@ -620,6 +649,16 @@ async fn keep_chain(
                 }
             }
             Step::Write(op, then, acks) => {
+                // A chain that keeps writing never waits, so renew here too
+                // (a kept write does not extend the lease).
+                if engine.config.renew_lease && then == Then::Keep && Instant::now() >= renew_at {
+                    renew_at = Instant::now() + period;
+                    if let Err(e) = guard.renew(lease).await {
+                        exit.armed = false;
+                        engine.break_chain(&key, e, acks);
+                        return;
+                    }
+                }
                 let out = guard.finish(op, then).await;
                 match out {
                     Ok(finished) => {
@@ -627,6 +666,7 @@ async fn keep_chain(
                             let _ = ack.send(Ok(finished));
                         }
                         if then == Then::Release {
+                            exit.armed = false;
                             engine.with_queue(&key, |q| {
                                 q.chain = None;
                                 q.yield_next = !q.waiters.is_empty();
@@ -635,19 +675,42 @@ async fn keep_chain(
                             return;
                         }
                         engine.with_queue(&key, |q| {
-                            if let (Some(chain), Some(written)) = (q.chain.as_mut(), guard.record()) {
-                                if let Some(current) = chain.current.as_mut() {
+                            if let Some(chain) = q.chain.as_mut() {
+                                chain.writing = false;
+                                if let (Some(current), Some(written)) =
+                                    (chain.current.as_mut(), guard.record())
+                                {
                                     current.version = written.version;
                                 }
                             }
                         });
                     }
                     Err(e) => {
+                        exit.armed = false;
                         engine.break_chain(&key, e, acks);
                         return;
                     }
                 }
             }
+        }
+    }
+}
+
+/// Breaks the chain if its keeper stops without saying how.
+struct KeeperExit<'a> {
+    engine: &'a LockEngine,
+    key: &'a SessionKey,
+    armed: bool,
+}
+
+impl Drop for KeeperExit<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.engine.break_chain(
+                self.key,
+                Error::backend("the session's lock keeper stopped"),
+                Vec::new(),
+            );
         }
     }
 }
@@ -776,20 +839,25 @@ mod tests {
         }
     }
 
+    /// Six requests on one session at once: the first holds it while the
+    /// five others arrive, as tabs do behind one slow request.
     async fn six_tabs(manager: &Manager, id: &SessionId) {
-        let tabs: Vec<_> = (0..6)
+        let mut first = manager.open(Some(id)).await.unwrap();
+        let tabs: Vec<_> = (0..5)
             .map(|_| {
                 let (m, id) = (manager.clone(), id.clone());
                 tokio::spawn(async move {
                     let mut s = m.open(Some(&id)).await?;
                     let h: u64 = s.get("hits")?.unwrap_or(0);
-                    // A request does some work while it holds the session.
-                    tokio::time::sleep(Duration::from_millis(3)).await;
                     s.insert("hits", &(h + 1))?;
                     s.commit().await
                 })
             })
             .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let h: u64 = first.get("hits").unwrap().unwrap_or(0);
+        first.insert("hits", &(h + 1)).unwrap();
+        first.commit().await.unwrap();
         for t in tabs {
             t.await.unwrap().unwrap();
         }
