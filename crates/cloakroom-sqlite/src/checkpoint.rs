@@ -9,33 +9,31 @@
 //! traffic lasts: measured here at 260 MiB beside a 145 MiB database after
 //! 64,000 writes, and at 21 GB during a sweep of a million sessions.
 //!
-//! So the pool watches the WAL's size, and once it passes
+//! So the store's writer thread (see [`writer`](crate::writer)) watches the
+//! WAL's size between batches, and once it passes
 //! [`SqliteOptions::max_wal_bytes`](crate::SqliteOptions::max_wal_bytes) it
-//! makes that instant: it takes every connection permit of this store (new
-//! work queues behind it, in-flight work finishes) and runs
-//! `PRAGMA wal_checkpoint(TRUNCATE)`. That waits, through the busy timeout,
-//! for other processes' readers and writers, copies the few pages the
-//! automatic checkpoints left, and truncates the file. The pause is the time
-//! to finish in-flight statements plus that copy, because the automatic
+//! makes that instant: being the store's only writer, it has no write of
+//! its own in flight; it holds this store's readers back (the read gate)
+//! and runs `PRAGMA wal_checkpoint(TRUNCATE)`. That waits, through the busy
+//! timeout, for other processes' readers and writers, copies the few pages
+//! the automatic checkpoints left, and truncates the file. The pause is the
+//! time to finish in-flight reads plus that copy, because the automatic
 //! checkpoints keep doing most of the copying meanwhile.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rusqlite::Connection;
 
-/// How many pool operations pass between two looks at the WAL's size (one
-/// `stat` each): at about 20 KiB of WAL per write, a few MiB at most.
+/// How many writes pass between two looks at the WAL's size (one `stat`
+/// each): at about 20 KiB of WAL per write, a few MiB at most.
 const CHECK_EVERY: u64 = 64;
 
-/// The WAL size watch of one pool.
+/// The WAL size watch of one store, kept by its writer thread.
 #[derive(Debug)]
 pub(crate) struct WalLimit {
     wal: PathBuf,
     max_bytes: u64,
-    operations: AtomicU64,
-    due: AtomicBool,
-    running: AtomicBool,
+    operations: u64,
 }
 
 /// What one `wal_checkpoint(TRUNCATE)` answered.
@@ -56,45 +54,23 @@ impl WalLimit {
         WalLimit {
             wal: wal.into(),
             max_bytes,
-            operations: AtomicU64::new(0),
-            due: AtomicBool::new(false),
-            running: AtomicBool::new(false),
+            operations: 0,
         }
     }
 
-    /// Count one operation (on the blocking thread that ran it); every
-    /// [`CHECK_EVERY`]th looks at the file and marks a checkpoint due.
-    pub(crate) fn after_operation(&self) {
-        if !self
-            .operations
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(CHECK_EVERY)
-        {
-            return;
+    /// Count `n` more writes; whenever that passes a multiple of
+    /// [`CHECK_EVERY`], look at the file: true if it needs a checkpoint.
+    /// A checkpoint that came back `Busy` is retried at the next look, not
+    /// after every batch: another process holding it off would otherwise
+    /// stall this store's writes for a busy timeout each time.
+    pub(crate) fn after_operations(&mut self, n: usize) -> bool {
+        let before = self.operations;
+        self.operations = before.saturating_add(n as u64);
+        if before / CHECK_EVERY == self.operations / CHECK_EVERY {
+            return false;
         }
         // A missing file (not in WAL mode yet, or just truncated) is size 0.
-        let size = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
-        if size > self.max_bytes {
-            self.due.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Claim the checkpoint if one is due and none is running. The caller
-    /// must call [`WalLimit::finish`] afterwards.
-    pub(crate) fn claim(&self) -> bool {
-        self.due.load(Ordering::Relaxed)
-            && self
-                .running
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-    }
-
-    /// End a claimed checkpoint. `Busy` leaves it due, to be retried.
-    pub(crate) fn finish(&self, outcome: Option<Outcome>) {
-        if outcome == Some(Outcome::Truncated) {
-            self.due.store(false, Ordering::Relaxed);
-        }
-        self.running.store(false, Ordering::Release);
+        std::fs::metadata(&self.wal).map_or(0, |m| m.len()) > self.max_bytes
     }
 }
 

@@ -71,7 +71,9 @@ pub struct SqliteOptions {
     /// How long one statement waits for SQLite's database-wide write lock
     /// before failing with [`Error::Unavailable`]. 5 s by default.
     pub busy_timeout: Duration,
-    /// Connections kept for this store (each runs on the blocking pool).
+    /// Connections kept for this store: one writer, and the rest readers
+    /// (at least one reader, so a store with 1 keeps two), each on a thread
+    /// of its own.
     pub max_connections: usize,
     /// Largest encoded record accepted ([`Error::TooLarge`] beyond).
     pub max_record_bytes: usize,

@@ -5,14 +5,17 @@
 //! - WAL journal, `synchronous=NORMAL` by default ([`Synchronous`]), a busy
 //!   timeout, and `BEGIN IMMEDIATE` for every read-then-write.
 //! - The WAL file stays bounded under steady concurrent traffic: past
-//!   [`SqliteOptions::max_wal_bytes`] the store pauses its own connections
+//!   [`SqliteOptions::max_wal_bytes`] the store pauses its own readers
 //!   for a moment and truncates it, because SQLite's automatic checkpoint
 //!   alone is starved by overlapping readers and lets it grow without end.
 //! - Per-session locks are lease columns in the session's row (see [`lock`]),
 //!   never a transaction held across a request: SQLite's write lock is
 //!   database-wide.
-//! - All SQLite calls run on tokio's blocking pool, never on the async
-//!   workers, through a small pool of connections.
+//! - All writes of a store go through one writer connection on a thread of
+//!   its own, which commits the queued writes of different sessions together
+//!   in one transaction; so within a process no connection ever waits for
+//!   SQLite's write lock. Reads without a lock use a few reader connections
+//!   on threads of their own. SQLite never runs on the async workers.
 //! - Only bound parameters; the one identifier in SQL text, the table name,
 //!   is validated ([`validate_table_name`]).
 //!
@@ -35,6 +38,7 @@ pub mod lock;
 mod pool;
 mod schema;
 mod store;
+mod writer;
 
 pub use config::{
     validate_table_name, SqliteOptions, Synchronous, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_WAL_BYTES,

@@ -2,84 +2,79 @@
 //!
 //! A lock is `lock_token` + `lock_until` in the session's row, claimed by one
 //! upsert that succeeds only if the lease is free or ran out (a missing
-//! session gets a placeholder row to carry the lock). Nothing stays open
-//! between claim and release: the lock lives in the data, not in a
-//! transaction, so other sessions never wait for it. A holder that dies is
-//! taken over once its lease ends; its late writes are fenced by the token
-//! (`… AND lock_token = ? AND lock_until > now`) and fail with
-//! [`Error::LeaseLost`].
+//! session gets a placeholder row to carry the lock) and returns the record
+//! with it: taking the lock and loading the session is one statement.
+//! Nothing stays open between claim and release: the lock lives in the data,
+//! not in a transaction, so other sessions never wait for it. A holder that
+//! dies is taken over once its lease ends; its late writes are fenced by the
+//! token (`… AND lock_token = ? AND lock_until > now`) and fail with
+//! [`Error::LeaseLost`]. A save and its release are one fenced statement too.
 //!
-//! Waiting: waiters in this process are woken by the releaser through
-//! [`Wakers`](crate::wake::Wakers); other processes' releases are noticed by a
-//! short exponential backoff (1 ms doubling to 20 ms), up to the deadline.
+//! Every claim, write and release is a request to the store's writer thread
+//! ([`writer`](crate::writer)), batched with other sessions' requests.
+//!
+//! Waiting is not done here: [`try_lock`] makes one attempt; waiters of one
+//! process queue in the lock engine, and core's `SessionStore::lock` backs
+//! off between attempts (at most until the holder's lease runs out).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cloakroom_core::{
-    Error, Lease, LockGuard, LockOptions, Record, RecordWrite, Result, SessionId, SessionKey, Timestamp,
+    check_loaded_is_live, Acquired, Error, Finish, Finished, Lease, LockGuard, LockOptions, Record, Result,
+    SessionId, SessionKey, Then, Timestamp,
 };
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
 
 use crate::pool::sql_error;
 use crate::schema::Sql;
-use crate::store::{
-    check_unchanged, now_ms, read_current, record_columns, record_from_columns, write_row, Current, Inner,
-};
-
-const FIRST_BACKOFF: Duration = Duration::from_millis(1);
-const MAX_BACKOFF: Duration = Duration::from_millis(20);
+use crate::store::{now_ms, read_current, record_columns, record_from_columns, Inner};
+use crate::writer::{stopped, BatchFailure, Job, Ran};
 
 fn lease_ms(lease: Duration) -> i64 {
     i64::try_from(lease.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
-/// Claim the lock of `key` for `token` if free: when the lease was written
-/// (on this process's clock) and the live record. `None` if someone else
-/// holds a live lease.
+/// Claim the lock of `key` for `token` if free, in one statement that also
+/// returns the record: when the lease was written (on this process's
+/// clock) and the live record. If someone else holds a live lease: how long
+/// that lease has left.
 fn try_claim(
     conn: &Connection,
     sql: &Sql,
     key: &SessionKey,
     token: &str,
     lease: Duration,
-) -> Result<Option<Claim>> {
+) -> Result<Claimed> {
     // Taken just before the row's lease end is computed, so the holder's
-    // deadline never outlasts the row's, and time spent queueing for a
-    // connection does not eat into the lease.
+    // deadline never outlasts the row's, and time spent queueing for the
+    // writer does not eat into the lease.
     let claimed_at = Instant::now();
     let now = now_ms();
-    // A plain read first: in WAL it never waits, and a waiter that finds the
-    // lock held does not take SQLite's database-wide write lock for nothing.
-    let held_until: Option<Option<i64>> = conn
-        .prepare_cached(&sql.lock_state)
-        .and_then(|mut stmt| {
-            stmt.query_row(params![key.namespace.as_str(), key.id.as_str()], |row| row.get(0))
-                .optional()
-        })
-        .map_err(sql_error)?;
-    if held_until.flatten().is_some_and(|until| until > now) {
-        return Ok(None);
-    }
+    let (ns, id) = (key.namespace.as_str(), key.id.as_str());
     let claimed = conn
         .prepare_cached(&sql.claim)
         .and_then(|mut stmt| {
             stmt.query_row(
-                params![
-                    key.namespace.as_str(),
-                    key.id.as_str(),
-                    token,
-                    now.saturating_add(lease_ms(lease)),
-                    now
-                ],
+                params![ns, id, token, now.saturating_add(lease_ms(lease)), now],
                 record_columns,
             )
             .optional()
         })
         .map_err(sql_error)?;
     let Some(columns) = claimed else {
-        return Ok(None);
+        // Held: one more primary-key lookup, only on this path, tells the
+        // caller when the holder's lease runs out at the latest.
+        let until: Option<Option<i64>> = conn
+            .prepare_cached(&sql.lock_until)
+            .and_then(|mut stmt| stmt.query_row(params![ns, id], |row| row.get(0)).optional())
+            .map_err(sql_error)?;
+        let left = until
+            .flatten()
+            .map(|until| Duration::from_millis(u64::try_from(until.saturating_sub(now)).unwrap_or(0)));
+        return Ok(Claimed::Busy(left));
     };
     let live = columns.0 > 0 && columns.4 > now;
     let record = if live {
@@ -87,131 +82,141 @@ fn try_claim(
     } else {
         None
     };
-    Ok(Some(Claim { claimed_at, record }))
+    Ok(Claimed::Locked { claimed_at, record })
 }
 
-/// [`SessionStore::lock`](cloakroom_core::SessionStore::lock) for the SQLite store.
-pub(crate) async fn lock(
-    inner: &Arc<Inner>,
-    key: &SessionKey,
-    options: LockOptions,
-) -> Result<Box<dyn LockGuard>> {
-    let started = Instant::now();
-    let give_up_at = started + options.wait;
+/// [`SessionStore::try_lock`](cloakroom_core::SessionStore::try_lock) for
+/// the SQLite store: one claim, answered at once. SQLite has no signal for
+/// "released" across processes, so a held lock is [`Acquired::Busy`] with
+/// the holder's remaining lease, and core's `lock` backs off; waiters of one
+/// process are queued by the lock engine before they get here.
+pub(crate) async fn try_lock(inner: &Arc<Inner>, key: &SessionKey, options: LockOptions) -> Result<Acquired> {
     let token = SessionId::generate().as_str().to_owned();
-    let waiting = inner.wakers.subscribe(key);
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        // Registered before the attempt, so a release between a failed
-        // attempt and the nap still wakes us.
-        let notified = waiting.notify().notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-
-        let (run_inner, k, t) = (inner.clone(), key.clone(), token.clone());
-        let mut claim = PendingClaim {
-            task: Some(tokio::spawn(async move {
-                run_inner
-                    .run(move |sql, conn| try_claim(conn, sql, &k, &t, options.lease))
-                    .await
-            })),
+    let (k, t) = (key.clone(), token.clone());
+    let undo = ReleaseJob::boxed(key.clone(), token.clone());
+    let answer = inner.writer.request(
+        move |conn, sql| try_claim(conn, sql, &k, &t, options.lease),
+        // The claim succeeded but this call was dropped before the writer
+        // could answer: release at once rather than leave the session
+        // locked for a whole lease.
+        Some(Box::new(move |claimed: Claimed| {
+            matches!(claimed, Claimed::Locked { .. }).then_some(undo)
+        })),
+    )?;
+    let mut claim = PendingClaim {
+        answer: Some(answer),
+        inner,
+        key,
+        token: &token,
+    };
+    let claimed = claim.outcome().await;
+    drop(claim);
+    Ok(match claimed? {
+        Claimed::Locked { claimed_at, record } => Acquired::Locked(Box::new(SqliteLockGuard {
             inner: inner.clone(),
             key: key.clone(),
-            token: token.clone(),
-        };
-        let claimed = claim.outcome().await;
-        if let Some(Claim { claimed_at, record }) = claimed? {
-            return Ok(Box::new(SqliteLockGuard {
-                inner: inner.clone(),
-                key: key.clone(),
-                record,
-                lease: Lease {
-                    token,
-                    deadline: claimed_at + options.lease,
-                },
-                released: false,
-            }));
-        }
-        let now = Instant::now();
-        if now >= give_up_at {
-            return Err(Error::LockTimeout {
-                waited: started.elapsed(),
-            });
-        }
-        let _ = tokio::time::timeout(backoff.min(give_up_at - now), notified).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
+            record,
+            lease: Lease {
+                token,
+                deadline: claimed_at + options.lease,
+            },
+            spent: false,
+            held: true,
+        })),
+        Claimed::Busy(retry_in) => Acquired::Busy { retry_in },
+    })
 }
 
-/// A successful claim.
-struct Claim {
-    claimed_at: Instant,
-    record: Option<Record>,
+/// What one claim got.
+enum Claimed {
+    Locked {
+        claimed_at: Instant,
+        record: Option<Record>,
+    },
+    /// Held by someone else, whose lease ends in this long (`None` if the
+    /// row went away meanwhile).
+    Busy(Option<Duration>),
 }
 
-type Claimed = Option<Claim>;
-
-/// A claim running on its own task. If the `lock` future is dropped while the
-/// claim runs (a cancelled request), the claim may still succeed: the drop
-/// then releases it once it finishes, instead of leaving the session locked
-/// for a whole lease.
-struct PendingClaim {
-    task: Option<tokio::task::JoinHandle<Result<Claimed>>>,
-    inner: Arc<Inner>,
-    key: SessionKey,
-    token: String,
+/// A claim sent to the writer. If the `try_lock` future is dropped while it
+/// waits (a cancelled request) and the claim succeeded, the drop releases
+/// it; a claim answered only after the drop is released by the writer (see
+/// `Unheard`).
+struct PendingClaim<'a> {
+    answer: Option<oneshot::Receiver<Result<Claimed>>>,
+    inner: &'a Arc<Inner>,
+    key: &'a SessionKey,
+    token: &'a str,
 }
 
-impl PendingClaim {
+impl PendingClaim<'_> {
     async fn outcome(&mut self) -> Result<Claimed> {
-        let Some(task) = self.task.as_mut() else {
+        let Some(answer) = self.answer.as_mut() else {
             return Err(Error::backend("sqlite lock claim awaited twice"));
         };
-        let out = task.await;
-        self.task = None;
-        out.map_err(|e| Error::backend(format!("sqlite lock claim failed: {e}")))?
+        let out = answer.await;
+        self.answer = None;
+        out.map_err(|_| stopped())?
     }
 }
 
-impl Drop for PendingClaim {
+impl Drop for PendingClaim<'_> {
     fn drop(&mut self) {
-        let Some(task) = self.task.take() else { return };
-        let (inner, key, token) = (self.inner.clone(), self.key.clone(), self.token.clone());
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Ok(Ok(Some(_))) = task.await {
-                    spawn_release(inner, key, token);
-                }
-            });
+        let Some(mut answer) = self.answer.take() else {
+            return;
+        };
+        // After `close` the writer can no longer deliver (it then releases
+        // by itself); an answer delivered before is here.
+        answer.close();
+        if let Ok(Ok(Claimed::Locked { .. })) = answer.try_recv() {
+            let job = ReleaseJob::boxed(self.key.clone(), self.token.to_owned());
+            if self.inner.writer.submit(job).is_err() {
+                tracing::warn!(key = %self.key, "sqlite store could not release a cancelled lock; its lease will");
+            }
         }
     }
 }
 
-/// Release in the background (from `Drop`, which cannot wait). Without a
-/// runtime there is nothing to run it on, and the lease frees the lock.
-fn spawn_release(inner: Arc<Inner>, key: SessionKey, token: String) {
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(async move {
-            let k = key.clone();
-            let released = inner
-                .run(move |sql, conn| {
-                    let tx = conn
-                        .transaction_with_behavior(TransactionBehavior::Immediate)
-                        .map_err(sql_error)?;
-                    release(&tx, sql, &k, &token)?;
-                    tx.commit().map_err(sql_error)
-                })
-                .await;
-            if let Err(e) = released {
-                tracing::warn!(%key, error = %e, "sqlite store could not release a dropped lock; its lease will");
+/// The release of a lock nobody holds a guard for any more (a dropped
+/// guard, a cancelled claim), run by the writer without a caller waiting:
+/// `Drop` cannot wait, and needs no async runtime this way.
+pub(crate) struct ReleaseJob {
+    key: SessionKey,
+    token: String,
+    failed: Option<Error>,
+}
+
+impl ReleaseJob {
+    fn boxed(key: SessionKey, token: String) -> Box<dyn Job> {
+        Box::new(ReleaseJob {
+            key,
+            token,
+            failed: None,
+        })
+    }
+}
+
+impl Job for ReleaseJob {
+    fn run(&mut self, conn: &Connection, sql: &Sql) -> Ran {
+        match release(conn, sql, &self.key, &self.token) {
+            Ok(()) => Ran::Keep,
+            Err(e) => {
+                self.failed = Some(e);
+                Ran::RollBack
             }
-            inner.wakers.wake(&key);
-        });
+        }
+    }
+
+    fn answer(self: Box<Self>, failed: Option<&BatchFailure>) -> Option<Box<dyn Job>> {
+        if let Some(e) = failed.map(BatchFailure::error).or(self.failed) {
+            tracing::warn!(key = %self.key, error = %e, "sqlite store could not release a dropped lock; its lease will");
+        }
+        None
     }
 }
 
 /// Clear our lock on `key`, dropping the row if it is only a placeholder.
-fn release(tx: &Transaction<'_>, sql: &Sql, key: &SessionKey, token: &str) -> Result<()> {
+fn release(tx: &Connection, sql: &Sql, key: &SessionKey, token: &str) -> Result<()> {
     let p = params![key.namespace.as_str(), key.id.as_str(), token];
     tx.prepare_cached(&sql.drop_placeholder)
         .and_then(|mut stmt| stmt.execute(p))
@@ -222,6 +227,198 @@ fn release(tx: &Transaction<'_>, sql: &Sql, key: &SessionKey, token: &str) -> Re
     Ok(())
 }
 
+/// What a fenced write needs to know of the record the holder loaded: its
+/// version (the fence against unlocked writers) and its creation time
+/// (kept by a save).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Loaded {
+    version: u64,
+    created: Timestamp,
+}
+
+impl Loaded {
+    fn of(record: Option<&Record>) -> Option<Loaded> {
+        record.map(|r| Loaded {
+            version: r.version,
+            created: r.created,
+        })
+    }
+}
+
+/// What a successful [`finish_in_tx`] did, plus the record a save wrote.
+pub(crate) type FinishOutcome = (Finished, Option<Record>);
+
+fn version_param(version: u64) -> Result<i64> {
+    i64::try_from(version).map_err(|_| Error::backend("record version overflow"))
+}
+
+/// The database work of [`LockGuard::finish`], inside a transaction the
+/// caller opened and commits even when this returns a lock holder's failure
+/// (`LeaseLost`, `Gone`, `Conflict`): the lock is then released and that
+/// release must stick. Only an SQL failure ([`is_sql_failure`]) must be
+/// rolled back.
+///
+/// The common cases are one statement: a save or touch checks the fence and
+/// the loaded record and writes (and clears the lock, for
+/// [`Then::Release`]) in one fenced `UPDATE`. When it changes no row,
+/// nothing was written and the row is read to tell the caller why.
+/// `lapsed` is the holder's own view that its lease ran out: the row's
+/// `lock_until` is on the wall clock, which may lag behind the holder's.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn finish_in_tx(
+    conn: &Connection,
+    sql: &Sql,
+    key: &SessionKey,
+    token: &str,
+    lapsed: bool,
+    loaded: Option<Loaded>,
+    op: Finish,
+    then: Then,
+) -> Result<FinishOutcome> {
+    let now = now_ms();
+    let release_too = then == Then::Release;
+    let (ns, id) = (key.namespace.as_str(), key.id.as_str());
+    let loaded_param = version_param(loaded.map_or(0, |l| l.version))?;
+    let is_touch = matches!(op, Finish::Touch { .. });
+    // A kind of write added to `Finish` after this store was written.
+    let mut unknown = None;
+    let done = if lapsed {
+        None
+    } else {
+        match op {
+            Finish::Save(write) => {
+                let (version, created) = match loaded {
+                    Some(l) => (l.version + 1, l.created),
+                    None => (1, write.created),
+                };
+                let statement = if release_too {
+                    &sql.save_release
+                } else {
+                    &sql.save_keep
+                };
+                let version_param = version_param(version)?;
+                let changed = conn
+                    .prepare_cached(statement)
+                    .and_then(|mut stmt| {
+                        stmt.execute(params![
+                            ns,
+                            id,
+                            token,
+                            now,
+                            version_param,
+                            write.data,
+                            created.as_millis(),
+                            write.accessed.as_millis(),
+                            write.expires.as_millis(),
+                            loaded_param,
+                        ])
+                    })
+                    .map_err(sql_error)?;
+                (changed > 0).then(|| {
+                    let record = Record {
+                        created,
+                        ..write.into_record(version)
+                    };
+                    (Finished::Saved { version }, Some(record))
+                })
+            }
+            // Touching needs a record: without one this is `Gone` (or a
+            // conflict with a record created meanwhile), found below.
+            Finish::Touch { accessed, expires } if loaded.is_some() => {
+                let statement = if release_too {
+                    &sql.touch_release
+                } else {
+                    &sql.touch_keep
+                };
+                let changed = conn
+                    .prepare_cached(statement)
+                    .and_then(|mut stmt| {
+                        stmt.execute(params![
+                            ns,
+                            id,
+                            token,
+                            now,
+                            accessed.as_millis(),
+                            expires.as_millis(),
+                            loaded_param,
+                        ])
+                    })
+                    .map_err(sql_error)?;
+                (changed > 0).then_some((Finished::Touched, None))
+            }
+            Finish::Touch { .. } => None,
+            Finish::Delete if release_too => conn
+                .prepare_cached(&sql.delete_release)
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![ns, id, token, now], |row| row.get(0))
+                        .optional()
+                })
+                .map_err(sql_error)?
+                .map(|was_live| (Finished::Deleted { was_live }, None)),
+            // Deleting but keeping the lock: the row stays as a placeholder
+            // that carries it. SQLite's RETURNING shows new values only, so
+            // whether a live record was there is read first (same
+            // transaction, so nothing slips in between).
+            Finish::Delete => match read_current(conn, sql, key)? {
+                Some(c) if c.lock_token.as_deref() == Some(token) && c.is_locked(now) => {
+                    conn.prepare_cached(&sql.make_placeholder)
+                        .and_then(|mut stmt| stmt.execute(params![ns, id]))
+                        .map_err(sql_error)?;
+                    let was_live = c.live_version(now).is_some();
+                    Some((Finished::Deleted { was_live }, None))
+                }
+                _ => None,
+            },
+            Finish::Nothing => match read_current(conn, sql, key)? {
+                Some(c) if c.lock_token.as_deref() == Some(token) && c.is_locked(now) => {
+                    if release_too {
+                        release(conn, sql, key, token)?;
+                    }
+                    Some((Finished::Nothing, None))
+                }
+                _ => None,
+            },
+            other => {
+                unknown = Some(format!("the sqlite store cannot finish with {other:?}"));
+                None
+            }
+        }
+    };
+    if let Some(outcome) = done {
+        return Ok(outcome);
+    }
+    // Nothing was written. Within the same transaction and with the same
+    // `now`, the row shows which check failed; whatever it was, the lock is
+    // released if it is still ours.
+    let current = read_current(conn, sql, key)?;
+    let ours = current
+        .as_ref()
+        .filter(|c| c.lock_token.as_deref() == Some(token));
+    if ours.is_some() {
+        release(conn, sql, key, token)?;
+    }
+    if let Some(unknown) = unknown {
+        return Err(Error::Unsupported(unknown));
+    }
+    Err(match ours {
+        Some(c) if !lapsed && c.is_locked(now) => {
+            match check_loaded_is_live(loaded.map(|l| l.version), c.live_version(now)) {
+                Err(e) => e,
+                Ok(()) if is_touch => Error::Gone,
+                Ok(()) => Error::backend("a fenced sqlite write matched no row, yet every check holds"),
+            }
+        }
+        _ => Error::LeaseLost,
+    })
+}
+
+/// Whether `e` is a failure of SQLite itself (to roll back), rather than a
+/// lock holder's refused write (`LeaseLost`, `Gone`, …), which may have
+/// released the lock and must be committed.
+pub(crate) fn is_sql_failure(e: &Error) -> bool {
+    matches!(e, Error::Backend { .. } | Error::Unavailable { .. })
+}
+
 /// A held lock of the [`SqliteStore`](crate::SqliteStore).
 #[derive(Debug)]
 pub struct SqliteLockGuard {
@@ -229,41 +426,25 @@ pub struct SqliteLockGuard {
     key: SessionKey,
     record: Option<Record>,
     lease: Lease,
-    released: bool,
+    /// Every later call fails with `LeaseLost` (after a release, or any
+    /// failed finish).
+    spent: bool,
+    /// The row may still carry our lock: dropping the guard releases it.
+    held: bool,
 }
 
-type FencedOp<T> = Box<dyn FnOnce(&Transaction<'_>, &Sql, &Current) -> Result<T> + Send>;
-
 impl SqliteLockGuard {
-    /// In one transaction: check the fence, run `op` if it holds, release
-    /// the lock whatever the outcome.
-    async fn finish<T: Send + 'static>(mut self: Box<Self>, op: FencedOp<T>) -> Result<T> {
-        self.released = true;
+    /// Run one finish on the writer: one fenced statement in its batch,
+    /// committed unless SQLite itself failed (a refusal commits the
+    /// release it made).
+    async fn run_finish(&mut self, op: Finish, then: Then) -> Result<FinishOutcome> {
         let lapsed = Instant::now() >= self.lease.deadline;
         let (key, token) = (self.key.clone(), self.lease.token.clone());
-        let out = self
-            .inner
-            .run(move |sql, conn| {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(sql_error)?;
-                let current = read_current(&tx, sql, &key)?;
-                let ours = current
-                    .as_ref()
-                    .filter(|c| c.lock_token.as_deref() == Some(token.as_str()));
-                let out = match ours {
-                    Some(c) if !lapsed && c.is_locked(now_ms()) => op(&tx, sql, c),
-                    _ => Err(Error::LeaseLost),
-                };
-                if ours.is_some() {
-                    release(&tx, sql, &key, &token)?;
-                }
-                tx.commit().map_err(sql_error)?;
-                out
-            })
-            .await;
-        self.inner.wakers.wake(&self.key);
-        out
+        let loaded = Loaded::of(self.record.as_ref());
+        self.inner
+            .writer
+            .run(move |conn, sql| finish_in_tx(conn, sql, &key, &token, lapsed, loaded, op, then))
+            .await
     }
 }
 
@@ -282,13 +463,13 @@ impl LockGuard for SqliteLockGuard {
     }
 
     async fn renew(&mut self, lease: Duration) -> Result<()> {
-        if Instant::now() >= self.lease.deadline {
+        if self.spent || Instant::now() >= self.lease.deadline {
             return Err(Error::LeaseLost);
         }
         let (key, token) = (self.key.clone(), self.lease.token.clone());
         let (renewed_at, changed) = self
             .inner
-            .run(move |sql, conn| {
+            .write(move |sql, conn| {
                 let renewed_at = Instant::now();
                 let now = now_ms();
                 conn.prepare_cached(&sql.renew)
@@ -312,72 +493,55 @@ impl LockGuard for SqliteLockGuard {
         Ok(())
     }
 
-    async fn save_and_unlock(self: Box<Self>, write: RecordWrite) -> Result<u64> {
-        write.check_size(self.inner.options.max_record_bytes)?;
-        let loaded = self.record.clone();
-        let key = self.key.clone();
-        self.finish(Box::new(move |tx, sql, current| {
-            check_unchanged(loaded.as_ref(), current.live_version(now_ms()))?;
-            let (version, created) = match &loaded {
-                Some(r) => (r.version + 1, r.created),
-                None => (1, write.created),
-            };
-            write_row(tx, &sql.update_data, &key, version, created, &write)?;
-            Ok(version)
-        }))
-        .await
-    }
-
-    async fn touch_and_unlock(self: Box<Self>, accessed: Timestamp, expires: Timestamp) -> Result<()> {
-        let loaded = self.record.clone();
-        let key = self.key.clone();
-        self.finish(Box::new(move |tx, sql, current| {
-            let now = now_ms();
-            check_unchanged(loaded.as_ref(), current.live_version(now))?;
-            if loaded.is_none() {
-                return Err(Error::Gone);
-            }
-            tx.prepare_cached(&sql.touch_live)
-                .and_then(|mut stmt| {
-                    stmt.execute(params![
-                        key.namespace.as_str(),
-                        key.id.as_str(),
-                        now,
-                        accessed.as_millis(),
-                        expires.as_millis()
-                    ])
-                })
-                .map_err(sql_error)?;
-            Ok(())
-        }))
-        .await
-    }
-
-    async fn delete_and_unlock(self: Box<Self>) -> Result<bool> {
-        let key = self.key.clone();
-        self.finish(Box::new(move |tx, sql, current| {
-            // Turned into a placeholder; the release that follows drops it.
-            tx.prepare_cached(&sql.make_placeholder)
-                .and_then(|mut stmt| stmt.execute(params![key.namespace.as_str(), key.id.as_str()]))
-                .map_err(sql_error)?;
-            Ok(current.live_version(now_ms()).is_some())
-        }))
-        .await
-    }
-
-    async fn unlock(self: Box<Self>) -> Result<()> {
-        match self.finish(Box::new(|_, _, _| Ok(()))).await {
-            // Nothing left to release; unlocking is not a write.
-            Err(Error::LeaseLost) => Ok(()),
-            other => other,
+    async fn finish(&mut self, op: Finish, then: Then) -> Result<Finished> {
+        if self.spent {
+            return Err(Error::LeaseLost);
         }
+        if let Finish::Save(write) = &op {
+            if let Err(e) = write.check_size(self.inner.options.max_record_bytes) {
+                // A failed finish releases the lock, this one included.
+                let _ = self.finish(Finish::Nothing, Then::Release).await;
+                return Err(e);
+            }
+        }
+        let touched = match &op {
+            Finish::Touch { accessed, expires } => Some((*accessed, *expires)),
+            _ => None,
+        };
+        let out = self.run_finish(op, then).await;
+        let failed = match &out {
+            Err(e) => Some(is_sql_failure(e)),
+            Ok(_) => None,
+        };
+        if then == Then::Release || failed.is_some() {
+            self.spent = true;
+            // After an SQL failure the row may still carry our lock: `Drop`
+            // then tries the release once more.
+            self.held = failed == Some(true);
+        }
+        let (finished, written) = out?;
+        match finished {
+            Finished::Saved { .. } => self.record = written,
+            Finished::Deleted { .. } => self.record = None,
+            Finished::Touched => {
+                if let (Some(r), Some((accessed, expires))) = (self.record.as_mut(), touched) {
+                    r.accessed = accessed;
+                    r.expires = expires;
+                }
+            }
+            _ => {}
+        }
+        Ok(finished)
     }
 }
 
 impl Drop for SqliteLockGuard {
     fn drop(&mut self) {
-        if !self.released {
-            spawn_release(self.inner.clone(), self.key.clone(), self.lease.token.clone());
+        if self.held {
+            let job = ReleaseJob::boxed(self.key.clone(), self.lease.token.clone());
+            if self.inner.writer.submit(job).is_err() {
+                tracing::warn!(key = %self.key, "sqlite store could not release a dropped lock; its lease will");
+            }
         }
     }
 }

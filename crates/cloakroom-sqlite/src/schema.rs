@@ -25,11 +25,16 @@ pub(crate) struct Sql {
     pub touch_live: String,
     pub delete_row: String,
     pub make_placeholder: String,
-    pub lock_state: String,
     pub claim: String,
+    pub lock_until: String,
     pub renew: String,
     pub drop_placeholder: String,
     pub clear_lock: String,
+    pub save_keep: String,
+    pub save_release: String,
+    pub touch_keep: String,
+    pub touch_release: String,
+    pub delete_release: String,
     pub list: String,
     pub count: String,
     pub sweep: String,
@@ -41,6 +46,12 @@ impl Sql {
     pub(crate) fn new(table: &str) -> Self {
         let t = format!("\"{table}\"");
         let live = "version > 0 AND expires > ?3";
+        let fenced = "namespace = ?1 AND id = ?2 AND lock_token = ?3 AND lock_until > ?4";
+        // The row's live version, 0 when it holds no live record.
+        let loaded_is_live = |param: &str| {
+            format!("(CASE WHEN version > 0 AND expires > ?4 THEN version ELSE 0 END) = {param}")
+        };
+        let (save_loaded, touch_loaded) = (loaded_is_live("?10"), loaded_is_live("?7"));
         Sql {
             migrate: format!(
                 "CREATE TABLE IF NOT EXISTS {t} (
@@ -88,7 +99,6 @@ impl Sql {
                 "UPDATE {t} SET version = 0, data = NULL, created = 0, accessed = 0, expires = 0
                  WHERE namespace = ?1 AND id = ?2"
             ),
-            lock_state: format!("SELECT lock_until FROM {t} WHERE namespace = ?1 AND id = ?2"),
             // Take the lock if it is free or its lease ran out, creating a
             // placeholder row for a session that does not exist; returns the
             // row only if the lock was taken. ?3 token, ?4 lock_until, ?5 now
@@ -100,6 +110,7 @@ impl Sql {
                  WHERE {t}.lock_until IS NULL OR {t}.lock_until <= ?5
                  RETURNING version, data, created, accessed, expires"
             ),
+            lock_until: format!("SELECT lock_until FROM {t} WHERE namespace = ?1 AND id = ?2"),
             // ?3 token, ?4 new lock_until, ?5 now
             renew: format!(
                 "UPDATE {t} SET lock_until = ?4
@@ -111,6 +122,35 @@ impl Sql {
             clear_lock: format!(
                 "UPDATE {t} SET lock_token = NULL, lock_until = NULL
                  WHERE namespace = ?1 AND id = ?2 AND lock_token = ?3"
+            ),
+            // The fenced writes of a lock holder: each checks the fence
+            // (our token, lease not run out) and that the record the holder
+            // loaded is still the live one, and writes, in one statement;
+            // the `_release` forms also clear the lock in that statement.
+            // No row changed means a check failed and nothing was written.
+            // ?3 token, ?4 now, ?5 new version, ?6 data, ?7 created,
+            // ?8 accessed, ?9 expires, ?10 the loaded version (0 for none:
+            // then the row must hold no live record, and the save creates).
+            save_keep: format!(
+                "UPDATE {t} SET version = ?5, data = ?6, created = ?7, accessed = ?8, expires = ?9
+                 WHERE {fenced} AND {save_loaded}"
+            ),
+            save_release: format!(
+                "UPDATE {t} SET version = ?5, data = ?6, created = ?7, accessed = ?8, expires = ?9,
+                    lock_token = NULL, lock_until = NULL
+                 WHERE {fenced} AND {save_loaded}"
+            ),
+            // ?5 accessed, ?6 expires, ?7 the loaded version (never 0)
+            touch_keep: format!(
+                "UPDATE {t} SET accessed = ?5, expires = ?6 WHERE {fenced} AND {touch_loaded}"
+            ),
+            touch_release: format!(
+                "UPDATE {t} SET accessed = ?5, expires = ?6, lock_token = NULL, lock_until = NULL
+                 WHERE {fenced} AND {touch_loaded}"
+            ),
+            // Returns whether a live record was deleted. ?3 token, ?4 now
+            delete_release: format!(
+                "DELETE FROM {t} WHERE {fenced} RETURNING version > 0 AND expires > ?4"
             ),
             // ?2 after (exclusive), ?3 now, ?4 limit
             list: format!(

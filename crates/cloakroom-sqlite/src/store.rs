@@ -1,25 +1,27 @@
 //! [`SqliteStore`]: the [`SessionStore`] implementation.
 //!
-//! Each method is one statement, or one short `BEGIN IMMEDIATE` transaction
-//! (taking SQLite's write lock up front, so a read-then-write never fails
-//! half way with a stale snapshot). No transaction outlives a method call:
-//! SQLite's write lock is database-wide, and holding it across a request
-//! would serialize every session (DESIGN §8, Symfony).
+//! Every write runs on the store's writer thread ([`writer`](crate::writer)),
+//! inside its batch's `BEGIN IMMEDIATE` transaction (SQLite's write lock
+//! taken up front, so a read-then-write never fails half way with a stale
+//! snapshot); `load`, `list_ids` and `count` run on reader connections. No
+//! transaction outlives a batch: SQLite's write lock is database-wide, and
+//! holding it across a request would serialize every session (DESIGN §8,
+//! Symfony).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use cloakroom_core::{
-    check_loaded_is_live, Capabilities, Cursor, Error, IdPage, LockGuard, LockKind, LockOptions, Namespace,
-    Record, RecordWrite, Result, SessionId, SessionKey, SessionStore, SweepBatch, Timestamp,
+    Acquired, Capabilities, Cursor, Error, IdPage, LockKind, LockOptions, Namespace, Record, RecordWrite,
+    Result, SessionId, SessionKey, SessionStore, SweepBatch, Timestamp,
 };
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::config::SqliteOptions;
-use crate::pool::{sql_error, Pool};
+use crate::pool::{sql_error, Readers};
 use crate::schema::Sql;
-use cloakroom_core::wake::Wakers;
+use crate::writer::Writer;
 
 /// Sessions in one SQLite database file, safe across threads and OS processes
 /// on one host. Cloning shares the same connections.
@@ -32,15 +34,15 @@ pub struct SqliteStore {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    pub(crate) pool: Arc<Pool>,
-    pub(crate) sql: Sql,
+    pub(crate) writer: Writer,
+    readers: Readers,
     pub(crate) options: SqliteOptions,
-    pub(crate) wakers: Wakers,
 }
 
 impl SqliteStore {
     /// A store on the database file at `path` with default options. Opens
-    /// nothing yet: connections are made on first use.
+    /// nothing yet: connections are made on first use (the writer and
+    /// reader threads start here).
     pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
         Self::with_options(SqliteOptions::new(path))
     }
@@ -49,12 +51,18 @@ impl SqliteStore {
     /// (for example a table name that is not a plain identifier).
     pub fn with_options(options: SqliteOptions) -> Result<Self> {
         options.validate()?;
+        let sql = Arc::new(Sql::new(&options.table));
+        // Held shared by each read, exclusively by the writer's WAL
+        // checkpoint (see `checkpoint`).
+        let gate = Arc::new(RwLock::new(()));
+        // One connection writes; the rest of `max_connections` read, and
+        // there is always at least one reader.
+        let readers = options.max_connections.saturating_sub(1).max(1);
         Ok(SqliteStore {
             inner: Arc::new(Inner {
-                pool: Arc::new(Pool::new(options.clone())),
-                sql: Sql::new(&options.table),
+                writer: Writer::start(&options, sql.clone(), gate.clone())?,
+                readers: Readers::start(readers, &options, &sql, &gate)?,
                 options,
-                wakers: Wakers::default(),
             }),
         })
     }
@@ -77,27 +85,22 @@ impl SqliteStore {
 }
 
 impl Inner {
-    /// Run `work` with a connection, off the async workers.
-    pub(crate) async fn run<T: Send + 'static>(
-        self: &Arc<Self>,
-        work: impl FnOnce(&Sql, &mut Connection) -> Result<T> + Send + 'static,
+    /// Run `work` on the writer thread, in its next batch's transaction,
+    /// and wait for the committed result.
+    pub(crate) async fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Sql, &Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let inner = self.clone();
-        self.pool.run(move |conn| work(&inner.sql, conn)).await
+        self.writer.run(move |conn, sql| work(sql, conn)).await
     }
-}
 
-/// Run `work` in a `BEGIN IMMEDIATE` transaction, committed if it succeeds.
-pub(crate) fn immediate<T>(
-    conn: &mut Connection,
-    work: impl FnOnce(&Transaction<'_>) -> Result<T>,
-) -> Result<T> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(sql_error)?;
-    let out = work(&tx)?;
-    tx.commit().map_err(sql_error)?;
-    Ok(out)
+    /// Run `work` on a reader connection.
+    pub(crate) async fn read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Sql, &Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.readers.run(move |conn, sql| work(sql, conn)).await
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -182,7 +185,7 @@ pub(crate) fn record_from_columns(columns: RecordColumns) -> Result<Record> {
 
 /// Write `write` as version `version` of the row of `key` (which exists).
 pub(crate) fn write_row(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     sql: &str,
     key: &SessionKey,
     version: u64,
@@ -204,11 +207,6 @@ pub(crate) fn write_row(
         })
         .map_err(sql_error)?;
     Ok(())
-}
-
-/// What a fenced writer finds: the record it loaded must still be the live one.
-pub(crate) fn check_unchanged(loaded: Option<&Record>, live_version: Option<u64>) -> Result<()> {
-    check_loaded_is_live(loaded.map(|r| r.version), live_version)
 }
 
 /// Where an id-ordered page resumes: after the cursor's id, or from the start.
@@ -241,14 +239,14 @@ impl SessionStore for SqliteStore {
 
     async fn migrate(&self) -> Result<()> {
         self.inner
-            .run(|sql, conn| conn.execute_batch(&sql.migrate).map_err(sql_error))
+            .write(|sql, conn| conn.execute_batch(&sql.migrate).map_err(sql_error))
             .await
     }
 
     async fn load(&self, key: &SessionKey) -> Result<Option<Record>> {
         let key = key.clone();
         self.inner
-            .run(move |sql, conn| {
+            .read(move |sql, conn| {
                 conn.prepare_cached(&sql.load)
                     .and_then(|mut stmt| {
                         stmt.query_row(
@@ -268,15 +266,14 @@ impl SessionStore for SqliteStore {
         self.check_size(&write)?;
         let key = key.clone();
         self.inner
-            .run(move |sql, conn| {
-                immediate(conn, |tx| {
-                    let current = read_current(tx, sql, &key)?;
-                    if let Some(found) = current.and_then(|c| c.live_version(now_ms())) {
-                        return Err(Error::Conflict { expected: 0, found });
-                    }
-                    write_row(tx, &sql.insert_or_replace_expired, &key, 1, write.created, &write)?;
-                    Ok(write.into_record(1))
-                })
+            .write(move |sql, conn| {
+                let tx = conn;
+                let current = read_current(tx, sql, &key)?;
+                if let Some(found) = current.and_then(|c| c.live_version(now_ms())) {
+                    return Err(Error::Conflict { expected: 0, found });
+                }
+                write_row(tx, &sql.insert_or_replace_expired, &key, 1, write.created, &write)?;
+                Ok(write.into_record(1))
             })
             .await
     }
@@ -285,23 +282,22 @@ impl SessionStore for SqliteStore {
         self.check_size(&write)?;
         let key = key.clone();
         self.inner
-            .run(move |sql, conn| {
-                immediate(conn, |tx| {
-                    let current = read_current(tx, sql, &key)?;
-                    let Some((live, created)) =
-                        current.and_then(|c| c.live_version(now_ms()).map(|v| (v, c.created)))
-                    else {
-                        return Err(Error::Gone);
-                    };
-                    if let Some(expected) = expected.filter(|e| *e != live) {
-                        return Err(Error::Conflict {
-                            expected,
-                            found: live,
-                        });
-                    }
-                    write_row(tx, &sql.update_data, &key, live + 1, created, &write)?;
-                    Ok(live + 1)
-                })
+            .write(move |sql, conn| {
+                let tx = conn;
+                let current = read_current(tx, sql, &key)?;
+                let Some((live, created)) =
+                    current.and_then(|c| c.live_version(now_ms()).map(|v| (v, c.created)))
+                else {
+                    return Err(Error::Gone);
+                };
+                if let Some(expected) = expected.filter(|e| *e != live) {
+                    return Err(Error::Conflict {
+                        expected,
+                        found: live,
+                    });
+                }
+                write_row(tx, &sql.update_data, &key, live + 1, created, &write)?;
+                Ok(live + 1)
             })
             .await
     }
@@ -309,8 +305,9 @@ impl SessionStore for SqliteStore {
     async fn delete(&self, key: &SessionKey) -> Result<bool> {
         let key = key.clone();
         self.inner
-            .run(move |sql, conn| {
-                immediate(conn, |tx| {
+            .write(move |sql, conn| {
+                {
+                    let tx = conn;
                     let now = now_ms();
                     let Some(current) = read_current(tx, sql, &key)? else {
                         return Ok(false);
@@ -327,7 +324,7 @@ impl SessionStore for SqliteStore {
                         .and_then(|mut stmt| stmt.execute(params![key.namespace.as_str(), key.id.as_str()]))
                         .map_err(sql_error)?;
                     Ok(current.live_version(now).is_some())
-                })
+                }
             })
             .await
     }
@@ -335,7 +332,7 @@ impl SessionStore for SqliteStore {
     async fn touch(&self, key: &SessionKey, accessed: Timestamp, expires: Timestamp) -> Result<bool> {
         let key = key.clone();
         self.inner
-            .run(move |sql, conn| {
+            .write(move |sql, conn| {
                 let changed = conn
                     .prepare_cached(&sql.touch_live)
                     .and_then(|mut stmt| {
@@ -353,8 +350,8 @@ impl SessionStore for SqliteStore {
             .await
     }
 
-    async fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockGuard>> {
-        crate::lock::lock(&self.inner, key, options).await
+    async fn try_lock(&self, key: &SessionKey, options: LockOptions) -> Result<Acquired> {
+        crate::lock::try_lock(&self.inner, key, options).await
     }
 
     async fn list_ids(&self, namespace: &Namespace, cursor: Option<Cursor>, limit: usize) -> Result<IdPage> {
@@ -362,7 +359,7 @@ impl SessionStore for SqliteStore {
         let namespace = namespace.clone();
         let limit = limit.max(1);
         self.inner
-            .run(move |sql, conn| {
+            .read(move |sql, conn| {
                 let mut stmt = conn.prepare_cached(&sql.list).map_err(sql_error)?;
                 // One more than asked, to know whether another page follows.
                 let rows = stmt
@@ -390,7 +387,7 @@ impl SessionStore for SqliteStore {
     async fn count(&self, namespace: &Namespace) -> Result<u64> {
         let namespace = namespace.clone();
         self.inner
-            .run(move |sql, conn| {
+            .read(move |sql, conn| {
                 let n: i64 = conn
                     .prepare_cached(&sql.count)
                     .and_then(|mut stmt| {
@@ -413,8 +410,9 @@ impl SessionStore for SqliteStore {
         let namespace = namespace.clone();
         let limit = limit.max(1);
         self.inner
-            .run(move |sql, conn| {
-                immediate(conn, |tx| {
+            .write(move |sql, conn| {
+                {
+                    let tx = conn;
                     let wall_now = now_ms();
                     let mut deleted = {
                         let mut stmt = tx.prepare_cached(&sql.sweep).map_err(sql_error)?;
@@ -446,7 +444,7 @@ impl SessionStore for SqliteStore {
                         None
                     };
                     Ok(SweepBatch { deleted, next })
-                })
+                }
             })
             .await
     }

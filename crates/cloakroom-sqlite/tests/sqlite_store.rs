@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cloakroom_core::{
-    Error, LockOptions, Namespace, RecordWrite, SessionId, SessionKey, SessionStore, Timestamp,
+    Error, Finish, Finished, LockOptions, Namespace, RecordWrite, SessionId, SessionKey, SessionStore, Then,
+    Timestamp,
 };
 use cloakroom_sqlite::{SqliteOptions, SqliteStore, DEFAULT_TABLE};
 
@@ -264,4 +265,247 @@ async fn the_wal_stays_bounded_under_concurrent_writes() {
         assert_eq!((record.version, record.data[0]), (2, 2));
     }
     assert_eq!(rows(&path), (TASKS * SESSIONS_PER_TASK) as i64);
+}
+
+/// `finish(.., Keep)` writes and keeps the lock with the same lease; a later
+/// `Release` frees it. Two kept saves and a release add 2 to the version and
+/// leave the last data, and nobody else gets the lock in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_saves_then_a_release() {
+    let dir = temp();
+    let store = store_at(&db(dir.path())).await;
+    let k = key("keep");
+    let created = store.create(&k, write(b"v1")).await.unwrap();
+    let mut g = store.lock(&k, opts(10_000, 100)).await.unwrap();
+    let deadline = g.lease().deadline;
+
+    let first = g.finish(Finish::Save(write(b"first")), Then::Keep).await.unwrap();
+    assert_eq!(first, Finished::Saved { version: 2 });
+    let r = g.record().unwrap();
+    assert_eq!((r.version, r.data.as_slice()), (2, b"first".as_slice()));
+    assert_eq!(r.created, created.created, "a save keeps the creation time");
+    assert_eq!(g.lease().deadline, deadline, "Keep keeps the same lease");
+    assert!(
+        matches!(
+            store.lock(&k, opts(10_000, 0)).await,
+            Err(Error::LockTimeout { .. })
+        ),
+        "Keep released the lock"
+    );
+
+    let second = g
+        .finish(Finish::Save(write(b"second")), Then::Keep)
+        .await
+        .unwrap();
+    assert_eq!(second, Finished::Saved { version: 3 });
+    assert_eq!(g.record().unwrap().version, 3);
+    assert!(matches!(
+        store.lock(&k, opts(10_000, 0)).await,
+        Err(Error::LockTimeout { .. })
+    ));
+
+    assert_eq!(
+        g.finish(Finish::Nothing, Then::Release).await.unwrap(),
+        Finished::Nothing
+    );
+    let r = store.load(&k).await.unwrap().unwrap();
+    assert_eq!((r.version, r.data.as_slice()), (3, b"second".as_slice()));
+    // Free at once: a second lock with no wait at all gets it.
+    let again = store.lock(&k, opts(10_000, 0)).await.unwrap();
+    assert_eq!(again.record().unwrap().version, 3);
+    // The released guard is spent.
+    assert!(matches!(
+        g.finish(Finish::Save(write(b"late")), Then::Release).await,
+        Err(Error::LeaseLost)
+    ));
+    again.unlock().await.unwrap();
+    assert_eq!(store.load(&k).await.unwrap().unwrap().data, b"second");
+}
+
+/// A kept write is durable and visible when `finish` returns, to this store
+/// and to another one on the same file (another process), while the lock is
+/// still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_write_is_visible_at_once() {
+    let dir = temp();
+    let store = store_at(&db(dir.path())).await;
+    let other = store_at(&db(dir.path())).await;
+    let k = key("keep");
+    store.create(&k, write(b"v1")).await.unwrap();
+    let mut g = store.lock(&k, opts(10_000, 100)).await.unwrap();
+    g.finish(Finish::Save(write(b"kept")), Then::Keep).await.unwrap();
+    for s in [&store, &other] {
+        let r = s.load(&k).await.unwrap().unwrap();
+        assert_eq!((r.version, r.data.as_slice()), (2, b"kept".as_slice()));
+    }
+    // A touch under Keep moves the times and not the version.
+    let expires = Timestamp::now().saturating_add(Duration::from_secs(7200));
+    let touched = g
+        .finish(
+            Finish::Touch {
+                accessed: Timestamp::now(),
+                expires,
+            },
+            Then::Keep,
+        )
+        .await
+        .unwrap();
+    assert_eq!(touched, Finished::Touched);
+    assert_eq!(g.record().unwrap().expires, expires);
+    let r = other.load(&k).await.unwrap().unwrap();
+    assert_eq!((r.version, r.expires), (2, expires));
+    assert!(matches!(
+        other.lock(&k, opts(10_000, 0)).await,
+        Err(Error::LockTimeout { .. })
+    ));
+    g.finish(Finish::Nothing, Then::Release).await.unwrap();
+    other
+        .lock(&k, opts(10_000, 0))
+        .await
+        .unwrap()
+        .unlock()
+        .await
+        .unwrap();
+}
+
+/// Deleting under Keep keeps the lock on the now missing session; the next
+/// save under it creates the record again at version 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_delete_keeps_the_lock_and_a_save_recreates() {
+    let dir = temp();
+    let path = db(dir.path());
+    let store = store_at(&path).await;
+    let k = key("keep");
+    store.create(&k, write(b"v1")).await.unwrap();
+    let mut g = store.lock(&k, opts(10_000, 100)).await.unwrap();
+    assert_eq!(
+        g.finish(Finish::Delete, Then::Keep).await.unwrap(),
+        Finished::Deleted { was_live: true }
+    );
+    assert!(g.record().is_none());
+    assert!(store.load(&k).await.unwrap().is_none());
+    assert!(matches!(
+        store.lock(&k, opts(10_000, 0)).await,
+        Err(Error::LockTimeout { .. })
+    ));
+    assert_eq!(
+        g.finish(Finish::Save(write(b"reborn")), Then::Release)
+            .await
+            .unwrap(),
+        Finished::Saved { version: 1 }
+    );
+    let r = store.load(&k).await.unwrap().unwrap();
+    assert_eq!((r.version, r.data.as_slice()), (1, b"reborn".as_slice()));
+    assert_eq!(rows(&path), 1);
+}
+
+/// Once the lease ran out, the next kept write is `LeaseLost`, writes
+/// nothing, and spends the guard; the lock is free for others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_lease_fences_a_kept_write() {
+    let dir = temp();
+    let store = store_at(&db(dir.path())).await;
+    let k = key("keep");
+    store.create(&k, write(b"v1")).await.unwrap();
+    let mut g = store.lock(&k, opts(300, 100)).await.unwrap();
+    g.finish(Finish::Save(write(b"in time")), Then::Keep)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(matches!(
+        g.finish(Finish::Save(write(b"too late")), Then::Keep).await,
+        Err(Error::LeaseLost)
+    ));
+    let r = store.load(&k).await.unwrap().unwrap();
+    assert_eq!((r.version, r.data.as_slice()), (2, b"in time".as_slice()));
+    assert!(matches!(
+        g.finish(Finish::Nothing, Then::Keep).await,
+        Err(Error::LeaseLost)
+    ));
+    store
+        .lock(&k, opts(10_000, 0))
+        .await
+        .unwrap()
+        .unlock()
+        .await
+        .unwrap();
+}
+
+/// The row's fence holds even when the holder's own clock says the lease is
+/// fine: after another holder took the row over, a kept write is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_write_after_a_takeover_is_lease_lost() {
+    let dir = temp();
+    let path = db(dir.path());
+    let store = store_at(&path).await;
+    let k = key("keep");
+    store.create(&k, write(b"v1")).await.unwrap();
+    let mut g = store.lock(&k, opts(10_000, 100)).await.unwrap();
+    // Another process steals the row's lock as if the lease had run out.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        &format!("UPDATE {DEFAULT_TABLE} SET lock_token = 'thief' WHERE id = ?1"),
+        [k.id.as_str()],
+    )
+    .unwrap();
+    assert!(matches!(
+        g.finish(Finish::Save(write(b"stale")), Then::Keep).await,
+        Err(Error::LeaseLost)
+    ));
+    let r = store.load(&k).await.unwrap().unwrap();
+    assert_eq!((r.version, r.data.as_slice()), (1, b"v1".as_slice()));
+    let token: Option<String> = conn
+        .query_row(
+            &format!("SELECT lock_token FROM {DEFAULT_TABLE} WHERE id = ?1"),
+            [k.id.as_str()],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        token.as_deref(),
+        Some("thief"),
+        "a refused write released someone else's lock"
+    );
+}
+
+/// A record changed by an unlocked writer under a kept lock: the next kept
+/// save is a conflict, and a deleted one is gone; both release the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_write_checks_the_record_is_still_live() {
+    let dir = temp();
+    let store = store_at(&db(dir.path())).await;
+    let k = key("keep");
+    store.create(&k, write(b"v1")).await.unwrap();
+    let mut g = store.lock(&k, opts(10_000, 100)).await.unwrap();
+    g.finish(Finish::Save(write(b"v2")), Then::Keep).await.unwrap();
+    store.save(&k, write(b"unlocked"), None).await.unwrap();
+    assert!(matches!(
+        g.finish(Finish::Save(write(b"v3")), Then::Keep).await,
+        Err(Error::Conflict {
+            expected: 2,
+            found: 3
+        })
+    ));
+    assert_eq!(store.load(&k).await.unwrap().unwrap().data, b"unlocked");
+    let mut g = store.lock(&k, opts(10_000, 0)).await.unwrap();
+    store.delete(&k).await.unwrap();
+    assert!(matches!(
+        g.finish(
+            Finish::Touch {
+                accessed: Timestamp::now(),
+                expires: Timestamp::now().saturating_add(Duration::from_secs(60)),
+            },
+            Then::Keep
+        )
+        .await,
+        Err(Error::Gone)
+    ));
+    assert!(store.load(&k).await.unwrap().is_none());
+    store
+        .lock(&k, opts(10_000, 0))
+        .await
+        .unwrap()
+        .unlock()
+        .await
+        .unwrap();
 }
