@@ -5,6 +5,10 @@
 //! cargo run --release --manifest-path benches/anchor/Cargo.toml -- run \
 //!     --memory --sqlite /tmp/anchor --postgres postgres://… --mysql mysql://… --redis redis://…
 //! ```
+//!
+//! The modes and their options are `cloakroom bench`'s (`--mode`, by default
+//! spread, burst, contention, processes). `--mode handoff` measures
+//! cloakroom's lock hand-off only: tower-sessions has no lock to hand off.
 
 mod raw_redis;
 mod tower;
@@ -184,20 +188,20 @@ async fn run_spec(spec: &Spec, plan: &Plan, json: bool) -> Result<Vec<BenchResul
 }
 
 async fn worker(args: WorkerArgs) -> Result<()> {
-    let (id, tasks, cycles) = (&args.run.id, args.run.tasks, args.run.cycles);
+    let run = &args.run;
     match args.kind.as_str() {
         "cloakroom" => {
             let ns = cloakroom::Namespace::new(&args.namespace)?;
             let t = CloakroomTarget::open(&args.url, ns, Policy::Serialized).await?;
-            cloakroom_cli::bench::worker(Arc::new(t), id, tasks, cycles).await
+            cloakroom_cli::bench::worker(Arc::new(t), run).await
         }
         "tower" => {
             let t = tower_store(&args.backend, &args.url).await?;
-            cloakroom_cli::bench::worker(Arc::new(t), id, tasks, cycles).await
+            cloakroom_cli::bench::worker(Arc::new(t), run).await
         }
         "raw-redis" => {
             let t = RawRedis::connect(&args.url, &args.namespace).await?;
-            cloakroom_cli::bench::worker(Arc::new(t), id, tasks, cycles).await
+            cloakroom_cli::bench::worker(Arc::new(t), run).await
         }
         other => bail!("unknown library {other}"),
     }

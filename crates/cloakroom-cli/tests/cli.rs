@@ -543,7 +543,7 @@ fn assert_serialized_loses_nothing(rows: &[Value], backend: &str, modes: &[&str]
         if r["policy"] == "serialized" {
             assert_eq!(r["lost_updates"], 0, "{r}");
         }
-        if r["mode"] != "spread" {
+        if r["mode"] != "spread" && r["mode"] != "burst" {
             assert_eq!(r["cycles"], 120, "{r}");
         }
         assert!(r["cycles_per_sec"].as_f64().unwrap() > 0.0, "{r}");
@@ -556,10 +556,10 @@ fn bench_json_parses_and_serialized_loses_no_update_on_sqlite() {
     let rows = bench_json(&db.url, &["--policy", "serialized,optimistic"]);
     assert_eq!(
         rows.len(),
-        2 * 4,
-        "2 policies × (2 spread + contention + processes)"
+        2 * 6,
+        "2 policies × (2 spread + 2 burst + contention + processes)"
     );
-    assert_serialized_loses_nothing(&rows, "sqlite", &["spread", "contention", "processes"]);
+    assert_serialized_loses_nothing(&rows, "sqlite", &["spread", "burst", "contention", "processes"]);
     // Optimistic retries conflicts instead of losing them.
     assert!(rows.iter().all(|r| r["lost_updates"] == 0), "{rows:?}");
 }
@@ -572,13 +572,13 @@ async fn bench_json_parses_and_serialized_loses_no_update_on_postgres() {
     let rows = tokio::task::spawn_blocking(|| bench_json(POSTGRES, &[]))
         .await
         .unwrap();
-    assert_serialized_loses_nothing(&rows, "postgres", &["spread", "contention", "processes"]);
+    assert_serialized_loses_nothing(&rows, "postgres", &["spread", "burst", "contention", "processes"]);
 }
 
 #[test]
 fn bench_on_the_memory_store_skips_the_processes_mode() {
     let rows = bench_json("memory:", &[]);
-    assert_serialized_loses_nothing(&rows, "memory", &["spread", "contention"]);
+    assert_serialized_loses_nothing(&rows, "memory", &["spread", "burst", "contention"]);
     assert!(rows.iter().all(|r| r["mode"] != "processes"));
 }
 
@@ -646,4 +646,110 @@ fn bench_sweep_deletes_every_expired_session_on_memory() {
 fn bench_sweep_deletes_every_expired_session_on_sqlite() {
     let db = sqlite();
     bench_sweep(&db.url, "sqlite", 2000);
+}
+
+/// `bench --json` with `args`: every line parsed.
+fn bench_rows(args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["bench", "--json"];
+    all.extend_from_slice(args);
+    let o = cloakroom(&all);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// `bench --mode burst` on `url`, Serialized and Optimistic: one row per
+/// policy, cycles measured, no update lost (Optimistic retries conflicts).
+fn bench_burst(url: &str, backend: &str) {
+    let rows = bench_rows(&[
+        "--store",
+        url,
+        "--mode",
+        "burst",
+        "--policy",
+        "serialized,optimistic",
+        "--sessions",
+        "20",
+        "--concurrency",
+        "3",
+        "--burst",
+        "6",
+        "--duration",
+        "400ms",
+        "--warmup",
+        "100ms",
+    ]);
+    assert_eq!(rows.len(), 2, "one burst row per policy: {rows:?}");
+    for r in &rows {
+        assert_eq!(r["mode"], "burst", "{r}");
+        assert_eq!(r["backend"], backend, "{r}");
+        assert_eq!(r["concurrency"], 3, "{r}");
+        assert_eq!(r["burst"], 6, "{r}");
+        assert_eq!(r["sessions"], 20, "{r}");
+        assert!(r["cycles"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["cycles_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(
+            r["p50_us"].as_u64().unwrap() <= r["p99_us"].as_u64().unwrap(),
+            "{r}"
+        );
+        assert_eq!(r["lost_updates"], 0, "{r}");
+    }
+    assert_eq!(rows[0]["policy"], "serialized");
+}
+
+#[test]
+fn bench_burst_loses_no_update_on_memory() {
+    bench_burst("memory:", "memory");
+}
+
+#[test]
+fn bench_burst_loses_no_update_on_sqlite() {
+    let db = sqlite();
+    bench_burst(&db.url, "sqlite");
+}
+
+/// `bench --mode handoff` on `url`: a row per variant (one process, and two
+/// where the store is shared), each with a hand-off p50 and nothing lost.
+fn bench_handoff(url: &str, processes: &[u64]) {
+    let rows = bench_rows(&["--store", url, "--mode", "handoff", "--handoffs", "200"]);
+    let seen: Vec<u64> = rows.iter().map(|r| r["processes"].as_u64().unwrap()).collect();
+    assert_eq!(seen, processes, "{rows:?}");
+    for r in &rows {
+        assert_eq!(r["mode"], "handoff", "{r}");
+        assert_eq!(r["policy"], "serialized", "{r}");
+        // Roughly 200: the last turns may add one or two.
+        let n = r["cycles"].as_u64().unwrap();
+        assert!((150..=210).contains(&n), "{n} hand-offs: {r}");
+        let (p50, p99) = (r["p50_us"].as_u64().unwrap(), r["p99_us"].as_u64().unwrap());
+        assert!(p50 > 0 && p50 <= p99, "{r}");
+        assert_eq!(r["lost_updates"], 0, "{r}");
+    }
+}
+
+#[test]
+fn bench_handoff_reports_a_latency_on_memory() {
+    bench_handoff("memory:", &[1]);
+}
+
+#[test]
+fn bench_handoff_reports_a_latency_on_sqlite_in_one_and_two_processes() {
+    let db = sqlite();
+    bench_handoff(&db.url, &[1, 2]);
+}
+
+#[test]
+fn bench_handoff_is_skipped_without_a_lock() {
+    let rows = bench_rows(&[
+        "--store",
+        "memory:",
+        "--mode",
+        "handoff",
+        "--policy",
+        "lossy,optimistic",
+        "--handoffs",
+        "20",
+    ]);
+    assert!(rows.is_empty(), "{rows:?}");
 }

@@ -4,6 +4,7 @@
 //! anchor crate (`benches/anchor`) runs tower-sessions and raw Redis through
 //! exactly the same code and prints the two side by side.
 
+mod handoff;
 mod modes;
 mod payload;
 mod report;
@@ -17,7 +18,8 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use cloakroom::{Namespace, Policy, SessionId};
 
-pub use modes::{contention, create_sessions, processes, remove_sessions, run_claims, spread, worker};
+pub use handoff::{handoff, handoff_processes, HandoffConfig};
+pub use modes::{burst, contention, create_sessions, processes, remove_sessions, run_claims, spread, worker};
 pub use modes::{SpreadConfig, TaskStats};
 pub use payload::{CartItem, Payload, CART, CSRF_TOKEN, FLASH, HITS, LOCALE, USER_ID};
 pub use report::{comparison, concurrency_label, sweep_table, table, BenchResult, Samples, SweepResult};
@@ -31,12 +33,18 @@ use crate::cli::{parse_duration, parse_namespace};
 pub enum Mode {
     /// S sessions, C tasks picking sessions at random, for a fixed time.
     Spread,
+    /// S sessions, C virtual users each firing B concurrent cycles (browser
+    /// tabs) at one random session, waiting for all B, and again.
+    Burst,
     /// One session, many tasks in one process, a fixed number of cycles.
     Contention,
     /// One session, several OS processes of several tasks each.
     Processes,
     /// N expired sessions, then one streaming sweep; cloakroom only.
     Sweep,
+    /// Lock hand-off latency, holder's commit to waiter's open; cloakroom
+    /// Serialized only, in one process and (shared stores) across two.
+    Handoff,
 }
 
 /// A cloakroom policy on the command line.
@@ -63,26 +71,37 @@ impl From<PolicyArg> for Policy {
 /// Sizes and lengths of a benchmark run, shared by `cloakroom bench` and the anchor.
 #[derive(Debug, Clone, Args)]
 pub struct Plan {
-    /// Modes to run (`sweep` only when named).
+    /// Modes to run (`sweep` and `handoff` only when named).
     #[arg(
         long = "mode",
         value_enum,
         value_delimiter = ',',
-        default_value = "spread,contention,processes"
+        default_value = "spread,burst,contention,processes"
     )]
     pub modes: Vec<Mode>,
-    /// Task counts of the spread mode.
+    /// Task counts of the spread mode; virtual users of the burst mode.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     pub concurrency: Vec<usize>,
-    /// Measured time of each spread run (e.g. `5s`, `500ms`).
+    /// Measured time of each spread and burst run (e.g. `5s`, `500ms`).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Unmeasured warm-up before each spread run.
+    /// Unmeasured warm-up before each spread and burst run.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub warmup: Duration,
-    /// Sessions pre-created for the spread mode (S).
+    /// Sessions pre-created for the spread and burst modes (S).
     #[arg(long, default_value_t = 10_000)]
     pub sessions: usize,
+    /// Concurrent cycles each virtual user of the burst mode fires at one
+    /// session (B: browser tabs).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..))]
+    pub burst: u32,
+    /// Hand-offs measured by the handoff mode (per variant).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub handoffs: u64,
+    /// How long a holder keeps the lock in the handoff mode before it
+    /// commits, so that the other side is surely waiting.
+    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    pub handoff_hold: Duration,
     /// Cycles in all in the contention and processes modes.
     #[arg(long, default_value_t = 2_000)]
     pub cycles: u64,
@@ -111,22 +130,42 @@ pub async fn run_plan<T: Target>(
 ) -> Result<Vec<BenchResult>> {
     let mut out = Vec::new();
     let label = format!("{} {} {}", target.library(), target.backend(), target.policy());
-    for mode in &plan.modes {
+    // Created on first use, shared by the spread and burst modes (each run
+    // counts lost updates by the growth of `hits`, so sharing is harmless),
+    // and removed after the last of them, before the other modes run.
+    let mut sessions: Option<Arc<Vec<T::Id>>> = None;
+    let last_spread = plan
+        .modes
+        .iter()
+        .rposition(|m| matches!(m, Mode::Spread | Mode::Burst));
+    for (i, mode) in plan.modes.iter().enumerate() {
         match mode {
-            Mode::Spread => {
-                eprintln!("{label}: creating {} sessions", plan.sessions);
-                let ids = Arc::new(create_sessions(target.as_ref(), plan.sessions).await?);
+            Mode::Spread | Mode::Burst => {
+                let ids = match &sessions {
+                    Some(ids) => Arc::clone(ids),
+                    None => {
+                        eprintln!("{label}: creating {} sessions", plan.sessions);
+                        let ids = Arc::new(create_sessions(target.as_ref(), plan.sessions).await?);
+                        sessions = Some(Arc::clone(&ids));
+                        ids
+                    }
+                };
                 let cfg = SpreadConfig {
                     duration: plan.duration,
                     warmup: plan.warmup,
                 };
                 for &c in &plan.concurrency {
-                    eprintln!("{label}: spread, C = {c}");
-                    let r = spread(&target, &ids, c, &cfg).await?;
+                    let r = if *mode == Mode::Spread {
+                        eprintln!("{label}: spread, C = {c}");
+                        spread(&target, &ids, c, &cfg).await?
+                    } else {
+                        eprintln!("{label}: burst, C = {c}, B = {}", plan.burst);
+                        burst(&target, &ids, c, plan.burst as usize, &cfg).await?
+                    };
                     each(&r);
                     out.push(r);
                 }
-                if !plan.keep {
+                if Some(i) == last_spread && !plan.keep {
                     remove_sessions(target.as_ref(), &ids).await?;
                 }
             }
@@ -148,6 +187,31 @@ pub async fn run_plan<T: Target>(
             }
             // It measures a store, not a request cycle: `cloakroom bench` runs it itself.
             Mode::Sweep => eprintln!("{label}: sweep mode skipped (cloakroom bench only)"),
+            Mode::Handoff => {
+                let Some(c) = target.cloakroom().filter(|c| c.is_serialized()) else {
+                    eprintln!("{label}: handoff mode skipped (no session lock to hand off)");
+                    continue;
+                };
+                let c = Arc::new(c.clone());
+                let cfg = HandoffConfig {
+                    handoffs: plan.handoffs,
+                    hold: plan.handoff_hold,
+                };
+                eprintln!("{label}: handoff, one process");
+                let r = handoff(&c, &cfg).await?;
+                each(&r);
+                out.push(r);
+                let Some(args) = worker_args.filter(|_| target.multi_process()) else {
+                    eprintln!(
+                        "{label}: cross-process handoff skipped (sessions are not shared between processes)"
+                    );
+                    continue;
+                };
+                eprintln!("{label}: handoff, two processes");
+                let r = handoff_processes(&c, args, &cfg).await?;
+                each(&r);
+                out.push(r);
+            }
         }
     }
     Ok(out)
@@ -210,6 +274,10 @@ pub struct WorkerRun {
     /// Cycles this process runs in all.
     #[arg(long)]
     pub cycles: u64,
+    /// Run the handoff mode's loop (one task; `cycles` commits), holding
+    /// the lock this long before each commit, instead of the processes mode's.
+    #[arg(long, value_parser = parse_duration)]
+    pub handoff_hold: Option<Duration>,
 }
 
 /// A fresh namespace, so a benchmark never touches real sessions.
@@ -270,5 +338,5 @@ pub(crate) async fn run_cli(args: BenchArgs) -> Result<()> {
 
 pub(crate) async fn run_cli_worker(args: WorkerArgs) -> Result<()> {
     let target = CloakroomTarget::open(&args.url, args.namespace, args.policy.into()).await?;
-    worker(Arc::new(target), &args.run.id, args.run.tasks, args.run.cycles).await
+    worker(Arc::new(target), &args.run).await
 }

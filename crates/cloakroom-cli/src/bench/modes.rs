@@ -1,5 +1,6 @@
-//! The three request-cycle modes of BENCHMARKS.md, generic over the library
-//! under test (the sweep mode, cloakroom only, is in `sweep.rs`).
+//! The request-cycle modes of BENCHMARKS.md (spread, contention, processes)
+//! and the burst mode, generic over the library under test (the sweep and
+//! handoff modes, cloakroom only, are in `sweep.rs` and `handoff.rs`).
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,8 +12,10 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use super::handoff::handoff_worker;
 use super::report::{BenchResult, Samples};
 use super::target::{CycleError, Target};
+use super::WorkerRun;
 
 /// Requests in flight while creating, reading or deleting sessions around a run.
 pub(crate) const SETUP_PARALLEL: usize = 32;
@@ -33,12 +36,16 @@ pub struct TaskStats {
     pub committed: u64,
     /// Attempts refused with a retryable error.
     pub retries: u64,
+    /// Lock hand-offs, holder's commit start to waiter's open return (handoff mode).
+    #[serde(default)]
+    pub handoff: Samples,
 }
 
 impl TaskStats {
-    fn merge(&mut self, other: TaskStats) {
+    pub(crate) fn merge(&mut self, other: TaskStats) {
         self.latency.extend(other.latency);
         self.wait.extend(other.wait);
+        self.handoff.extend(other.handoff);
         self.measured += other.measured;
         self.committed += other.committed;
         self.retries += other.retries;
@@ -46,11 +53,14 @@ impl TaskStats {
 }
 
 /// Run one cycle on `id`, retrying refusals; records into `stats` if `measure`.
+/// The latency recorded is that of the successful attempt, or, given `since`,
+/// the time from `since` to its end (a request's whole time, retries included).
 async fn cycle_until_done<T: Target>(
     target: &T,
     id: &T::Id,
     stats: &mut TaskStats,
     measure: bool,
+    since: Option<Instant>,
 ) -> Result<()> {
     let mut refused = 0u32;
     loop {
@@ -59,7 +69,7 @@ async fn cycle_until_done<T: Target>(
             Ok(waited) => {
                 stats.committed += 1;
                 if measure {
-                    stats.latency.push(started.elapsed());
+                    stats.latency.push(since.unwrap_or(started).elapsed());
                     stats.wait.push(waited);
                     stats.measured += 1;
                 }
@@ -95,7 +105,7 @@ pub async fn remove_sessions<T: Target>(target: &T, ids: &[T::Id]) -> Result<()>
         .await
 }
 
-async fn sum_hits<T: Target>(target: &T, ids: &[T::Id]) -> Result<u64> {
+pub(crate) async fn sum_hits<T: Target>(target: &T, ids: &[T::Id]) -> Result<u64> {
     futures::stream::iter(ids)
         .map(|id| target.hits(id))
         .buffer_unordered(SETUP_PARALLEL)
@@ -112,7 +122,7 @@ pub struct SpreadConfig {
     pub warmup: Duration,
 }
 
-fn result<T: Target>(target: &T, mode: &str, concurrency: usize, processes: usize) -> BenchResult {
+pub(crate) fn result<T: Target>(target: &T, mode: &str, concurrency: usize, processes: usize) -> BenchResult {
     BenchResult {
         library: target.library(),
         backend: target.backend(),
@@ -120,6 +130,7 @@ fn result<T: Target>(target: &T, mode: &str, concurrency: usize, processes: usiz
         policy: target.policy(),
         concurrency,
         processes,
+        burst: 0,
         sessions: 1,
         cycles: 0,
         seconds: 0.0,
@@ -135,7 +146,7 @@ fn result<T: Target>(target: &T, mode: &str, concurrency: usize, processes: usiz
     }
 }
 
-fn fill(r: &mut BenchResult, mut stats: TaskStats, seconds: f64, headline_is_wait: bool) {
+pub(crate) fn fill(r: &mut BenchResult, mut stats: TaskStats, seconds: f64, headline_is_wait: bool) {
     r.cycles = stats.measured;
     r.seconds = seconds;
     r.cycles_per_sec = stats.measured as f64 / seconds.max(1e-9);
@@ -181,7 +192,7 @@ pub async fn spread<T: Target>(
                         return Ok::<_, anyhow::Error>(stats);
                     }
                     let id = &ids[rng.usize(..ids.len())];
-                    cycle_until_done(target.as_ref(), id, &mut stats, now >= measure_from).await?;
+                    cycle_until_done(target.as_ref(), id, &mut stats, now >= measure_from, None).await?;
                 }
             })
         })
@@ -195,6 +206,76 @@ pub async fn spread<T: Target>(
         .context("reading hits after the run")?;
     let mut r = result(target.as_ref(), "spread", concurrency, 1);
     r.sessions = ids.len();
+    r.lost_updates = stats.committed.saturating_sub(after.saturating_sub(before));
+    fill(&mut r, stats, cfg.duration.as_secs_f64(), false);
+    Ok(r)
+}
+
+/// Burst mode: `concurrency` virtual users, each picking a random session of
+/// `ids`, firing `tabs` concurrent cycles at it (browser tabs, each a task of
+/// its own as a server would run them), waiting for all of them, and again,
+/// for warm-up + duration. A burst that starts inside the measured window is
+/// measured; a cycle's latency runs from the burst's start to its commit,
+/// retries included. Lost updates are counted as in [`spread`].
+pub async fn burst<T: Target>(
+    target: &Arc<T>,
+    ids: &Arc<Vec<T::Id>>,
+    concurrency: usize,
+    tabs: usize,
+    cfg: &SpreadConfig,
+) -> Result<BenchResult> {
+    if ids.is_empty() {
+        bail!("burst mode needs at least one session");
+    }
+    let tabs = tabs.max(1);
+    let before = sum_hits(target.as_ref(), ids)
+        .await
+        .context("reading hits before the run")?;
+    let start = Instant::now();
+    let measure_from = start + cfg.warmup;
+    let end = measure_from + cfg.duration;
+    let users: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (target, ids) = (Arc::clone(target), Arc::clone(ids));
+            tokio::spawn(async move {
+                let mut stats = TaskStats::default();
+                let mut rng = fastrand::Rng::new();
+                loop {
+                    let now = Instant::now();
+                    if now >= end {
+                        return Ok::<_, anyhow::Error>(stats);
+                    }
+                    let id = &ids[rng.usize(..ids.len())];
+                    let measure = now >= measure_from;
+                    let fired: Vec<_> = (0..tabs)
+                        .map(|_| {
+                            let (target, id) = (Arc::clone(&target), id.clone());
+                            tokio::spawn(async move {
+                                let mut stats = TaskStats::default();
+                                cycle_until_done(target.as_ref(), &id, &mut stats, measure, Some(now))
+                                    .await?;
+                                Ok::<_, anyhow::Error>(stats)
+                            })
+                        })
+                        .collect();
+                    // All of them before any error: no tab outlives its burst.
+                    for tab in futures::future::join_all(fired).await {
+                        stats.merge(tab.context("a benchmark task panicked")??);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut stats = TaskStats::default();
+    for user in users {
+        stats.merge(user.await.context("a benchmark task panicked")??);
+    }
+    let after = sum_hits(target.as_ref(), ids)
+        .await
+        .context("reading hits after the run")?;
+    let mut r = result(target.as_ref(), "burst", concurrency, 1);
+    r.sessions = ids.len();
+    r.burst = tabs;
     r.lost_updates = stats.committed.saturating_sub(after.saturating_sub(before));
     fill(&mut r, stats, cfg.duration.as_secs_f64(), false);
     Ok(r)
@@ -214,7 +295,7 @@ pub async fn run_claims<T: Target>(
             tokio::spawn(async move {
                 let mut stats = TaskStats::default();
                 while claimed.fetch_add(1, Ordering::Relaxed) < cycles {
-                    cycle_until_done(target.as_ref(), &id, &mut stats, true).await?;
+                    cycle_until_done(target.as_ref(), &id, &mut stats, true, None).await?;
                 }
                 Ok::<_, anyhow::Error>(stats)
             })
@@ -260,20 +341,42 @@ pub async fn processes<T: Target>(
     cycles: u64,
 ) -> Result<BenchResult> {
     let id = target.create().await.context("creating the contended session")?;
-    let id_text = target.id_to_text(&id);
-    let exe = std::env::current_exe().context("locating this executable")?;
     let procs = processes.max(1);
-    let mut workers = Vec::with_capacity(procs);
-    for i in 0..procs {
+    let (stats, seconds) = run_workers(&target.id_to_text(&id), worker_args, procs, |i| {
         let share = cycles / procs as u64 + u64::from((i as u64) < cycles % procs as u64);
+        vec![format!("--tasks={tasks}"), format!("--cycles={share}")]
+    })
+    .await?;
+    let hits = target.hits(&id).await?;
+    target.remove(&id).await?;
+    let mut r = result(target.as_ref(), "processes", procs * tasks, procs);
+    r.lost_updates = stats.committed.saturating_sub(hits);
+    fill(&mut r, stats, seconds, true);
+    Ok(r)
+}
+
+/// Start `procs` worker processes on the session `id_text` (`worker_args`,
+/// then `--id`, then what `args_of` gives for each process index), start
+/// them together once all are ready, and merge their reports. A line a
+/// worker prints before its report that starts with `@` is relayed to every
+/// other worker's stdin (the handoff mode's turn-taking). Returns the merged
+/// stats and the seconds from `go` to the last report.
+pub(crate) async fn run_workers(
+    id_text: &str,
+    worker_args: &[String],
+    procs: usize,
+    args_of: impl Fn(usize) -> Vec<String>,
+) -> Result<(TaskStats, f64)> {
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let mut children = Vec::with_capacity(procs);
+    let mut stdins = Vec::with_capacity(procs);
+    let mut outputs = Vec::with_capacity(procs);
+    for i in 0..procs {
         let mut child = tokio::process::Command::new(&exe)
             .args(worker_args)
             // `=`: an id may start with `-`.
-            .args([
-                format!("--id={id_text}"),
-                format!("--tasks={tasks}"),
-                format!("--cycles={share}"),
-            ])
+            .arg(format!("--id={id_text}"))
+            .args(args_of(i))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -288,56 +391,95 @@ pub async fn processes<T: Target>(
             .stdout
             .take()
             .ok_or_else(|| anyhow!("worker stdout not piped"))?;
-        workers.push((child, stdin, BufReader::new(stdout).lines()));
+        children.push(child);
+        stdins.push(Arc::new(tokio::sync::Mutex::new(stdin)));
+        outputs.push(BufReader::new(stdout).lines());
     }
-    for (_, _, lines) in &mut workers {
+    for lines in &mut outputs {
         match lines.next_line().await? {
             Some(line) if line == "ready" => {}
             other => bail!("a worker process did not get ready (said {other:?})"),
         }
     }
     let started = Instant::now();
-    for (_, stdin, _) in &mut workers {
+    for stdin in &stdins {
+        let mut stdin = stdin.lock().await;
         stdin.write_all(b"go\n").await?;
         stdin.flush().await?;
     }
+    let readers: Vec<_> = outputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut lines)| {
+            let others: Vec<_> = stdins
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, s)| Arc::clone(s))
+                .collect();
+            tokio::spawn(async move {
+                loop {
+                    let line = lines
+                        .next_line()
+                        .await?
+                        .ok_or_else(|| anyhow!("a worker process exited without a report"))?;
+                    if !line.starts_with('@') {
+                        let report: WorkerReport =
+                            serde_json::from_str(&line).context("reading a worker's report")?;
+                        return Ok::<_, anyhow::Error>(report.stats);
+                    }
+                    for other in &others {
+                        let mut other = other.lock().await;
+                        // A worker that has finished no longer listens.
+                        let _ = other.write_all(format!("{line}\n").as_bytes()).await;
+                        let _ = other.flush().await;
+                    }
+                }
+            })
+        })
+        .collect();
     let mut stats = TaskStats::default();
-    for (_, _, lines) in &mut workers {
-        let line = lines
-            .next_line()
-            .await?
-            .ok_or_else(|| anyhow!("a worker process exited without a report"))?;
-        let report: WorkerReport = serde_json::from_str(&line).context("reading a worker's report")?;
-        stats.merge(report.stats);
+    for reader in readers {
+        stats.merge(reader.await.context("a relay task panicked")??);
     }
     let seconds = started.elapsed().as_secs_f64();
-    for (mut child, _, _) in workers {
+    drop(stdins);
+    for mut child in children {
         let status = child.wait().await?;
         if !status.success() {
             bail!("a worker process failed: {status}");
         }
     }
-    let hits = target.hits(&id).await?;
-    target.remove(&id).await?;
-    let mut r = result(target.as_ref(), "processes", procs * tasks, procs);
-    r.lost_updates = stats.committed.saturating_sub(hits);
-    fill(&mut r, stats, seconds, true);
-    Ok(r)
+    Ok((stats, seconds))
 }
 
 /// The body of a worker process: report `ready`, wait for `go` on stdin,
-/// run `cycles` cycles with `tasks` tasks on session `id`, print the report.
-pub async fn worker<T: Target>(target: Arc<T>, id: &str, tasks: usize, cycles: u64) -> Result<()> {
-    let id = target.id_from_text(id)?;
+/// run what `run` asks on its session (the processes mode's `cycles` cycles
+/// with `tasks` tasks, or with `--handoff-hold` the handoff mode's loop),
+/// print the report.
+pub async fn worker<T: Target>(target: Arc<T>, run: &WorkerRun) -> Result<()> {
     let mut stdout = tokio::io::stdout();
     stdout.write_all(b"ready\n").await?;
     stdout.flush().await?;
-    let mut go = String::new();
-    BufReader::new(tokio::io::stdin()).read_line(&mut go).await?;
-    if go.trim() != "go" {
+    // One reader for all of stdin: the handoff loop reads on after `go`.
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let go = stdin.next_line().await?;
+    if go.as_deref().map(str::trim) != Some("go") {
         bail!("expected `go` on stdin, got {go:?}");
     }
-    let stats = run_claims(&target, &id, tasks, cycles).await?;
+    let stats = match run.handoff_hold {
+        None => {
+            let id = target.id_from_text(&run.id)?;
+            run_claims(&target, &id, run.tasks, run.cycles).await?
+        }
+        Some(hold) => {
+            let c = target
+                .cloakroom()
+                .ok_or_else(|| anyhow!("the handoff mode needs a cloakroom target"))?;
+            let id = c.id_from_text(&run.id)?;
+            handoff_worker(c, &id, hold, run.cycles, stdin).await?
+        }
+    };
     let line = serde_json::to_string(&WorkerReport { stats })?;
     stdout.write_all(line.as_bytes()).await?;
     stdout.write_all(b"\n").await?;

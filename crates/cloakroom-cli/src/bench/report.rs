@@ -40,7 +40,7 @@ pub struct BenchResult {
     pub library: String,
     /// Backend name (`sqlite`, `postgres`, …).
     pub backend: String,
-    /// `spread`, `contention` or `processes`.
+    /// `spread`, `burst`, `contention`, `processes` or `handoff`.
     pub mode: String,
     /// Concurrency policy (`serialized`, `optimistic`, `lossy`, `unlocked`).
     pub policy: String,
@@ -48,16 +48,23 @@ pub struct BenchResult {
     pub concurrency: usize,
     /// OS processes.
     pub processes: usize,
+    /// Concurrent cycles each virtual user fires at one session (B, burst
+    /// mode; 0 in the other modes).
+    #[serde(default)]
+    pub burst: usize,
     /// Sessions the cycles were spread over.
     pub sessions: usize,
-    /// Cycles completed in the measured window.
+    /// Cycles completed in the measured window (handoff mode: hand-offs measured).
     pub cycles: u64,
     /// Length of the measured window.
     pub seconds: f64,
-    /// Cycles per second.
+    /// Cycles (handoff mode: hand-offs) per second.
     pub cycles_per_sec: f64,
     /// The mode's headline latency, median: the whole cycle in spread mode,
-    /// the lock wait (the open) in contention and processes modes.
+    /// the whole cycle from the burst's start (retries included) in burst
+    /// mode, the lock wait (the open) in contention and processes modes,
+    /// the hand-off (holder's commit start to waiter's open return) in
+    /// handoff mode.
     pub p50_us: u64,
     /// The headline latency, 99th percentile.
     pub p99_us: u64,
@@ -101,10 +108,13 @@ pub fn table(results: &[BenchResult]) -> String {
     render(&HEADER.map(String::from), &rows)
 }
 
-/// The `C` column: tasks, or `processes×tasks` for the processes mode.
+/// The `C` column: tasks, `processes×tasks` for the processes mode (and
+/// the cross-process handoff), `users (×B)` for the burst mode.
 pub fn concurrency_label(r: &BenchResult) -> String {
     if r.processes > 1 {
         format!("{}×{}", r.processes, r.concurrency / r.processes.max(1))
+    } else if r.burst > 0 {
+        format!("{} (×{})", r.concurrency, r.burst)
     } else {
         r.concurrency.to_string()
     }
@@ -118,9 +128,11 @@ pub fn comparison(results: &[BenchResult], anchor: &str, baseline: &str) -> Stri
     type Key = (String, u8, usize, usize);
     let mode_rank = |m: &str| match m {
         "spread" => 0,
-        "contention" => 1,
-        "processes" => 2,
-        _ => 3,
+        "burst" => 1,
+        "contention" => 2,
+        "processes" => 3,
+        "handoff" => 4,
+        _ => 5,
     };
     let mut by_key: BTreeMap<Key, BTreeMap<String, &BenchResult>> = BTreeMap::new();
     for r in results {

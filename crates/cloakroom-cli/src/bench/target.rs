@@ -66,6 +66,11 @@ pub trait Target: Send + Sync + 'static {
     fn id_to_text(&self, id: &Self::Id) -> String;
     /// Parse what [`Target::id_to_text`] wrote.
     fn id_from_text(&self, text: &str) -> Result<Self::Id>;
+    /// The cloakroom manager behind this target, for the modes that measure
+    /// its lock itself (handoff). `None`, the default, for other libraries.
+    fn cloakroom(&self) -> Option<&CloakroomTarget> {
+        None
+    }
 }
 
 /// cloakroom itself: a [`Manager`] under one [`Policy`].
@@ -84,6 +89,16 @@ impl CloakroomTarget {
             manager,
             backend: backend_of(url),
         })
+    }
+
+    /// The manager under test.
+    pub fn manager(&self) -> &Manager {
+        &self.manager
+    }
+
+    /// Whether its policy locks sessions (the only one with a lock to hand off).
+    pub fn is_serialized(&self) -> bool {
+        self.manager.config().policy == Policy::Serialized
     }
 }
 
@@ -108,7 +123,7 @@ pub fn policy_name(p: Policy) -> &'static str {
     }
 }
 
-fn classify(e: cloakroom::Error) -> CycleError {
+pub(crate) fn classify(e: cloakroom::Error) -> CycleError {
     match e {
         cloakroom::Error::LockTimeout { .. } | cloakroom::Error::Conflict { .. } => CycleError::Retry,
         other => CycleError::Fatal(other.into()),
@@ -173,6 +188,10 @@ impl Target for CloakroomTarget {
 
     fn id_from_text(&self, text: &str) -> Result<SessionId> {
         Ok(SessionId::parse(text)?)
+    }
+
+    fn cloakroom(&self) -> Option<&CloakroomTarget> {
+        Some(self)
     }
 }
 
