@@ -45,7 +45,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::error::{Error, Result};
 use crate::id::SessionKey;
 use crate::record::Record;
-use crate::store::{Finish, Finished, LockGuard, LockOptions, SessionStore, Then};
+use crate::store::{Finish, Finished, LockGuard, LockKind, LockOptions, SessionStore, Then};
 
 /// Independent locks over the queue table, so that sessions rarely contend
 /// on one mutex.
@@ -70,6 +70,10 @@ pub(crate) struct LockEngine {
     store: Arc<dyn SessionStore>,
     config: EngineConfig,
     durable_while_locked: bool,
+    /// The store has no queue of its own that serves waiters in order, so
+    /// after giving the lock back under the hand-off bound this process
+    /// pauses before taking it again (see [`FAIRNESS_YIELD`]).
+    yields_to_others: bool,
     hasher: std::collections::hash_map::RandomState,
     shards: Vec<Mutex<HashMap<SessionKey, Queue>>>,
 }
@@ -213,11 +217,17 @@ impl fmt::Debug for Hold {
 
 impl LockEngine {
     pub(crate) fn new(store: Arc<dyn SessionStore>, config: EngineConfig) -> Self {
-        let durable_while_locked = store.capabilities().durable_while_locked;
+        let caps = store.capabilities();
+        let durable_while_locked = caps.durable_while_locked;
+        // A row-lock queue in the database and the memory store's FIFO hand
+        // the released lock to the waiter that queued first; lease keys and
+        // flock leave it to whoever asks next, which would be us.
+        let yields_to_others = matches!(caps.lock, LockKind::Lease | LockKind::FileLock);
         LockEngine {
             store,
             config,
             durable_while_locked,
+            yields_to_others,
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
@@ -669,7 +679,7 @@ async fn keep_chain(
                             exit.armed = false;
                             engine.with_queue(&key, |q| {
                                 q.chain = None;
-                                q.yield_next = !q.waiters.is_empty();
+                                q.yield_next = engine.yields_to_others && !q.waiters.is_empty();
                                 q.promote();
                             });
                             return;

@@ -85,7 +85,7 @@ impl Default for SessionConfig {
             touch_interval: Duration::from_secs(60),
             max_record_bytes: 1024 * 1024,
             require_multi_process: false,
-            handoff_limit: 32,
+            handoff_limit: 256,
             handoff_window: Duration::from_millis(20),
             hash_ids: false,
         }
