@@ -55,13 +55,6 @@ const SHARDS: usize = 16;
 /// waits before taking it again.
 const FAIRNESS_YIELD: Duration = Duration::from_millis(1);
 
-/// How long a lease-backend chain keeps the store lock after a write whose
-/// requests may come straight back, before giving it back. Without it a
-/// session under steady load released and re-took the lock (and paused for
-/// fairness) every few requests: Redis contention ran at 15k cycles/s with
-/// the client and the server each mostly idle.
-const LINGER: Duration = Duration::from_millis(1);
-
 /// How the engine holds locks; taken from the manager's configuration.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct EngineConfig {
@@ -145,6 +138,8 @@ struct Chain {
     closing: bool,
     /// The keeper is writing (commits it covers are not acknowledged yet).
     writing: bool,
+    /// The chain was closed by the hand-off bound while requests waited.
+    bounded: bool,
     handoffs: u32,
     started: Instant,
 }
@@ -280,6 +275,7 @@ impl LockEngine {
                     }
                     // Past the bound with nobody holding: the keeper gives
                     // the store lock back, and this request queues for it.
+                    chain.bounded |= !chain.closing;
                     chain.closing = true;
                     chain.keeper.notify_one();
                 }
@@ -358,6 +354,7 @@ impl LockEngine {
                 acks: Vec::new(),
                 closing: false,
                 writing: false,
+                bounded: false,
                 handoffs: 0,
                 started: Instant::now(),
             });
@@ -460,6 +457,7 @@ impl LockEngine {
                 if chain.may_hand_off(&self.config) {
                     q.hand_off();
                 } else {
+                    chain.bounded |= !chain.closing;
                     chain.closing = true;
                 }
             }
@@ -594,10 +592,6 @@ enum OpKind {
 enum Step {
     Write(Finish, Then, Vec<Ack>),
     Wait,
-    /// The queue just drained right after a write acknowledged commits:
-    /// their requests are likely to come straight back (a busy session), so
-    /// keep the lock a moment before giving it back.
-    Linger,
     Exit,
 }
 
@@ -613,7 +607,6 @@ async fn keep_chain(
     let lease = engine.config.lease;
     let period = (lease / 3).max(Duration::from_millis(1));
     let mut renew_at = Instant::now() + period;
-    let mut just_acked = false;
     // If this task ends any other way than below (a backend that panics, a
     // runtime shutting down), the chain must not be left holding the queue.
     let mut exit = KeeperExit {
@@ -633,31 +626,11 @@ async fn keep_chain(
                 return Step::Exit;
             };
             if q.turn.is_none() {
-                // A busy session (this chain has handed off) on a store that
-                // can write durably and keep the lock: write and keep it,
-                // then linger, rather than release the moment every request
-                // is waiting for its acknowledgement, as they all are under
-                // steady load. Releasing there cost a re-acquire (and the
-                // fairness pause) every few requests.
-                let busy = engine.durable_while_locked
-                    && chain.handoffs > 0
-                    && q.waiters.is_empty()
-                    && chain.may_hand_off(&engine.config);
-                if busy && chain.pending.is_some() {
-                    chain.writing = true;
-                    let op = chain.pending.take().unwrap_or(Finish::Nothing);
-                    return Step::Write(op, Then::Keep, std::mem::take(&mut chain.acks));
-                }
-                if busy && just_acked {
-                    // Commits that changed nothing, made after the last write
-                    // took its group, saw only durable state.
-                    for ack in chain.acks.drain(..) {
-                        let _ = ack.send(Ok(Finished::Nothing));
-                    }
-                    return Step::Linger;
-                }
                 // Nobody holds and nobody can be handed the session: the
                 // queue drained, or the bound says give the store lock back.
+                if !chain.closing && !q.waiters.is_empty() {
+                    chain.bounded = true;
+                }
                 chain.closing = true;
                 chain.writing = true;
                 let op = chain.pending.take().unwrap_or(Finish::Nothing);
@@ -674,10 +647,6 @@ async fn keep_chain(
             Step::Exit => {
                 exit.armed = false;
                 return;
-            }
-            Step::Linger => {
-                just_acked = false;
-                let _ = tokio::time::timeout(LINGER, keeper.notified()).await;
             }
             Step::Wait => {
                 if !engine.config.renew_lease {
@@ -698,7 +667,6 @@ async fn keep_chain(
                 }
             }
             Step::Write(op, then, acks) => {
-                just_acked = then == Then::Keep && !acks.is_empty();
                 // A chain that keeps writing never waits, so renew here too
                 // (a kept write does not extend the lease).
                 if engine.config.renew_lease && then == Then::Keep && Instant::now() >= renew_at {
@@ -718,8 +686,11 @@ async fn keep_chain(
                         if then == Then::Release {
                             exit.armed = false;
                             engine.with_queue(&key, |q| {
-                                q.chain = None;
-                                q.yield_next = engine.yields_to_others && !q.waiters.is_empty();
+                                let bounded = q.chain.take().is_some_and(|c| c.bounded);
+                                // Only a chain cut short by the bound owes other
+                                // processes a turn: one that drained did not
+                                // keep anyone out longer than one request.
+                                q.yield_next = engine.yields_to_others && bounded && !q.waiters.is_empty();
                                 q.promote();
                             });
                             return;

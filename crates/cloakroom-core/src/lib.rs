@@ -39,7 +39,6 @@ mod memory;
 mod record;
 mod session;
 mod store;
-pub mod wake;
 
 pub use codec::{SessionData, FORMAT_VERSION};
 pub use error::{BoxError, Error, Result};
