@@ -45,7 +45,7 @@ pub enum Command {
     /// Idempotent: a session already live in the target is skipped (the
     /// default) or replaced (`--overwrite`), so re-running is safe.
     Migrate(MigrateArgs),
-    /// Run the benchmark workload of BENCHMARKS.md (spread, burst, contention, processes, handoff, sweep).
+    /// Run the benchmark workload described in the README (spread, burst, contention, processes, handoff, sweep).
     Bench(BenchArgs),
     /// One worker process of `bench --mode processes` (internal).
     #[command(name = "__bench-worker", hide = true)]

@@ -5,8 +5,8 @@
 //! taken up front, so a read-then-write never fails half way with a stale
 //! snapshot); `load`, `list_ids` and `count` run on reader connections. No
 //! transaction outlives a batch: SQLite's write lock is database-wide, and
-//! holding it across a request would serialize every session (DESIGN §8,
-//! Symfony).
+//! holding it across a request would serialize every session (Symfony's
+//! SQLite handler held `BEGIN IMMEDIATE` for a whole request and did).
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};

@@ -1,4 +1,5 @@
-//! The request-cycle modes of BENCHMARKS.md (spread, contention, processes)
+//! The request-cycle modes described in this crate's README (spread,
+//! contention, processes)
 //! and the burst mode, generic over the library under test (the sweep and
 //! handoff modes, cloakroom only, are in `sweep.rs` and `handoff.rs`).
 
