@@ -47,6 +47,7 @@ use cloakroom_core::{ManagerBuilder, Namespace, SessionId, SessionKey, SessionSt
 
 pub mod cases;
 mod record;
+pub mod support;
 
 pub use record::{expired_write, write_expiring_in, write_with};
 
@@ -148,42 +149,20 @@ where
     Ok((factory().await?, factory().await?))
 }
 
-/// Whether unreachable backends fail instead of being skipped.
-pub fn backends_required() -> bool {
-    std::env::var("CLOAKROOM_REQUIRE_BACKENDS").is_ok_and(|v| !v.is_empty() && v != "0")
-}
+pub use support::backends_required;
 
 #[doc(hidden)]
 pub fn __setup(store: Result<Arc<dyn SessionStore>, Unreachable>) -> Option<Fixture> {
-    reachable(store).map(Fixture::new)
+    support::skip_or_fail(store).map(Fixture::new)
 }
 
 #[doc(hidden)]
 pub fn __setup_two(stores: Result<StorePair, Unreachable>) -> Option<TwoInstances> {
-    reachable(stores).map(|(first, second)| TwoInstances {
+    support::skip_or_fail(stores).map(|(first, second)| TwoInstances {
         first,
         second,
         namespace: Fixture::random_namespace(),
     })
-}
-
-/// The stores, or `None` (skip) for an unreachable backend, or a panic if
-/// backends are required.
-fn reachable<T>(stores: Result<T, Unreachable>) -> Option<T> {
-    match stores {
-        Ok(stores) => Some(stores),
-        Err(u) if backends_required() => panic!(
-            "{} is required (CLOAKROOM_REQUIRE_BACKENDS is set) but unreachable: {}\n  start it with: {}",
-            u.backend, u.reason, u.start_with
-        ),
-        Err(u) => {
-            eprintln!(
-                "SKIPPED: {} unreachable ({}); start it with: {}",
-                u.backend, u.reason, u.start_with
-            );
-            None
-        }
-    }
 }
 
 /// Generate one `#[tokio::test]` per conformance case, each calling

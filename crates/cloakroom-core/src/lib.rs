@@ -37,8 +37,10 @@ mod id;
 mod manager;
 mod memory;
 mod record;
+pub mod registry;
 mod session;
 mod store;
+pub mod store_url;
 
 pub use codec::{SessionData, FORMAT_VERSION};
 pub use error::{BoxError, Error, Result};
@@ -49,12 +51,14 @@ pub use manager::{
 };
 pub use memory::{MemoryLockGuard, MemoryStore};
 pub use record::{check_loaded_is_live, Record, RecordWrite, Timestamp};
+pub use registry::{Opener, Registry};
 pub use session::{Committed, ReadOnlySession, Session};
 pub use store::wait_for_lock;
 pub use store::{
     Acquired, Capabilities, Cursor, Finish, Finished, IdPage, Lease, LockGuard, LockKind, LockOptions,
-    SessionStore, SweepBatch, Then,
+    SessionStore, SweepBatch, Then, DEFAULT_MAX_RECORD_BYTES,
 };
+pub use store_url::StoreUrl;
 
 /// Re-exported so backends implement the traits with the same macro version.
 pub use async_trait::async_trait;

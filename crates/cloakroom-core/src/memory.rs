@@ -19,11 +19,10 @@ use crate::id::{Namespace, SessionId, SessionKey};
 use crate::record::{check_loaded_is_live, Record, RecordWrite, Timestamp};
 use crate::store::{
     Acquired, Capabilities, Cursor, Finish, Finished, IdPage, Lease, LockGuard, LockKind, LockOptions,
-    SessionStore, SweepBatch, Then,
+    SessionStore, SweepBatch, Then, DEFAULT_MAX_RECORD_BYTES,
 };
 
 /// Default size limit of one encoded record.
-const DEFAULT_MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
 
 /// Sessions in this process's memory. Cloning shares the same sessions.
 ///
@@ -162,7 +161,7 @@ impl Shared {
 #[async_trait]
 impl SessionStore for MemoryStore {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(false, false, LockKind::InProcess, self.max_record_bytes())
+        Capabilities::new(LockKind::InProcess).max_record_bytes(self.max_record_bytes())
     }
 
     async fn load(&self, key: &SessionKey) -> Result<Option<Record>> {

@@ -54,20 +54,51 @@ pub struct Capabilities {
     pub durable_while_locked: bool,
 }
 
+/// Largest encoded record a backend accepts unless configured otherwise:
+/// 4 MiB, far above what a session should hold, low enough that a runaway
+/// handler cannot fill a store one request at a time.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
+
 impl Capabilities {
-    /// Capabilities with the given flags and lock kind.
-    pub const fn new(multi_process: bool, durable: bool, lock: LockKind, max_record_bytes: usize) -> Self {
+    /// A single-process, non-durable backend with locks of `lock` kind and
+    /// the default record limit; the setters below say what else it can do.
+    ///
+    /// ```
+    /// use cloakroom_core::{Capabilities, LockKind};
+    ///
+    /// let caps = Capabilities::new(LockKind::Lease).multi_process().durable(true);
+    /// assert!(caps.multi_process && caps.durable && caps.durable_while_locked);
+    /// ```
+    pub const fn new(lock: LockKind) -> Self {
         Capabilities {
-            multi_process,
-            durable,
+            multi_process: false,
+            durable: false,
             lock,
-            max_record_bytes,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             expires_natively: false,
             durable_while_locked: !matches!(lock, LockKind::RowLock),
         }
     }
 
-    /// The same capabilities, for a backend that expires records by itself.
+    /// Locks and records are shared by several processes.
+    pub const fn multi_process(mut self) -> Self {
+        self.multi_process = true;
+        self
+    }
+
+    /// Whether records survive a restart.
+    pub const fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// The largest encoded record accepted.
+    pub const fn max_record_bytes(mut self, limit: usize) -> Self {
+        self.max_record_bytes = limit;
+        self
+    }
+
+    /// The backend expires records by itself.
     pub const fn expiring_natively(mut self) -> Self {
         self.expires_natively = true;
         self

@@ -1,0 +1,201 @@
+//! What every test suite of the workspace shares: where the test servers
+//! are, whether a missing one skips or fails, and opening a store for a
+//! test.
+//!
+//! A server's URL comes from its environment variable (`CLOAKROOM_POSTGRES_URL`,
+//! …) or the default that `.ci/run` and `docker-compose.yml` provide. A server
+//! that does not answer skips the test with the command that starts it —
+//! unless `CLOAKROOM_REQUIRE_BACKENDS=1` (as in CI), where it fails.
+//!
+//! ```ignore
+//! use cloakroom_conformance::support::{connect, Server};
+//!
+//! async fn store() -> Result<Arc<dyn SessionStore>, Unreachable> {
+//!     connect(Server::Postgres, PostgresStore::from_url).await
+//! }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use cloakroom_core::SessionStore;
+
+use crate::Unreachable;
+
+/// A server the test suites use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Server {
+    /// PostgreSQL, `CLOAKROOM_POSTGRES_URL`.
+    Postgres,
+    /// MySQL or MariaDB, `CLOAKROOM_MYSQL_URL`.
+    Mysql,
+    /// One Redis node, `CLOAKROOM_REDIS_URL`.
+    Redis,
+    /// A Redis Cluster, `CLOAKROOM_REDIS_CLUSTER_URL`.
+    RedisCluster,
+}
+
+impl Server {
+    /// Every server, for suites that run against each.
+    pub const ALL: [Server; 4] = [
+        Server::Postgres,
+        Server::Mysql,
+        Server::Redis,
+        Server::RedisCluster,
+    ];
+
+    /// A short name for messages (`"postgres"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Server::Postgres => "postgres",
+            Server::Mysql => "mysql",
+            Server::Redis => "redis",
+            Server::RedisCluster => "redis cluster",
+        }
+    }
+
+    /// The environment variable that overrides the URL.
+    pub fn env_var(self) -> &'static str {
+        match self {
+            Server::Postgres => "CLOAKROOM_POSTGRES_URL",
+            Server::Mysql => "CLOAKROOM_MYSQL_URL",
+            Server::Redis => "CLOAKROOM_REDIS_URL",
+            Server::RedisCluster => "CLOAKROOM_REDIS_CLUSTER_URL",
+        }
+    }
+
+    /// The URL used when the variable is not set.
+    pub fn default_url(self) -> &'static str {
+        match self {
+            Server::Postgres => "postgres://postgres@127.0.0.1:5432/test",
+            Server::Mysql => "mysql://root@127.0.0.1:3306/test",
+            Server::Redis => "redis://127.0.0.1:6379",
+            Server::RedisCluster => "redis+cluster://127.0.0.1:7000",
+        }
+    }
+
+    /// The store URL of this server for the tests.
+    pub fn url(self) -> String {
+        std::env::var(self.env_var())
+            .ok()
+            .filter(|url| !url.is_empty())
+            .unwrap_or_else(|| self.default_url().to_owned())
+    }
+
+    /// The command that starts the server on a developer machine.
+    pub fn start_with(self) -> &'static str {
+        match self {
+            Server::Postgres => "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+            Server::Mysql => "start-stop-daemon --start --background --exec /usr/sbin/mariadbd",
+            Server::Redis => "redis-server --daemonize yes --save ''",
+            Server::RedisCluster => "scripts/redis-cluster.sh start",
+        }
+    }
+
+    /// An [`Unreachable`] for this server.
+    pub fn unreachable(self, reason: impl fmt::Display) -> Unreachable {
+        Unreachable::new(self.name(), reason.to_string(), self.start_with())
+    }
+}
+
+/// Whether unreachable backends fail instead of being skipped
+/// (`CLOAKROOM_REQUIRE_BACKENDS` set to anything but empty or `0`).
+pub fn backends_required() -> bool {
+    std::env::var("CLOAKROOM_REQUIRE_BACKENDS").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `Some(value)`, or for an unreachable backend: `None` after printing
+/// `SKIPPED: …`, or a panic when backends are required.
+pub fn skip_or_fail<T>(result: Result<T, Unreachable>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(u) if backends_required() => panic!(
+            "{} is required (CLOAKROOM_REQUIRE_BACKENDS is set) but unreachable: {}\n  start it with: {}",
+            u.backend, u.reason, u.start_with
+        ),
+        Err(u) => {
+            eprintln!(
+                "SKIPPED: {} unreachable ({}); start it with: {}",
+                u.backend, u.reason, u.start_with
+            );
+            None
+        }
+    }
+}
+
+/// Open a store on `server` with `open` (given the server's test URL) and
+/// create its schema; a failure on the way is [`Unreachable`]. Stores
+/// connect lazily, so `migrate` is the first call that reaches the server.
+pub async fn connect<S, F>(server: Server, open: F) -> Result<Arc<dyn SessionStore>, Unreachable>
+where
+    S: SessionStore + 'static,
+    F: FnOnce(&str) -> cloakroom_core::Result<S>,
+{
+    let store = open(&server.url()).map_err(|e| server.unreachable(e))?;
+    store.migrate().await.map_err(|e| server.unreachable(e))?;
+    Ok(Arc::new(store))
+}
+
+/// A fresh directory under the system temporary directory, removed when
+/// dropped, for the file and SQLite stores' tests.
+#[derive(Debug)]
+pub struct TempDir {
+    path: std::path::PathBuf,
+}
+
+impl TempDir {
+    /// Create a new, empty, private (0700) directory named after `label`.
+    pub fn new(label: &str) -> std::io::Result<Self> {
+        let unique = cloakroom_core::SessionId::generate();
+        let path = std::env::temp_dir().join(format!("cloakroom-{label}-{}", &unique.as_str()[..16]));
+        let mut builder = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(&path)?;
+        Ok(TempDir { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_server_has_a_distinct_variable_and_a_parseable_default() {
+        let mut vars: Vec<_> = Server::ALL.iter().map(|s| s.env_var()).collect();
+        vars.dedup();
+        assert_eq!(vars.len(), Server::ALL.len());
+        for server in Server::ALL {
+            assert!(
+                cloakroom_core::StoreUrl::parse(server.default_url()).is_ok(),
+                "{server:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn temp_dirs_are_private_and_removed() {
+        let dir = TempDir::new("support").unwrap();
+        let path = dir.path().to_owned();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700);
+        }
+        drop(dir);
+        assert!(!path.exists());
+    }
+}
