@@ -22,7 +22,6 @@ use crate::store::{
     SessionStore, SweepBatch, Then, DEFAULT_MAX_RECORD_BYTES,
 };
 
-/// Default size limit of one encoded record.
 
 /// Sessions in this process's memory. Cloning shares the same sessions.
 ///
