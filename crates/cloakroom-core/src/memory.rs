@@ -22,7 +22,6 @@ use crate::store::{
     SessionStore, SweepBatch, Then, DEFAULT_MAX_RECORD_BYTES,
 };
 
-
 /// Sessions in this process's memory. Cloning shares the same sessions.
 ///
 /// Capabilities say `multi_process: false`: two processes would each have
