@@ -4,21 +4,39 @@
 #   scripts/redis-cluster.sh start    # idempotent: nothing to do if it is up
 #   scripts/redis-cluster.sh status   # exit 0 when cluster_state is ok
 #   scripts/redis-cluster.sh stop
+#   scripts/redis-cluster.sh start tls   # the same over TLS only, on 7100-7102
+#                                        # (certificates: scripts/tls-servers.sh certs)
 #
 # Needs only redis-server and redis-cli. Data is not persisted (--save "",
 # no AOF); node configs live in $CLOAKROOM_REDIS_CLUSTER_DIR
 # (default /tmp/cloakroom-redis-cluster). Ports: $CLOAKROOM_REDIS_CLUSTER_PORTS
 # (default "7000 7001 7002"). Tests connect with
-# CLOAKROOM_REDIS_CLUSTER_URL=redis://127.0.0.1:7000 (their default).
+# CLOAKROOM_REDIS_CLUSTER_URL=redis+cluster://127.0.0.1:7000 (their default).
 set -euo pipefail
 
-DIR="${CLOAKROOM_REDIS_CLUSTER_DIR:-/tmp/cloakroom-redis-cluster}"
-read -r -a PORTS <<<"${CLOAKROOM_REDIS_CLUSTER_PORTS:-7000 7001 7002}"
 HOST=127.0.0.1
+if [ "${2:-}" = tls ]; then
+  TLS_DIR="${CLOAKROOM_TLS_DIR:-/tmp/cloakroom-tls}"
+  DIR="${CLOAKROOM_REDIS_TLS_CLUSTER_DIR:-/tmp/cloakroom-redis-tls-cluster}"
+  read -r -a PORTS <<<"${CLOAKROOM_REDIS_TLS_CLUSTER_PORTS:-7100 7101 7102}"
+  CLI_TLS=(--tls --cacert "$TLS_DIR/ca.pem")
+  server_ports() {
+    echo --port 0 --tls-port "$1" --tls-cluster yes --tls-auth-clients no \
+      --tls-cert-file "$TLS_DIR/server.pem" --tls-key-file "$TLS_DIR/server.key" \
+      --tls-ca-cert-file "$TLS_DIR/ca.pem"
+  }
+else
+  DIR="${CLOAKROOM_REDIS_CLUSTER_DIR:-/tmp/cloakroom-redis-cluster}"
+  read -r -a PORTS <<<"${CLOAKROOM_REDIS_CLUSTER_PORTS:-7000 7001 7002}"
+  CLI_TLS=()
+  server_ports() { echo --port "$1"; }
+fi
 
-up() { [ "$(redis-cli -h "$HOST" -p "$1" ping 2>/dev/null)" = "PONG" ]; }
+cli() { redis-cli -h "$HOST" "${CLI_TLS[@]}" "$@"; }
 
-state() { redis-cli -h "$HOST" -p "$1" cluster info 2>/dev/null | tr -d '\r' | sed -n "s/^$2://p"; }
+up() { [ "$(cli -p "$1" ping 2>/dev/null)" = "PONG" ]; }
+
+state() { cli -p "$1" cluster info 2>/dev/null | tr -d '\r' | sed -n "s/^$2://p"; }
 
 healthy() {
   local p
@@ -33,7 +51,7 @@ stop() {
   local p
   for p in "${PORTS[@]}"; do
     if up "$p"; then
-      redis-cli -h "$HOST" -p "$p" shutdown nosave >/dev/null 2>&1 || true
+      cli -p "$p" shutdown nosave >/dev/null 2>&1 || true
     fi
   done
   for p in "${PORTS[@]}"; do
@@ -52,7 +70,8 @@ start() {
   mkdir -p "$DIR"
   local p
   for p in "${PORTS[@]}"; do
-    redis-server --port "$p" --bind "$HOST" --cluster-enabled yes \
+    # shellcheck disable=SC2046 # server_ports prints separate words
+    redis-server $(server_ports "$p") --bind "$HOST" --cluster-enabled yes \
       --cluster-config-file "$DIR/nodes-$p.conf" --dir "$DIR" \
       --save "" --appendonly no --daemonize yes \
       --logfile "$DIR/redis-$p.log" --pidfile "$DIR/redis-$p.pid"
@@ -63,7 +82,7 @@ start() {
   done
   local nodes=()
   for p in "${PORTS[@]}"; do nodes+=("$HOST:$p"); done
-  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$DIR/create.log" 2>&1 || {
+  cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$DIR/create.log" 2>&1 || {
     cat "$DIR/create.log" >&2
     exit 1
   }

@@ -1,6 +1,7 @@
 //! Writers SIGKILLed mid-save, over and over, never leave a torn or
-//! unreadable record (seed 004: a truncated file read as zero bytes), and
-//! readers running beside the writer never see a partial one.
+//! unreadable record (a store that truncates a file and rewrites it in place
+//! shows zero bytes to a reader in between, and leaves them after a crash),
+//! and readers running beside the writer never see a partial one.
 //!
 //! Rounds: 100, or `CLOAKROOM_KILL_ROUNDS`.
 

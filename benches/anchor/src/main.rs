@@ -1,5 +1,6 @@
-//! cloakroom beside tower-sessions (and raw Redis) on the BENCHMARKS.md
-//! workload, measured in one run, with the ratio per backend and mode.
+//! cloakroom beside tower-sessions (and raw Redis) on the workload of
+//! `docs/BENCHMARKS.md`, measured in one run, with the ratio per backend and
+//! mode.
 //!
 //! ```text
 //! cargo run --release --manifest-path benches/anchor/Cargo.toml -- run \

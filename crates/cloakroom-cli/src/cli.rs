@@ -1,10 +1,12 @@
 //! Command-line surface: clap definitions and dispatch.
 
+use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use cloakroom::{Namespace, SessionId};
+use cloakroom::{Namespace, Registry, SessionId, SessionStore};
 
 use crate::bench::BenchArgs;
 
@@ -151,15 +153,59 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| e.to_string())
 }
 
-/// Run one parsed command line to completion.
+/// Run one parsed command line to completion with the built-in backends.
 pub async fn run(cli: Cli) -> Result<()> {
+    run_with(cli, &cloakroom::registry()).await
+}
+
+/// Run one parsed command line with the backends of `registry`, so that a
+/// third-party backend crate can ship this CLI with its own URL scheme
+/// (see [`main_with`]).
+pub async fn run_with(cli: Cli, registry: &Registry) -> Result<()> {
     match cli.command {
-        Command::Ls(a) => crate::ls::run(a).await,
-        Command::Show(a) => crate::show::run(a).await,
-        Command::Rm(a) => crate::rm::run(a).await,
-        Command::Gc(a) => crate::gc::run(a).await,
-        Command::Migrate(a) => crate::migrate::run(a).await,
-        Command::Bench(a) => crate::bench::run_cli(a).await,
-        Command::BenchWorker(a) => crate::bench::run_cli_worker(a).await,
+        Command::Ls(a) => crate::ls::run(a, registry).await,
+        Command::Show(a) => crate::show::run(a, registry).await,
+        Command::Rm(a) => crate::rm::run(a, registry).await,
+        Command::Gc(a) => crate::gc::run(a, registry).await,
+        Command::Migrate(a) => crate::migrate::run(a, registry).await,
+        Command::Bench(a) => crate::bench::run_cli(a, registry).await,
+        Command::BenchWorker(a) => crate::bench::run_cli_worker(a, registry).await,
     }
+}
+
+/// The whole `cloakroom` program with the backends of `registry`: parse the
+/// command line, run it, print any error. A third-party backend's binary is
+///
+/// ```no_run
+/// # const MY_STORE: cloakroom::Opener = cloakroom::registry::MEMORY;
+/// fn main() -> std::process::ExitCode {
+///     cloakroom_cli::main_with(cloakroom::registry().with(MY_STORE))
+/// }
+/// ```
+///
+/// Exit status: 0 ok, 1 error, 2 usage error.
+pub fn main_with(registry: Registry) -> ExitCode {
+    // clap prints usage errors itself and exits with status 2.
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_with(cli, &registry)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Open a store of `registry` (creating its schema), naming `what` in the error.
+pub(crate) async fn open_store(registry: &Registry, url: &str, what: &str) -> Result<Arc<dyn SessionStore>> {
+    cloakroom::open_with(registry, url)
+        .await
+        .with_context(|| format!("opening {what}"))
 }

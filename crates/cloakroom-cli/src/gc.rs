@@ -6,13 +6,14 @@ use anyhow::{Context, Result};
 use cloakroom::{sweep_batches, Timestamp};
 use futures::TryStreamExt;
 
+use cloakroom::Registry;
+
+use crate::cli::open_store;
 use crate::cli::GcArgs;
 use crate::progress;
 
-pub(crate) async fn run(args: GcArgs) -> Result<()> {
-    let store = cloakroom::open(&args.store.url)
-        .await
-        .context("opening the store")?;
+pub(crate) async fn run(args: GcArgs, registry: &Registry) -> Result<()> {
+    let store = open_store(registry, &args.store.url, "the store").await?;
     let ns = &args.store.namespace;
     let started = Instant::now();
     let bar = progress::spinner("deleted");

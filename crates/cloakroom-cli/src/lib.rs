@@ -1,5 +1,6 @@
 //! The `cloakroom` command: inspect, sweep and migrate the sessions of any
-//! cloakroom store, and benchmark it with the workload of `BENCHMARKS.md`.
+//! cloakroom store, and benchmark it with the workload of the repository's
+//! `docs/BENCHMARKS.md`.
 //!
 //! The library half exists so the benchmark anchor (tower-sessions, raw
 //! Redis) can drive the very same workload code as `cloakroom bench`: see
@@ -15,4 +16,4 @@ mod progress;
 mod rm;
 mod show;
 
-pub use cli::{run, Cli, Command};
+pub use cli::{main_with, run, run_with, Cli, Command};

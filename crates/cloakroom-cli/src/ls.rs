@@ -8,6 +8,9 @@ use cloakroom::{Error, LockOptions, Record, SessionKey, SessionStore};
 use futures::TryStreamExt;
 use serde_json::json;
 
+use cloakroom::Registry;
+
+use crate::cli::open_store;
 use crate::cli::LsArgs;
 use crate::format::rfc3339;
 
@@ -16,10 +19,8 @@ use crate::format::rfc3339;
 const PAGE: usize = 500;
 const LOADS_IN_FLIGHT: usize = 16;
 
-pub(crate) async fn run(args: LsArgs) -> Result<()> {
-    let store = cloakroom::open(&args.store.url)
-        .await
-        .context("opening the store")?;
+pub(crate) async fn run(args: LsArgs, registry: &Registry) -> Result<()> {
+    let store = open_store(registry, &args.store.url, "the store").await?;
     let ns = &args.store.namespace;
     let probe = args.locked;
     let rows = cloakroom::list_ids(store.as_ref(), ns, PAGE)

@@ -4,6 +4,9 @@ use anyhow::{Context, Result};
 use cloakroom::{Error, Namespace, RecordWrite, SessionId, SessionKey, SessionStore};
 use futures::TryStreamExt;
 
+use cloakroom::Registry;
+
+use crate::cli::open_store;
 use crate::cli::MigrateArgs;
 use crate::progress;
 
@@ -18,13 +21,9 @@ enum Outcome {
     Vanished,
 }
 
-pub(crate) async fn run(args: MigrateArgs) -> Result<()> {
-    let from = cloakroom::open(&args.from)
-        .await
-        .context("opening the source store")?;
-    let to = cloakroom::open(&args.to)
-        .await
-        .context("opening the target store")?;
+pub(crate) async fn run(args: MigrateArgs, registry: &Registry) -> Result<()> {
+    let from = open_store(registry, &args.from, "the source store").await?;
+    let to = open_store(registry, &args.to, "the target store").await?;
     let ns = &args.namespace;
     let expected = from.count(ns).await.context("counting the source sessions")?;
     let bar = progress::bar(expected, "migrating");

@@ -3,12 +3,13 @@
 use anyhow::{bail, Context, Result};
 use cloakroom::SessionKey;
 
+use cloakroom::Registry;
+
+use crate::cli::open_store;
 use crate::cli::RmArgs;
 
-pub(crate) async fn run(args: RmArgs) -> Result<()> {
-    let store = cloakroom::open(&args.store.url)
-        .await
-        .context("opening the store")?;
+pub(crate) async fn run(args: RmArgs, registry: &Registry) -> Result<()> {
+    let store = open_store(registry, &args.store.url, "the store").await?;
     let mut missing = 0usize;
     for id in &args.ids {
         let key = SessionKey::new(args.store.namespace.clone(), id.clone());

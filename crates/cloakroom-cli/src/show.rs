@@ -6,13 +6,14 @@ use base64::Engine as _;
 use cloakroom::{SessionData, SessionKey};
 use serde_json::{json, Map};
 
+use cloakroom::Registry;
+
+use crate::cli::open_store;
 use crate::cli::ShowArgs;
 use crate::format::{msgpack_to_json, rfc3339};
 
-pub(crate) async fn run(args: ShowArgs) -> Result<()> {
-    let store = cloakroom::open(&args.store.url)
-        .await
-        .context("opening the store")?;
+pub(crate) async fn run(args: ShowArgs, registry: &Registry) -> Result<()> {
+    let store = open_store(registry, &args.store.url, "the store").await?;
     let key = SessionKey::new(args.store.namespace.clone(), args.id.clone());
     let record = store
         .load(&key)

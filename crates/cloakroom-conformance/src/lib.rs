@@ -9,9 +9,10 @@
 //! use cloakroom_core::SessionStore;
 //!
 //! async fn store() -> Result<Arc<dyn SessionStore>, Unreachable> {
-//!     Ok(Arc::new(MyStore::connect("…").await.map_err(|e| {
-//!         Unreachable::new("mystore", e.to_string(), "systemctl start mystore")
-//!     })?))
+//!     let down = |e: cloakroom_core::Error| Unreachable::new("mystore", e.to_string(), "systemctl start mystore");
+//!     let store = MyStore::from_url("mystore://127.0.0.1").map_err(down)?;
+//!     store.migrate().await.map_err(down)?; // stores connect on first use
+//!     Ok(Arc::new(store))
 //! }
 //!
 //! conformance_tests!(store);
@@ -19,11 +20,15 @@
 //!
 //! That expands to one `#[tokio::test]` per case in [`cases`], so each clause
 //! of the contract passes or fails on its own, by name, and the cases run in
-//! parallel. Every case works in a fresh random [`Namespace`], so a shared
-//! database or Redis needs no cleanup between cases.
+//! parallel. The [`cases`] module lists every case with the clause it
+//! checks. Every case works in a fresh random [`Namespace`], so a shared
+//! database or Redis needs no cleanup between cases. For the servers of
+//! this workspace's own tests, [`support::connect`] does the opening and
+//! [`support::Server`] knows their URLs; the `cloakroom-example-backend`
+//! crate of the repository is a complete backend that runs the whole suite.
 //!
 //! A store that can be opened twice over the same storage (a server, a
-//! directory, a database file) also runs the cases of [`cases::shared`]
+//! directory, a database file) also runs the cases of `shared.rs` in [`cases`]
 //! through two independent instances, standing in for two processes:
 //!
 //! ```ignore
@@ -171,6 +176,7 @@ pub fn __setup_two(stores: Result<StorePair, Unreachable>) -> Option<TwoInstance
 macro_rules! conformance_tests {
     ($factory:path) => {
         $crate::__conformance_cases!($factory;
+            // In the order of the list in `cases` (a unit test checks it).
             crud_round_trip,
             create_does_not_overwrite_a_live_record,
             touch_changes_expiry_not_data_or_version,
@@ -180,6 +186,11 @@ macro_rules! conformance_tests {
             optimistic_sessions_conflict,
             lossy_sessions_let_the_last_writer_win,
             serialized_sessions_lose_no_update,
+            logout_is_not_undone_by_a_late_save,
+            cycle_id_moves_data_and_retires_the_old_id,
+            unknown_id_gets_a_fresh_id,
+            read_only_open_never_locks,
+            rollback_discards_and_releases,
             lock_wait_times_out_within_the_bound,
             lock_on_a_missing_session_locks_and_creates,
             expired_lease_fences_the_late_writer,
@@ -188,7 +199,6 @@ macro_rules! conformance_tests {
             cancelled_waiter_does_not_block_the_queue,
             lease_is_renewed_while_a_session_is_held,
             guard_touch_and_delete,
-            logout_is_not_undone_by_a_late_save,
             sweep_counts_exactly_and_spares_locked_and_renewed,
             listeners_hear_deletes_and_expiries,
             hostile_ids_are_rejected_before_the_store,
@@ -196,10 +206,6 @@ macro_rules! conformance_tests {
             corrupt_record_is_reported_and_unlocked,
             oversize_record_is_refused_and_nothing_written,
             listing_is_complete_with_ten_thousand_sessions,
-            cycle_id_moves_data_and_retires_the_old_id,
-            unknown_id_gets_a_fresh_id,
-            read_only_open_never_locks,
-            rollback_discards_and_releases,
             hashed_ids_keep_no_bearer_token_in_the_store,
             local_waiters_are_served_in_arrival_order,
             handed_off_waiter_sees_the_previous_holders_data,
@@ -210,7 +216,7 @@ macro_rules! conformance_tests {
     };
 }
 
-/// Generate one `#[tokio::test]` per two-instance case ([`cases::shared`]),
+/// Generate one `#[tokio::test]` per two-instance case (`shared.rs` in [`cases`]),
 /// each calling `$pair().await` for two independent instances over the same
 /// storage. See the crate docs.
 #[macro_export]
@@ -251,4 +257,96 @@ macro_rules! __conformance_cases {
             }
         )*
     };
+}
+
+#[cfg(test)]
+mod tests {
+    /// `(file, case)` for each `- [`case`] — …` line of the list in
+    /// `cases/mod.rs`, under its ``## `file.rs`: …`` heading.
+    fn listed() -> Vec<(String, String)> {
+        let mut file = String::new();
+        let mut out = Vec::new();
+        for line in include_str!("cases/mod.rs").lines() {
+            if let Some(heading) = line.strip_prefix("//! ## `") {
+                file = heading.split('`').next().unwrap_or_default().to_owned();
+            } else if let Some(item) = line.strip_prefix("//! - [`") {
+                let case = item.split('`').next().unwrap_or_default().to_owned();
+                out.push((file.clone(), case));
+            }
+        }
+        out
+    }
+
+    /// The `pub async fn`s of a case file, in order.
+    fn defined(source: &str) -> Vec<String> {
+        source
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub async fn "))
+            .map(|l| l.split('(').next().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// The case names a macro of this file passes on, in order.
+    fn in_macro(name: &str) -> Vec<String> {
+        let source = include_str!("lib.rs");
+        let body = source
+            .split(&format!("macro_rules! {name} {{"))
+            .nth(1)
+            .and_then(|rest| rest.split_once(';'))
+            .and_then(|(_, list)| list.split_once(");"))
+            .map(|(list, _)| list)
+            .unwrap_or_else(|| panic!("no case list in macro {name}"));
+        body.lines()
+            .map(|l| l.trim().trim_end_matches(','))
+            .filter(|l| !l.is_empty() && !l.starts_with("//"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_case_list_matches_the_case_files_and_the_macros() {
+        let listed = listed();
+        let files = [
+            ("crud.rs", include_str!("cases/crud.rs")),
+            ("policies.rs", include_str!("cases/policies.rs")),
+            ("locking.rs", include_str!("cases/locking.rs")),
+            ("sweep.rs", include_str!("cases/sweep.rs")),
+            ("hostile.rs", include_str!("cases/hostile.rs")),
+            ("handoff.rs", include_str!("cases/handoff.rs")),
+            ("shared.rs", include_str!("cases/shared.rs")),
+        ];
+        let names_in = |file: &str| -> Vec<String> {
+            listed
+                .iter()
+                .filter(|(f, _)| f == file)
+                .map(|(_, c)| c.clone())
+                .collect()
+        };
+        for (file, source) in files {
+            assert_eq!(
+                names_in(file),
+                defined(source),
+                "the list in cases/mod.rs vs cases/{file}"
+            );
+        }
+        assert_eq!(
+            listed.len(),
+            files.iter().map(|(_, s)| defined(s).len()).sum::<usize>()
+        );
+        let single: Vec<String> = listed
+            .iter()
+            .filter(|(f, _)| f != "shared.rs")
+            .map(|(_, c)| c.clone())
+            .collect();
+        assert_eq!(
+            in_macro("conformance_tests"),
+            single,
+            "conformance_tests! vs the list"
+        );
+        assert_eq!(
+            in_macro("two_instance_tests"),
+            names_in("shared.rs"),
+            "two_instance_tests! vs the list"
+        );
+    }
 }

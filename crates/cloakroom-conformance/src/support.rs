@@ -18,7 +18,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use cloakroom_core::SessionStore;
+use cloakroom_core::{
+    async_trait, Acquired, Capabilities, Cursor, IdPage, LockGuard, LockOptions, Namespace, Record,
+    RecordWrite, SessionKey, SessionStore, SweepBatch, Timestamp,
+};
 
 use crate::Unreachable;
 
@@ -165,6 +168,98 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A store that keeps its temporary directory until the last store on it
+/// is dropped, for suites that are handed only the store (the conformance
+/// macros). Every call goes straight to the inner store.
+#[derive(Debug)]
+pub struct InTempDir<S> {
+    store: S,
+    _dir: Arc<TempDir>,
+}
+
+impl<S: SessionStore + 'static> InTempDir<S> {
+    /// `store`, keeping `dir` alive as long as it lives.
+    pub fn new(store: S, dir: Arc<TempDir>) -> Self {
+        InTempDir { store, _dir: dir }
+    }
+}
+
+#[async_trait]
+impl<S: SessionStore + 'static> SessionStore for InTempDir<S> {
+    fn capabilities(&self) -> Capabilities {
+        self.store.capabilities()
+    }
+
+    async fn migrate(&self) -> cloakroom_core::Result<()> {
+        self.store.migrate().await
+    }
+
+    async fn load(&self, key: &SessionKey) -> cloakroom_core::Result<Option<Record>> {
+        self.store.load(key).await
+    }
+
+    async fn create(&self, key: &SessionKey, write: RecordWrite) -> cloakroom_core::Result<Record> {
+        self.store.create(key, write).await
+    }
+
+    async fn save(
+        &self,
+        key: &SessionKey,
+        write: RecordWrite,
+        expected: Option<u64>,
+    ) -> cloakroom_core::Result<u64> {
+        self.store.save(key, write, expected).await
+    }
+
+    async fn delete(&self, key: &SessionKey) -> cloakroom_core::Result<bool> {
+        self.store.delete(key).await
+    }
+
+    async fn touch(
+        &self,
+        key: &SessionKey,
+        accessed: Timestamp,
+        expires: Timestamp,
+    ) -> cloakroom_core::Result<bool> {
+        self.store.touch(key, accessed, expires).await
+    }
+
+    async fn try_lock(&self, key: &SessionKey, options: LockOptions) -> cloakroom_core::Result<Acquired> {
+        self.store.try_lock(key, options).await
+    }
+
+    async fn lock(
+        &self,
+        key: &SessionKey,
+        options: LockOptions,
+    ) -> cloakroom_core::Result<Box<dyn LockGuard>> {
+        self.store.lock(key, options).await
+    }
+
+    async fn list_ids(
+        &self,
+        namespace: &Namespace,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> cloakroom_core::Result<IdPage> {
+        self.store.list_ids(namespace, cursor, limit).await
+    }
+
+    async fn count(&self, namespace: &Namespace) -> cloakroom_core::Result<u64> {
+        self.store.count(namespace).await
+    }
+
+    async fn sweep_expired(
+        &self,
+        namespace: &Namespace,
+        now: Timestamp,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> cloakroom_core::Result<SweepBatch> {
+        self.store.sweep_expired(namespace, now, cursor, limit).await
     }
 }
 

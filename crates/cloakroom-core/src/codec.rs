@@ -3,9 +3,9 @@
 //!
 //! Each value is encoded on its own and kept as bytes until it is read, so a
 //! value that no longer decodes as the type asked for (a struct changed shape
-//! between deploys — seed 000's pickle story in Rust terms) fails alone, with
-//! an error naming the key and the type, and every other key stays readable.
-//! Only data is stored, never code.
+//! between deploys, which is how sessions of pickled objects broke in older
+//! stores) fails alone, with an error naming the key and the type, and every
+//! other key stays readable. Only data is stored, never code.
 
 use std::collections::BTreeMap;
 

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 
 /// Random bytes in a session id: 256 bits, well above the 128 the contract asks.
 const ID_BYTES: usize = 32;
-/// Length of the id's text: unpadded base64url of [`ID_BYTES`].
+/// Length of the id's text: unpadded base64url of 32 random bytes.
 pub const SESSION_ID_LEN: usize = 43;
 /// Longest namespace accepted.
 pub const NAMESPACE_MAX_LEN: usize = 64;
@@ -104,9 +104,9 @@ impl FromStr for SessionId {
     }
 }
 
-/// The application a record belongs to (seed 002's "app id"): records are
-/// keyed by `(namespace, id)`, so several applications can share one store
-/// and never see each other's sessions.
+/// The application a record belongs to: records are keyed by
+/// `(namespace, id)`, so several applications can share one store and never
+/// see each other's sessions.
 ///
 /// 1 to 64 characters of `A–Z a–z 0–9 - _`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -185,8 +185,9 @@ mod tests {
         }
     }
 
-    /// Issue 8: a million ids from the CSPRNG are distinct and all of the
-    /// documented form (43 chars of base64url, canonical).
+    /// Ids are bearer credentials, so a repeat would hand one visitor
+    /// another's session: a million ids from the CSPRNG are distinct and all
+    /// of the documented form (43 chars of base64url, canonical).
     #[test]
     fn a_million_ids_are_distinct_and_well_formed() {
         let mut seen = HashSet::with_capacity(1_000_000);

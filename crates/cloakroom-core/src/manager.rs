@@ -16,7 +16,7 @@ use crate::session::{ReadOnlySession, Session};
 use crate::store::{Cursor, SessionStore, SweepBatch};
 
 /// How concurrent requests on one session are kept from losing each other's
-/// updates (seed 002's choices).
+/// updates: lock, detect, or accept the loss.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Policy {
@@ -92,7 +92,8 @@ impl Default for SessionConfig {
     }
 }
 
-/// Called when sessions end, for data kept outside the store (seed 002).
+/// Called when sessions end, so data an application keeps outside the store
+/// (uploaded files, a cache entry) can follow its sessions.
 ///
 /// Listeners run on the task that deleted or swept; keep them short or
 /// spawn. Both methods do nothing by default.
@@ -104,7 +105,8 @@ pub trait SessionListener: Send + Sync + 'static {
     async fn on_expire(&self, _key: &SessionKey) {}
 }
 
-/// What a full sweep did (seed 004's `(n_deleted, n_remaining)`).
+/// What a full sweep did: `(deleted, remaining)`, so an operator sees both
+/// the work done and what is left.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
     /// Expired records deleted.

@@ -351,9 +351,11 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     /// example after examining `limit` records, returning a cursor to go on.
     ///
     /// A record whose lock is held is skipped, and the expiry check and the
-    /// delete are one atomic step, so a session renewed meanwhile (seed 001's
-    /// race) is never deleted. Call again with the returned cursor until it is
-    /// `None`; [`sweep_expired`](crate::sweep_expired) does that for you.
+    /// delete are one atomic step, so a session renewed meanwhile is never
+    /// deleted (a sweep that checks first and deletes later would log out a
+    /// visitor whose request touched the session in between). Call again
+    /// with the returned cursor until it is `None`;
+    /// [`sweep_expired`](crate::sweep_expired) does that for you.
     async fn sweep_expired(
         &self,
         namespace: &Namespace,

@@ -1,6 +1,6 @@
-//! The hit-counter demo of cloakroom — the news-site story of seed 001: a
-//! visitor opens five or six stories in tabs at once, some pages slow, and
-//! every hit must count.
+//! The hit-counter demo of cloakroom, a news site's story: a visitor opens
+//! five or six stories in tabs at once, some pages slow, and every hit must
+//! count.
 //!
 //! | route | session use |
 //! |---|---|

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <root>/<namespace>/<shard>/<id>          the record (see `format`)
-//! <root>/<namespace>/<shard>/<id>.lock     the session lock (flock), see `lock`
+//! <root>/<namespace>/<shard>/<id>.lock     the session lock (flock), see `guard`
 //! <root>/<namespace>/<shard>/.mutex        short write sections of the shard
 //! <root>/<namespace>/<shard>/.<id>.*.tmp   a record being written
 //! ```

@@ -2,14 +2,15 @@
 //! session under a directory, safe across threads and OS processes on one
 //! host.
 //!
-//! - Records live at `<root>/<namespace>/<shard>/<id>` (see [`layout`]) and
-//!   are only ever replaced whole: temp file, fsync, rename, fsync of the
-//!   directory when [`FileOptions::durable`] is on (the default). A reader
-//!   never sees a partial file, and a damaged one is [`Error::Corrupt`],
-//!   never a panic.
-//! - Per-session locks are `flock`s on a separate lock file, with a lease
-//!   enforced by the guard (see [`lock`]); a SIGKILLed holder's lock is free
-//!   at once.
+//! - Records live at `<root>/<namespace>/<shard>/<id>`, `<shard>` being the
+//!   first two characters of the id, and are only ever replaced whole: temp
+//!   file, fsync, rename, fsync of the directory when
+//!   [`FileOptions::durable`] is on (the default). A reader never sees a
+//!   partial file, and a damaged one is [`Error::Corrupt`], never a panic.
+//! - Per-session locks are `flock`s on a separate `<id>.lock` file (a rename
+//!   replaces the record's inode, so a lock on the record itself would not
+//!   survive a write), with a lease enforced by the guard; a SIGKILLed
+//!   holder's lock is free at once.
 //! - All file work runs on tokio's blocking pool, never on the async workers.
 //!
 //! ```no_run
@@ -24,19 +25,48 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # URL
+//!
+//! `file:///absolute/dir[?option=value&…]`, or `file://localhost/absolute/dir`.
+//! The directory must be absolute and not `/`; no other host is accepted.
+//!
+//! | option             | default | meaning                                             |
+//! |--------------------|---------|-----------------------------------------------------|
+//! | `durable`          | `true`  | fsync files and directories before a write returns |
+//! | `max_record_bytes` | 4 MiB   | largest encoded record accepted                     |
+//!
+//! The same settings in code: [`FileOptions::new`] and its setters, given to
+//! [`FileStore::new`].
+//!
 //! The file system must be local and case-sensitive (`flock` over NFS is not
 //! reliable, and ids differing only in case are distinct sessions).
 //!
 //! [`Error::Corrupt`]: cloakroom_core::Error::Corrupt
 #![warn(clippy::unwrap_used)]
 
-mod config;
-mod disk;
+mod error;
 mod format;
-pub mod layout;
-pub mod lock;
+mod guard;
+mod layout;
+mod options;
+mod record_file;
+mod scan;
 mod store;
 
-pub use config::{FileOptions, DEFAULT_MAX_RECORD_BYTES};
-pub use lock::FileLockGuard;
+use std::sync::Arc;
+
+use cloakroom_core::{Opener, Result, SessionStore, StoreUrl};
+
+pub use guard::FileLockGuard;
+pub use options::FileOptions;
 pub use store::FileStore;
+
+/// Opens `file:` URLs, for a [`cloakroom_core::Registry`].
+pub const OPENER: Opener = Opener {
+    schemes: &["file"],
+    open,
+};
+
+fn open(url: &StoreUrl) -> Result<Arc<dyn SessionStore>> {
+    Ok(Arc::new(FileStore::new(FileOptions::from_url(url)?)?))
+}

@@ -1,10 +1,10 @@
-//! The whole contract suite on a file store in a fresh temporary directory.
+//! The whole conformance suite on a file store in a fresh temporary directory.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cloakroom_conformance::support::{InTempDir, TempDir};
 use cloakroom_conformance::{conformance_tests, two_instance_tests, StorePair, Unreachable};
-use cloakroom_core::SessionStore;
+use cloakroom_core::{Result, SessionStore};
 use cloakroom_file::{FileOptions, FileStore};
 
 async fn store() -> Result<Arc<dyn SessionStore>, Unreachable> {
@@ -21,18 +21,18 @@ fn unreachable(e: impl ToString) -> Unreachable {
     Unreachable::new("file", e.to_string(), "a writable temp dir")
 }
 
-fn temp_root() -> Result<PathBuf, Unreachable> {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).map_err(unreachable)?;
-    // Kept for the whole run, under the build directory (cargo clean removes it).
-    Ok(dir.keep())
+fn temp_root() -> Result<Arc<TempDir>, Unreachable> {
+    TempDir::new("file-conformance")
+        .map(Arc::new)
+        .map_err(unreachable)
 }
 
-async fn store_in(root: &Path) -> Result<Arc<dyn SessionStore>, Unreachable> {
+async fn store_in(root: &Arc<TempDir>) -> Result<Arc<dyn SessionStore>, Unreachable> {
     // Durability off: fsync costs only time here, and atomicity (what the
     // suite checks) does not depend on it.
-    let store = FileStore::with_options(FileOptions::new(root).durable(false));
+    let store = FileStore::new(FileOptions::new(root.path()).durable(false)).map_err(unreachable)?;
     store.migrate().await.map_err(unreachable)?;
-    Ok(Arc::new(store))
+    Ok(Arc::new(InTempDir::new(store, root.clone())))
 }
 
 conformance_tests!(store);

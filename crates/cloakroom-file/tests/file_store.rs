@@ -8,14 +8,25 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use cloakroom_conformance::support::TempDir;
 use cloakroom_core::{
     Cursor, Error, Finish, Finished, LockOptions, Namespace, RecordWrite, SessionId, SessionKey,
     SessionStore, Then, Timestamp,
 };
 use cloakroom_file::{FileOptions, FileStore};
 
-fn temp() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+fn temp() -> TempDir {
+    TempDir::new("file-store").unwrap()
+}
+
+/// A store without fsync: atomicity, which these tests check, does not
+/// depend on it.
+fn fast_store(root: &Path) -> FileStore {
+    FileStore::new(FileOptions::new(root).durable(false)).unwrap()
+}
+
+fn durable_store(root: &Path) -> FileStore {
+    FileStore::new(FileOptions::new(root)).unwrap()
 }
 
 fn write(data: &[u8]) -> RecordWrite {
@@ -68,7 +79,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 async fn traversal_attempts_create_nothing_outside_the_root() {
     let outer = temp();
     let root = outer.path().join("root");
-    let store = FileStore::with_options(FileOptions::new(&root).durable(false));
+    let store = fast_store(&root);
     store.migrate().await.unwrap();
 
     let hostile = [
@@ -115,13 +126,14 @@ async fn traversal_attempts_create_nothing_outside_the_root() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_and_torn_records_are_corrupt_and_leave_the_lock_free() {
     let dir = temp();
-    let store = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
+    let store = fast_store(dir.path());
     let k = key("app");
     store.create(&k, write(b"some session bytes")).await.unwrap();
     let path = data_path(dir.path(), &k);
     let full = fs::read(&path).unwrap();
 
-    // Zero bytes is seed 004's truncate-then-write window.
+    // Zero bytes is what a reader sees between a truncate and the write
+    // that follows it, were records rewritten in place.
     for len in [0, 1, 10, 47, 48, 60, full.len() - 1] {
         fs::write(&path, &full[..len]).unwrap();
         match store.load(&k).await {
@@ -149,12 +161,13 @@ async fn truncated_and_torn_records_are_corrupt_and_leave_the_lock_free() {
     g.unlock().await.unwrap();
 }
 
-/// Seed 004: readers saw empty files while a writer truncated in place. With
-/// rename-over, a reader sees one whole version or another, never a part.
+/// A writer that truncates in place lets readers see empty or half-written
+/// files. With rename-over, a reader sees one whole version or another,
+/// never a part.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readers_never_see_a_partial_file_during_concurrent_saves() {
     let dir = temp();
-    let store = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
+    let store = fast_store(dir.path());
     let k = key("app");
     store.create(&k, write(&[0u8; 100])).await.unwrap();
 
@@ -222,7 +235,7 @@ async fn readers_never_see_a_partial_file_during_concurrent_saves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_files_are_ignored_and_never_deleted() {
     let dir = temp();
-    let store = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
+    let store = fast_store(dir.path());
     let k = key("app");
     store.create(&k, expired(b"old")).await.unwrap();
     let shard = data_path(dir.path(), &k).parent().unwrap().to_path_buf();
@@ -251,7 +264,7 @@ async fn foreign_files_are_ignored_and_never_deleted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_files_do_not_pile_up() {
     let dir = temp();
-    let store = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
+    let store = fast_store(dir.path());
     let count_locks = || {
         walk(dir.path())
             .into_iter()
@@ -291,7 +304,7 @@ async fn lock_files_do_not_pile_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_writes_work_and_are_reported() {
     let dir = temp();
-    let store = FileStore::open(dir.path());
+    let store = durable_store(dir.path());
     assert!(store.capabilities().durable);
     assert!(store.capabilities().multi_process);
     let k = key("app");
@@ -299,11 +312,7 @@ async fn durable_writes_work_and_are_reported() {
     assert_eq!(store.save(&k, write(b"again"), Some(1)).await.unwrap(), 2);
     assert_eq!(store.load(&k).await.unwrap().unwrap().data, b"again");
     assert!(store.delete(&k).await.unwrap());
-    assert!(
-        !FileStore::with_options(FileOptions::new(dir.path()).durable(false))
-            .capabilities()
-            .durable
-    );
+    assert!(!fast_store(dir.path()).capabilities().durable);
 }
 
 /// Two kept saves and a release: each save bumps the version and stays
@@ -311,7 +320,7 @@ async fn durable_writes_work_and_are_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_saves_hold_the_lock_and_a_release_frees_it() {
     let dir = temp();
-    let store = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
+    let store = fast_store(dir.path());
     let k = key("app");
     store.create(&k, write(b"v1")).await.unwrap();
 
@@ -359,8 +368,8 @@ async fn kept_saves_hold_the_lock_and_a_release_frees_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_writes_are_visible_to_load_at_once() {
     let dir = temp();
-    let store = FileStore::open(dir.path());
-    let other = FileStore::open(dir.path());
+    let store = durable_store(dir.path());
+    let other = durable_store(dir.path());
     let k = key("app");
 
     // A new session: the kept save creates it at version 1.
@@ -418,7 +427,7 @@ async fn kept_writes_are_visible_to_load_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_write_after_the_lease_lapsed_is_lease_lost_and_writes_nothing() {
     let dir = temp();
-    let store = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
+    let store = fast_store(dir.path());
     let k = key("app");
     store.create(&k, write(b"v1")).await.unwrap();
 
@@ -456,7 +465,7 @@ async fn a_kept_write_after_the_lease_lapsed_is_lease_lost_and_writes_nothing() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_kept_write_frees_the_lock() {
     let dir = temp();
-    let store = FileStore::with_options(FileOptions::new(dir.path()).durable(false));
+    let store = fast_store(dir.path());
     let k = key("app");
     store.create(&k, write(b"v1")).await.unwrap();
 
@@ -483,4 +492,33 @@ async fn a_cancelled_kept_write_frees_the_lock() {
     assert!(matches!(version, Some(1 | 2)), "{version:?}");
     next.unlock().await.unwrap();
     drop(g);
+}
+
+/// The opener and `from_url` build the store the URL describes without
+/// touching the disk: the directory appears only on first use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_from_a_url_does_no_io() {
+    let dir = temp();
+    let root = dir.path().join("not-yet");
+    let url = format!("file://{}?durable=false&max_record_bytes=1000", root.display());
+
+    let store = FileStore::from_url(&url).unwrap();
+    assert_eq!(
+        store.options(),
+        &FileOptions::new(&root).durable(false).max_record_bytes(1000)
+    );
+    let parsed = cloakroom_core::StoreUrl::parse(&url).unwrap();
+    let opened = (cloakroom_file::OPENER.open)(&parsed).unwrap();
+    assert_eq!(cloakroom_file::OPENER.schemes, &["file"]);
+    let caps = opened.capabilities();
+    assert!(caps.multi_process && !caps.durable);
+    assert_eq!(caps.max_record_bytes, 1000);
+    assert!(!root.exists());
+
+    opened.migrate().await.unwrap();
+    assert!(root.is_dir());
+    assert!(matches!(
+        FileStore::new(FileOptions::new("relative/dir")),
+        Err(Error::Config(_))
+    ));
 }

@@ -1,25 +1,209 @@
-//! [`RedisLockGuard`]: one held `SET NX PX` lock and the record loaded with it.
+//! Taking a session's `SET NX PX` lock, and [`RedisLockGuard`]: the held
+//! lock and the record loaded with it.
 
 use std::time::{Duration, Instant};
 
 use cloakroom_core::{
-    async_trait, Error, Finish, Finished, Lease, LockGuard, Record, RecordWrite, Result, SessionKey, Then,
-    Timestamp,
+    async_trait, Acquired, Error, Finish, Finished, Lease, LockGuard, LockOptions, Record, RecordWrite,
+    Result, SessionKey, Then, Timestamp,
 };
 use redis::{ScriptInvocation, Value};
 
 use crate::error::{map_redis, unexpected_reply};
 use crate::keys::SessionKeys;
-use crate::reply::{self, Status};
+use crate::reply::{self, LockReply, Status, RECORD_FIELDS};
 use crate::scripts::SCRIPTS;
-use crate::store::{RedisStore, WAKE_TTL_MS};
+use crate::store::RedisStore;
+use crate::wait::Woken;
+
+/// Longest single wait on a wake list before re-checking the lock. Only a
+/// fallback: a release wakes a waiter at once; this bounds the delay if a
+/// wake-up is lost (a waiter killed right after collecting it).
+const MAX_BLOCK: Duration = Duration::from_secs(1);
+
+/// How long an uncollected wake-up stays in a session's wake list.
+const WAKE_TTL_MS: u64 = 2_000;
+
+/// How long the `waiting` flag of a failed lock attempt stays up. A waiter
+/// re-tries the lock (raising the flag again) at least every
+/// [`MAX_BLOCK`], so while anyone waits the flag never drops.
+const WAITING_TTL_MS: u64 = 2 * MAX_BLOCK.as_millis() as u64;
+
+/// Take the lock of `key`, waiting up to `options.wait` for its holder.
+///
+/// One attempt is one round trip: a pipeline of `SET lock NX PX` and
+/// `HMGET` of the record (and `PTTL lock` when waiting). The read needs no
+/// script to be consistent with the lock: if the `SET` won, nobody else
+/// can write under the lock until we release it, and an unlocked writer
+/// slipping in between is no different from one that wrote just before
+/// the `SET` (the save is fenced by version either way). If the `SET`
+/// lost, the record read is dropped.
+///
+/// After the first failed attempt every attempt first raises the
+/// session's `waiting` flag, so that a release from then on pushes a
+/// wake-up; the attempt right after raising it runs at once, so a release
+/// that came between the first failure and the flag is not missed.
+pub(crate) async fn try_lock(store: &RedisStore, key: &SessionKey, options: LockOptions) -> Result<Acquired> {
+    let give_up_at = Instant::now() + options.wait;
+    let keys = store.keys().session(key);
+    let token = new_token()?;
+    let lease_ms = millis(options.lease);
+    let mut conn = store.conn().await?;
+    let mut waiting = false;
+    loop {
+        let mut attempt = redis::pipe();
+        if waiting {
+            attempt
+                .cmd("SET")
+                .arg(&keys.waiting)
+                .arg("1")
+                .arg("PX")
+                .arg(WAITING_TTL_MS)
+                .ignore();
+        }
+        attempt
+            .cmd("SET")
+            .arg(&keys.lock)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(lease_ms)
+            .cmd("HMGET")
+            .arg(&keys.record)
+            .arg(&RECORD_FIELDS);
+        if waiting {
+            // How long to block if this attempt fails too. The first
+            // attempt does not ask: it is retried at once either way.
+            attempt.cmd("PTTL").arg(&keys.lock);
+        }
+        // The lease starts on the server after this instant, so a deadline
+        // counted from here never outlasts the server's.
+        let sent = Instant::now();
+        let mut in_flight = InFlight {
+            store,
+            keys: &keys,
+            token: &token,
+            armed: true,
+        };
+        let replies: Vec<Value> = attempt.query_async(&mut conn).await.map_err(map_redis)?;
+        in_flight.armed = false;
+        drop(in_flight);
+        let pttl = match reply::lock_reply(replies, Timestamp::now()) {
+            Ok(LockReply::Acquired(record)) => {
+                return Ok(Acquired::Locked(Box::new(RedisLockGuard {
+                    store: store.clone(),
+                    key: key.clone(),
+                    keys,
+                    lease: Lease {
+                        token,
+                        deadline: sent + options.lease,
+                    },
+                    record,
+                    released: false,
+                })));
+            }
+            Ok(LockReply::Held { pttl }) => pttl,
+            Err(err) => {
+                // We may hold the lock with a record we cannot read:
+                // do not keep it.
+                release_detached(store, keys, token);
+                return Err(err);
+            }
+        };
+
+        let now = Instant::now();
+        if now >= give_up_at {
+            return Ok(Acquired::BUSY);
+        }
+        if !waiting {
+            waiting = true;
+            continue;
+        }
+        // Wake on release, when the holder's lease runs out, or at our
+        // deadline, whichever comes first.
+        let mut block = (give_up_at - now).min(MAX_BLOCK);
+        match u64::try_from(pttl) {
+            Ok(ms) => block = block.min(Duration::from_millis(ms)),
+            // -2: the lock vanished since the SET NX; try again at once.
+            Err(_) if pttl == -2 => continue,
+            // -1: a lock without expiry that this crate never sets.
+            Err(_) => {}
+        }
+        if block.is_zero() {
+            continue;
+        }
+        match store.waiters().wait(&mut conn, &keys.wake, block).await? {
+            Woken::Notified | Woken::TimedOut => {}
+        }
+    }
+}
+
+fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::backend(format!("no randomness for a lock token: {e}")))?;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut token = String::with_capacity(32);
+    for b in bytes {
+        token.push(char::from(HEX[usize::from(b >> 4)]));
+        token.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    Ok(token)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Releases the lock if a `lock` call is dropped while its script is in
+/// flight: the script may have taken the lock without anyone to hold it.
+struct InFlight<'a> {
+    store: &'a RedisStore,
+    keys: &'a SessionKeys,
+    token: &'a str,
+    armed: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            release_detached(self.store, self.keys.clone(), self.token.to_owned());
+        }
+    }
+}
+
+/// Release a lock from outside any guard (a dropped guard, a cancelled
+/// `lock` call) on a spawned task, if there is a runtime to spawn on.
+/// Token-checked, so it never frees someone else's lock; if it cannot
+/// run, the lease frees the lock.
+fn release_detached(store: &RedisStore, keys: SessionKeys, token: String) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let store = store.clone();
+    handle.spawn(async move {
+        if let Err(err) = release(&store, &keys, &token).await {
+            tracing::warn!(error = %err, "releasing a dropped redis session lock failed; its lease will free it");
+        }
+    });
+}
+
+/// Release without writing, token-checked.
+async fn release(store: &RedisStore, keys: &SessionKeys, token: &str) -> Result<()> {
+    let mut conn = store.conn().await?;
+    finish_script(keys, token, Op::Nothing, Then::Release, 0)
+        .invoke_async::<Value>(&mut conn)
+        .await
+        .map_err(map_redis)
+        .map(drop)
+}
 
 /// A held lock of the [`RedisStore`]. Every write runs one token-checked
 /// script that writes (if the token still holds the lock) and then releases
 /// or keeps the lock in the same step; dropping the guard releases on a
 /// spawned task.
 #[derive(Debug)]
-pub struct RedisLockGuard {
+pub(crate) struct RedisLockGuard {
     store: RedisStore,
     key: SessionKey,
     keys: SessionKeys,
@@ -31,7 +215,7 @@ pub struct RedisLockGuard {
 
 /// What the finish script writes: its `op` argument and the ones after.
 #[derive(Clone, Copy)]
-pub(crate) enum Op<'a> {
+enum Op<'a> {
     Save(&'a RecordWrite),
     Touch { accessed: Timestamp, expires: Timestamp },
     Delete,
@@ -40,7 +224,7 @@ pub(crate) enum Op<'a> {
 
 /// The finish script (`lua/finish.lua`) for one session, ready to invoke.
 /// `loaded` is the version the holder loaded under the lock, 0 for none.
-pub(crate) fn finish_script(
+fn finish_script(
     keys: &SessionKeys,
     token: &str,
     op: Op<'_>,
@@ -87,33 +271,12 @@ pub(crate) fn finish_script(
 }
 
 impl RedisLockGuard {
-    pub(crate) fn new(
-        store: RedisStore,
-        key: SessionKey,
-        keys: SessionKeys,
-        lease: Lease,
-        record: Option<Record>,
-    ) -> Self {
-        RedisLockGuard {
-            store,
-            key,
-            keys,
-            lease,
-            record,
-            released: false,
-        }
-    }
-
     /// Release without writing (token-checked), when a `finish` fails before
     /// its script: the caller's error is the answer, so a failed release is
     /// only logged (the lease frees the lock then).
     async fn release_before_writing(&mut self) {
         self.released = true;
-        let reply: redis::RedisResult<Value> =
-            finish_script(&self.keys, &self.lease.token, Op::Nothing, Then::Release, 0)
-                .invoke_async(&mut self.store.conn())
-                .await;
-        if let Err(err) = reply {
+        if let Err(err) = release(&self.store, &self.keys, &self.lease.token).await {
             tracing::warn!(error = %err, "releasing a redis session lock failed; its lease will free it");
         }
     }
@@ -185,7 +348,7 @@ impl LockGuard for RedisLockGuard {
             .key(&self.keys.lock)
             .arg(&self.lease.token)
             .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1))
-            .invoke_async(&mut self.store.conn())
+            .invoke_async(&mut self.store.conn().await?)
             .await
             .map_err(map_redis)?;
         if renewed != 1 {
@@ -232,19 +395,21 @@ impl LockGuard for RedisLockGuard {
         // `released` stays false while the script is in flight: if this call
         // is cancelled, dropping the guard releases (token-checked, so a
         // no-op if the script did release).
-        let reply = invocation
-            .invoke_async::<Value>(&mut self.store.conn())
-            .await
-            .map_err(map_redis)
-            .and_then(|reply| reply::status("finish", &reply));
+        let reply = match self.store.conn().await {
+            Ok(mut conn) => invocation
+                .invoke_async::<Value>(&mut conn)
+                .await
+                .map_err(map_redis)
+                .and_then(|reply| reply::status("finish", &reply)),
+            Err(err) => Err(err),
+        };
         let status = match reply {
             Ok(status) => status,
             Err(err) => {
                 // The script may or may not have run (and kept the lock):
                 // release in the background, token-checked.
                 self.released = true;
-                self.store
-                    .release_detached(self.keys.clone(), self.lease.token.clone());
+                release_detached(&self.store, self.keys.clone(), self.lease.token.clone());
                 return Err(err);
             }
         };
@@ -254,8 +419,7 @@ impl LockGuard for RedisLockGuard {
         if then == Then::Keep && wrote && outcome.is_err() {
             // The script kept the lock, but its answer makes no sense: do not
             // keep a lock the caller is told it lost.
-            self.store
-                .release_detached(self.keys.clone(), self.lease.token.clone());
+            release_detached(&self.store, self.keys.clone(), self.lease.token.clone());
         }
         outcome
     }
@@ -264,8 +428,25 @@ impl LockGuard for RedisLockGuard {
 impl Drop for RedisLockGuard {
     fn drop(&mut self) {
         if !self.released {
-            self.store
-                .release_detached(self.keys.clone(), self.lease.token.clone());
+            release_detached(&self.store, self.keys.clone(), self.lease.token.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_32_lowercase_hex_digits_and_differ() {
+        let a = new_token().unwrap();
+        let b = new_token().unwrap();
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+            "{a}"
+        );
+        assert_ne!(a, b);
     }
 }

@@ -143,8 +143,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crc16_matches_the_cluster_spec_example() {
-        // The Redis Cluster specification's check value for "123456789".
+    fn crc16_and_slots_match_redis() {
+        // 0x31C3 is CRC16/XMODEM's standard check value (the CRC of
+        // "123456789"); `CLUSTER KEYSLOT foo` answers 12182.
         assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
         assert_eq!(slot_of("foo"), 12182);
         assert_eq!(slot_of("{user1000}.following"), slot_of("{user1000}.followers"));

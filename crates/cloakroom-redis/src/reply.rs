@@ -6,6 +6,9 @@ use redis::Value;
 
 use crate::error::unexpected_reply;
 
+/// The fields of a record hash, in the order [`live_record`] reads them.
+pub(crate) const RECORD_FIELDS: [&str; 5] = ["data", "version", "created", "accessed", "expires"];
+
 /// What a lock attempt found.
 pub(crate) enum LockReply {
     /// We hold the lock; the live record, if any.

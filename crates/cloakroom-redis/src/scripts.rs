@@ -3,7 +3,7 @@
 //! a GET followed by a SET).
 //!
 //! Taking a lock needs no script: `SET NX PX` is atomic by itself, and the
-//! record read after it is read under the lock (see `RedisStore::lock`).
+//! record read after it is read under the lock (see `guard::try_lock`).
 //! That matters for throughput: the server's single thread pays a few
 //! microseconds per script and per `redis.call`, and hashes every string
 //! that enters Lua byte by byte, the whole 1 KiB record included.

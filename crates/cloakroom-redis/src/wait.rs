@@ -20,16 +20,15 @@ use cloakroom_core::{Error, Result};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ErrorKind, ServerErrorKind, Value};
 
-use crate::config::RedisConfig;
-use crate::conn::{Conn, SlotRange};
 use crate::error::map_redis;
 use crate::keys::slot_of;
+use crate::options::RedisOptions;
+use crate::shared::{SharedConn, SlotRange, CONNECT_TIMEOUT};
 
 /// Idle blocking connections kept per node.
 const MAX_IDLE_PER_NODE: usize = 16;
 /// Added to the server-side `BLPOP` timeout so our timer normally fires first.
 const SERVER_TIMEOUT_SLACK: Duration = Duration::from_millis(250);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How a wait ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,8 +43,9 @@ pub(crate) enum Woken {
 #[derive(Debug)]
 pub(crate) struct WaiterPool {
     cluster: bool,
-    /// The single node's URL, or `user:pass@` for Cluster node URLs.
+    /// The single node's URL.
     single_url: String,
+    /// `user:pass@` (or empty) for the URLs of Cluster nodes.
     userinfo: String,
     clients: Mutex<HashMap<String, redis::Client>>,
     idle: Mutex<HashMap<String, Vec<MultiplexedConnection>>>,
@@ -54,11 +54,12 @@ pub(crate) struct WaiterPool {
 }
 
 impl WaiterPool {
-    pub fn new(config: &RedisConfig) -> Self {
+    pub fn new(options: &RedisOptions) -> Self {
+        let single_url = options.nodes().first().cloned().unwrap_or_default();
         WaiterPool {
-            cluster: config.cluster,
-            single_url: config.nodes.first().cloned().unwrap_or_default(),
-            userinfo: config.userinfo.clone(),
+            cluster: options.cluster,
+            userinfo: userinfo(&single_url),
+            single_url,
             clients: Mutex::default(),
             idle: Mutex::default(),
             slots: Mutex::default(),
@@ -67,7 +68,7 @@ impl WaiterPool {
 
     /// Block until the wake list of a session gets an element or `timeout`
     /// passes. `shared` is used to look up the Cluster slot map.
-    pub async fn wait(&self, shared: &mut Conn, wake_key: &str, timeout: Duration) -> Result<Woken> {
+    pub async fn wait(&self, shared: &mut SharedConn, wake_key: &str, timeout: Duration) -> Result<Woken> {
         let node = self.node_for(shared, wake_key).await?;
         let (conn, reused) = self.take(&node).await?;
         match self.blpop(&node, conn, wake_key, timeout).await {
@@ -125,7 +126,7 @@ impl WaiterPool {
         }
     }
 
-    async fn node_for(&self, shared: &mut Conn, key: &str) -> Result<String> {
+    async fn node_for(&self, shared: &mut SharedConn, key: &str) -> Result<String> {
         if !self.cluster {
             return Ok(String::new());
         }
@@ -196,4 +197,30 @@ fn find(slots: &[SlotRange], slot: u16) -> Option<String> {
         .iter()
         .find(|r| r.start <= slot && slot <= r.end)
         .map(|r| format!("{}:{}", r.host, r.port))
+}
+
+/// The `user:pass@` part of a node URL (empty without one): a Cluster's
+/// nodes share the credentials of the seed nodes.
+fn userinfo(node: &str) -> String {
+    let Ok(url) = url::Url::parse(node) else {
+        return String::new();
+    };
+    match (url.username(), url.password()) {
+        ("", None) => String::new(),
+        (user, None) => format!("{user}@"),
+        (user, Some(password)) => format!("{user}:{password}@"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_reuse_the_seed_credentials() {
+        assert_eq!(userinfo("redis://u:p%40ss@127.0.0.1:7000/"), "u:p%40ss@");
+        assert_eq!(userinfo("redis://:pw@127.0.0.1:7000"), ":pw@");
+        assert_eq!(userinfo("redis://u@127.0.0.1:7000"), "u@");
+        assert_eq!(userinfo("redis://127.0.0.1:7000?protocol=resp3"), "");
+    }
 }

@@ -1,28 +1,21 @@
 //! The cloakroom conformance suite against a Redis Cluster
-//! (`CLOAKROOM_REDIS_CLUSTER_URL`, default `redis://127.0.0.1:7000`; start
-//! one with `scripts/redis-cluster.sh start`).
+//! (`CLOAKROOM_REDIS_CLUSTER_URL`, default `redis+cluster://127.0.0.1:7000`;
+//! start one with `scripts/redis-cluster.sh start`). A plain `redis://` URL
+//! of a Cluster node works too: the store is opened with the Cluster client
+//! either way.
 
 use std::sync::Arc;
 
+use cloakroom_conformance::support::{connect, Server};
 use cloakroom_conformance::{conformance_tests, two_instance_tests, StorePair, Unreachable};
-use cloakroom_core::SessionStore;
-use cloakroom_redis::{RedisConfig, RedisStore};
+use cloakroom_core::{SessionStore, StoreUrl};
+use cloakroom_redis::{RedisOptions, RedisStore};
 
 async fn store() -> Result<Arc<dyn SessionStore>, Unreachable> {
-    let url =
-        std::env::var("CLOAKROOM_REDIS_CLUSTER_URL").unwrap_or_else(|_| "redis://127.0.0.1:7000".into());
-    let connected = match RedisConfig::from_url(&url) {
-        Ok(config) => RedisStore::connect(config.into_cluster()).await,
-        Err(e) => Err(e),
-    };
-    match connected {
-        Ok(store) => Ok(Arc::new(store)),
-        Err(e) => Err(Unreachable::new(
-            "redis cluster",
-            e.to_string(),
-            "scripts/redis-cluster.sh start",
-        )),
-    }
+    connect(Server::RedisCluster, |url| {
+        RedisStore::new(RedisOptions::from_url(&StoreUrl::parse(url)?)?.cluster(true))
+    })
+    .await
 }
 
 /// Two instances, each with its own connections: two application processes.

@@ -7,49 +7,40 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloakroom_conformance::backends_required;
+use cloakroom_conformance::support::{skip_or_fail, Server};
 use cloakroom_core::{
-    Error, Finish, Finished, LockOptions, Namespace, RecordWrite, SessionId, SessionKey, SessionStore, Then,
-    Timestamp,
+    Error, Finish, Finished, LockOptions, Namespace, RecordWrite, SessionId, SessionKey, SessionStore,
+    StoreUrl, Then, Timestamp,
 };
-use cloakroom_redis::{RedisConfig, RedisStore};
+use cloakroom_redis::{RedisOptions, RedisStore};
 use redis::AsyncCommands;
 
-fn single_url() -> String {
-    std::env::var("CLOAKROOM_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+/// The options of `server`'s test URL.
+fn options(server: Server) -> RedisOptions {
+    RedisOptions::from_url(&StoreUrl::parse(&server.url()).unwrap()).unwrap()
 }
 
-fn cluster_url() -> String {
-    std::env::var("CLOAKROOM_REDIS_CLUSTER_URL").unwrap_or_else(|_| "redis://127.0.0.1:7000".into())
-}
-
-async fn connect(config: RedisConfig, start_with: &str) -> Option<RedisStore> {
-    match RedisStore::connect(config).await {
-        Ok(store) => Some(store),
-        Err(e) if backends_required() => panic!("redis required but unreachable: {e}; start: {start_with}"),
-        Err(e) => {
-            eprintln!("SKIPPED: redis unreachable ({e}); start it with: {start_with}");
-            None
-        }
-    }
+/// A store on `server` with `options`, connected; `None` (skipped) if the
+/// server does not answer.
+async fn connect(server: Server, options: RedisOptions) -> Option<RedisStore> {
+    let store = RedisStore::new(options).unwrap();
+    let connected = store.migrate().await.map_err(|e| server.unreachable(e));
+    skip_or_fail(connected).map(|()| store)
 }
 
 async fn single() -> Option<RedisStore> {
-    connect(
-        RedisConfig::from_url(&single_url()).unwrap(),
-        "redis-server --daemonize yes",
-    )
-    .await
+    connect(Server::Redis, options(Server::Redis)).await
 }
 
+/// The Cluster, with the Cluster client even for a plain `redis://` URL of
+/// one of its nodes.
 async fn cluster() -> Option<RedisStore> {
-    let config = RedisConfig::from_url(&cluster_url()).unwrap().into_cluster();
-    connect(config, "scripts/redis-cluster.sh start").await
+    connect(Server::RedisCluster, options(Server::RedisCluster).cluster(true)).await
 }
 
-/// A raw connection for looking behind the store's back.
-async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(url).unwrap();
+/// A raw connection to the store's (first) node, for looking behind its back.
+async fn raw(store: &RedisStore) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(store.options().nodes()[0].as_str()).unwrap();
     client.get_multiplexed_async_connection().await.unwrap()
 }
 
@@ -74,7 +65,7 @@ fn opts(lease_ms: u64, wait_ms: u64) -> LockOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn save_after_the_lock_key_vanished_is_lease_lost_and_changes_nothing() {
     let Some(store) = single().await else { return };
-    let mut raw = raw(&single_url()).await;
+    let mut raw = raw(&store).await;
     let key = SessionKey::new(namespace(), SessionId::generate());
     store
         .create(&key, write(b"original", Duration::from_secs(60)))
@@ -140,7 +131,7 @@ async fn save_after_the_lock_key_vanished_is_lease_lost_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_lock_has_a_lease_and_every_record_a_native_expiry() {
     let Some(store) = single().await else { return };
-    let mut raw = raw(&single_url()).await;
+    let mut raw = raw(&store).await;
     let key = SessionKey::new(namespace(), SessionId::generate());
     let keys = store.session_keys(&key);
     let (record_key, lock_key) = (keys.record, keys.lock);
@@ -182,7 +173,7 @@ async fn every_lock_has_a_lease_and_every_record_a_native_expiry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_pushes_a_wake_up_only_after_a_failed_attempt() {
     let Some(store) = single().await else { return };
-    let mut raw = raw(&single_url()).await;
+    let mut raw = raw(&store).await;
     let key = SessionKey::new(namespace(), SessionId::generate());
     let keys = store.session_keys(&key);
 
@@ -219,11 +210,11 @@ async fn a_release_pushes_a_wake_up_only_after_a_failed_attempt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_prefix_separates_stores() {
-    let base = RedisConfig::from_url(&single_url()).unwrap();
-    let Some(a) = connect(base.clone().with_prefix("cloakroom-test-a:"), "redis-server").await else {
+    let base = options(Server::Redis);
+    let Some(a) = connect(Server::Redis, base.clone().prefix("cloakroom-test-a:")).await else {
         return;
     };
-    let Some(b) = connect(base.with_prefix("cloakroom-test-b:"), "redis-server").await else {
+    let Some(b) = connect(Server::Redis, base.prefix("cloakroom-test-b:")).await else {
         return;
     };
     let ns = namespace();
@@ -241,12 +232,22 @@ async fn the_key_prefix_separates_stores() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_server_is_unavailable() {
-    // Port 1 on loopback: nothing listens there.
-    match RedisStore::from_url("redis://127.0.0.1:1").await {
+    // Port 1 on loopback: nothing listens there. Opening does not notice;
+    // the first operation does, and so does every later one.
+    let store = RedisStore::from_url("redis://127.0.0.1:1").unwrap();
+    for _ in 0..2 {
+        match store.migrate().await {
+            Err(Error::Unavailable { .. }) => {}
+            other => panic!("connection refused must be Unavailable, got {other:?}"),
+        }
+    }
+    let key = SessionKey::new(namespace(), SessionId::generate());
+    match store.load(&key).await {
         Err(Error::Unavailable { .. }) => {}
         other => panic!("connection refused must be Unavailable, got {other:?}"),
     }
-    match RedisStore::from_url("redis+cluster://127.0.0.1:1,127.0.0.1:2").await {
+    let cluster = RedisStore::from_url("redis+cluster://127.0.0.1:1,127.0.0.1:2").unwrap();
+    match cluster.lock(&key, opts(1_000, 0)).await {
         Err(Error::Unavailable { .. }) => {}
         other => panic!("an unreachable cluster must be Unavailable, got {other:?}"),
     }
@@ -350,7 +351,7 @@ async fn a_crashed_holder_frees_the_lock_at_its_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_of_one_session_share_a_cluster_slot() {
     let Some(store) = cluster().await else { return };
-    let mut raw = raw(&cluster_url()).await;
+    let mut raw = raw(&store).await;
     let ns = namespace();
     for _ in 0..20 {
         let key = SessionKey::new(ns.clone(), SessionId::generate());
@@ -506,8 +507,8 @@ async fn cluster_listing_of_ten_thousand_sessions_is_complete() {
 /// `load`, durable), bumps the version the guard fences with, leaves the lock
 /// key as it was (same token, lease not extended), and the final release
 /// frees the lock for the next taker.
-async fn keep_writes_then_release(store: RedisStore, url: &str) {
-    let mut raw = raw(url).await;
+async fn keep_writes_then_release(store: RedisStore) {
+    let mut raw = raw(&store).await;
     let key = SessionKey::new(namespace(), SessionId::generate());
     let keys = store.session_keys(&key);
     let first = store
@@ -660,7 +661,7 @@ async fn keep_writes_then_release(store: RedisStore, url: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_writes_then_release_single() {
     if let Some(store) = single().await {
-        keep_writes_then_release(store, &single_url()).await;
+        keep_writes_then_release(store).await;
     }
 }
 
@@ -711,7 +712,7 @@ async fn keep_writes_then_release_on_cluster(store: RedisStore) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_write_after_the_lock_is_lost_is_lease_lost_and_writes_nothing() {
     let Some(store) = single().await else { return };
-    let mut raw = raw(&single_url()).await;
+    let mut raw = raw(&store).await;
     let key = SessionKey::new(namespace(), SessionId::generate());
     let keys = store.session_keys(&key);
     store
@@ -838,7 +839,7 @@ async fn a_kept_write_after_the_lock_is_lost_is_lease_lost_and_writes_nothing() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_write_does_not_wake_a_waiter() {
     let Some(store) = single().await else { return };
-    let mut raw = raw(&single_url()).await;
+    let mut raw = raw(&store).await;
     let key = SessionKey::new(namespace(), SessionId::generate());
     let keys = store.session_keys(&key);
 

@@ -1,6 +1,7 @@
-//! The seam between the shared row-lock store and one database: how to open
-//! a pool, how to take a row lock within a deadline, how a holder's lease is
-//! enforced, and what the server's error codes mean.
+//! The seam between the shared row-lock store and one database: how to read
+//! its connect options and open a pool, how to take a row lock within a
+//! deadline, how a holder's lease is enforced, and what the server's error
+//! codes mean. Implemented in `postgres.rs` and `mysql.rs` only.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -9,21 +10,20 @@ use cloakroom_core::{Result, SessionKey};
 use sqlx::pool::PoolConnection;
 use sqlx::Pool;
 
-use crate::config::StoreConfig;
-use crate::driver::{BoxFuture, Driver, RecordRow};
+use crate::connection::{BoxFuture, Driver, RecordRow};
 use crate::error::Failure;
-use crate::sql::{Dialect, Statements};
+use crate::options::SqlOptions;
+use crate::statements::{Dialect, Statements};
 
 /// One database the row-lock store runs on.
-pub trait Backend: Send + Sync + fmt::Debug + Sized + 'static {
+pub(crate) trait Backend: Send + Sync + fmt::Debug + Sized + 'static {
     /// The sqlx database.
-    #[doc(hidden)]
     type DB: Driver;
+    /// The driver's connect options, read from the driver URL.
+    type Connect: Clone + Send + Sync + 'static;
 
     /// Name used in messages.
     const NAME: &'static str;
-    /// URL schemes accepted; the first is the driver's own.
-    const SCHEMES: &'static [&'static str];
     /// Whether the guard must end a lapsed holder's transaction itself
     /// (the server has no sub-second idle-transaction timeout).
     const CLIENT_LEASE_WATCHDOG: bool;
@@ -40,19 +40,23 @@ pub trait Backend: Send + Sync + fmt::Debug + Sized + 'static {
     /// Returns the server's id for the current connection, as a signed integer.
     const CONNECTION_ID: &'static str;
 
-    #[doc(hidden)]
+    /// The server's SQL dialect and URL schemes.
     fn dialect() -> Dialect;
 
-    #[doc(hidden)]
-    fn pool(url: &str, config: &StoreConfig) -> Result<Pool<Self::DB>>;
+    /// Read the driver URL, without connecting (an invalid one is
+    /// `Error::Config`).
+    fn connect_options(driver_url: &str) -> Result<Self::Connect>;
 
-    #[doc(hidden)]
+    /// A pool that connects on demand. It starts the pool's maintenance
+    /// task, so it is called inside the Tokio runtime, on first use.
+    fn pool(connect: &Self::Connect, options: &SqlOptions) -> Pool<Self::DB>;
+
+    /// What an error the server sent means to the store.
     fn classify_database(err: &dyn sqlx::error::DatabaseError) -> Failure;
 
     /// The script that begins a locking transaction, settings included, in
     /// one round trip: for a lock that may wait `left` for the row and holds
     /// a lease of `lease`. Only numbers are written into it.
-    #[doc(hidden)]
     fn begin_lock(left: Duration, lease: Duration) -> String;
 
     /// Lock the row of `key` in the transaction that the caller began on
@@ -61,7 +65,6 @@ pub trait Backend: Send + Sync + fmt::Debug + Sized + 'static {
     /// row. On a lock timeout this returns `Ok(None)`; the caller maps it to
     /// `LockTimeout`. A backend that has to start over (a deadlock victim)
     /// begins its transaction again itself.
-    #[doc(hidden)]
     fn lock_row<'a>(
         conn: &'a mut PoolConnection<Self::DB>,
         sql: &'a Statements,
@@ -71,14 +74,8 @@ pub trait Backend: Send + Sync + fmt::Debug + Sized + 'static {
     ) -> BoxFuture<'a, std::result::Result<Option<RecordRow>, sqlx::Error>>;
 
     /// Extend the server-side part of the lease (if any) to `lease` from now.
-    #[doc(hidden)]
     fn renew<'a>(
         conn: &'a mut PoolConnection<Self::DB>,
         lease: Duration,
     ) -> BoxFuture<'a, std::result::Result<(), sqlx::Error>>;
-}
-
-/// Whole milliseconds of `d`, at least 1 (0 turns most database timeouts off).
-pub fn millis_at_least_one(d: Duration) -> u128 {
-    d.as_millis().max(1)
 }

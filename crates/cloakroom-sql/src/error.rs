@@ -1,10 +1,11 @@
-//! Mapping driver errors onto cloakroom's error kinds.
+//! Driver errors: what each one means to the store ([`Failure`]) and the
+//! cloakroom error it becomes, keeping the driver error as its source.
 
 use cloakroom_core::Error;
 
 /// What a driver error means to the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// The connection is gone or the server cannot serve: refused, reset,
     /// shutting down, killed, pool exhausted. Retryable; inside a lock it
     /// means the lock (the transaction) is lost.
@@ -18,7 +19,10 @@ pub enum Failure {
 }
 
 /// Classify `err`, asking `database_code` about errors the server sent.
-pub fn classify(err: &sqlx::Error, database_code: fn(&dyn sqlx::error::DatabaseError) -> Failure) -> Failure {
+pub(crate) fn classify(
+    err: &sqlx::Error,
+    database_code: fn(&dyn sqlx::error::DatabaseError) -> Failure,
+) -> Failure {
     match err {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
@@ -32,7 +36,7 @@ pub fn classify(err: &sqlx::Error, database_code: fn(&dyn sqlx::error::DatabaseE
 }
 
 /// The cloakroom error for a driver error of the given class.
-pub fn to_error(err: sqlx::Error, failure: Failure) -> Error {
+pub(crate) fn to_error(err: sqlx::Error, failure: Failure) -> Error {
     match failure {
         Failure::Unavailable => Error::unavailable(err),
         _ => Error::backend(err),
@@ -41,7 +45,7 @@ pub fn to_error(err: sqlx::Error, failure: Failure) -> Error {
 
 /// Postgres SQLSTATEs.
 #[cfg(feature = "postgres")]
-pub fn postgres_code(err: &dyn sqlx::error::DatabaseError) -> Failure {
+pub(crate) fn postgres_code(err: &dyn sqlx::error::DatabaseError) -> Failure {
     let code = err.code();
     match code.as_deref() {
         // lock_not_available: lock_timeout or NOWAIT.
@@ -58,7 +62,7 @@ pub fn postgres_code(err: &dyn sqlx::error::DatabaseError) -> Failure {
 
 /// MySQL / MariaDB error numbers.
 #[cfg(feature = "mysql")]
-pub fn mysql_code(err: &dyn sqlx::error::DatabaseError) -> Failure {
+pub(crate) fn mysql_code(err: &dyn sqlx::error::DatabaseError) -> Failure {
     let Some(my) = err.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() else {
         return Failure::Other;
     };

@@ -1,5 +1,5 @@
-//! [`RowLockGuard`]: one held row lock, which is an open transaction on one
-//! pooled connection.
+//! Taking a row lock ([`RowLockStore::lock_row`]) and [`RowLockGuard`]: one
+//! held row lock, which is an open transaction on one pooled connection.
 //!
 //! The lease is enforced twice. On the holder's side every finishing call
 //! checks the lease deadline first, so a holder whose lease ran out gets
@@ -21,20 +21,157 @@
 //! connection, which is `Unavailable` (outcome unknown).
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cloakroom_core::{
-    Error, Finish, Finished, Lease, LockGuard, Record, Result, SessionKey, Then, Timestamp,
+    wait_for_lock, Error, Finish, Finished, Lease, LockGuard, LockOptions, Record, Result, SessionKey, Then,
+    Timestamp,
 };
+use sqlx::pool::PoolConnection;
 use tokio::task::JoinHandle;
 
 use crate::backend::Backend;
-use crate::driver::{Driver, Param};
-use crate::error::Failure;
-use crate::store::{key_params, version_to_db, RowLockStore};
-use crate::tx::TxConn;
+use crate::connection::{Driver, Param, TxConn};
+use crate::error::{to_error, Failure};
+use crate::store::{key_params, live_record, version_to_db, RowLockStore};
+
+impl<B: Backend> RowLockStore<B> {
+    /// Take the lock on `key`, like
+    /// [`SessionStore::lock`](cloakroom_core::SessionStore::lock), returning
+    /// the concrete guard.
+    pub(crate) async fn lock_row(&self, key: &SessionKey, options: LockOptions) -> Result<RowLockGuard<B>> {
+        wait_for_lock(options.wait, |left| async move {
+            let attempt = LockOptions::new(options.lease, left);
+            Ok(self.try_lock_row(key, attempt).await?.ok_or(None))
+        })
+        .await
+    }
+
+    /// One attempt at the row lock of `key`, queued in the server (its own
+    /// wake-up) for at most `options.wait`; `None` if the row stayed locked.
+    pub(crate) async fn try_lock_row(
+        &self,
+        key: &SessionKey,
+        options: LockOptions,
+    ) -> Result<Option<RowLockGuard<B>>> {
+        let give_up = Instant::now() + options.wait;
+        let mut tx = match self.begin_locking_tx(give_up, options.lease).await {
+            Ok(tx) => tx,
+            Err(None) => return Ok(None),
+            Err(Some(e)) => return Err(e),
+        };
+        let row = match B::lock_row(tx.conn(), &self.inner.sql, key, options.lease, give_up).await {
+            Ok(Some(row)) => row,
+            Ok(None) => {
+                // Not worth a failure of its own if the rollback fails: the
+                // connection is closed then, which ends the transaction too.
+                let _ = tx.end(B::ROLLBACK).await;
+                return Ok(None);
+            }
+            Err(e) => {
+                let failure = self.classify(&e);
+                if failure == Failure::LockBusy {
+                    let _ = tx.end(B::ROLLBACK).await;
+                    return Ok(None);
+                }
+                return Err(to_error(e, failure));
+            }
+        };
+        let record = live_record(row, Timestamp::now())?;
+        let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed) + 1;
+        Ok(Some(RowLockGuard::new(
+            self.clone(),
+            key.clone(),
+            record,
+            tx,
+            options.lease,
+            token,
+        )))
+    }
+
+    /// A connection on which the locking transaction has begun
+    /// ([`Backend::begin_lock`]). `Err(None)`: timed out.
+    ///
+    /// An idle connection is taken without the pool's liveness ping (a
+    /// round trip of its own before every acquire): the `BEGIN` script, one
+    /// round trip either way, is the test. It has no effect that outlives a
+    /// failure (a transaction that began on a connection that then fails is
+    /// rolled back by the server), so if it fails for any reason the
+    /// connection is closed and the lock goes the regular way, through a
+    /// pinged (or new) connection, as if the idle one had failed its ping.
+    async fn begin_locking_tx(
+        &self,
+        give_up: Instant,
+        lease: Duration,
+    ) -> std::result::Result<TxConn<B::DB>, Option<Error>> {
+        // A lock with no time left still tries once (a `wait` of zero means
+        // "do not wait for a holder"), so `left` may be zero throughout.
+        if let Some(conn) = self.pool().try_acquire() {
+            let left = give_up.saturating_duration_since(Instant::now());
+            let mut tx = TxConn::new(conn);
+            match B::DB::run_script(tx.conn(), &B::begin_lock(left, lease)).await {
+                Ok(()) => return Ok(tx),
+                Err(e) => {
+                    tracing::debug!(
+                        backend = B::NAME,
+                        error = %e,
+                        "an idle connection failed to begin a lock; closing it and taking another"
+                    );
+                    // Dropping the transaction closes the connection.
+                    drop(tx);
+                }
+            }
+        }
+        let conn = self.acquire_for_lock(give_up).await?;
+        let left = give_up.saturating_duration_since(Instant::now());
+        let mut tx = TxConn::new(conn);
+        B::DB::run_script(tx.conn(), &B::begin_lock(left, lease))
+            .await
+            .map_err(|e| Some(self.map_err(e)))?;
+        Ok(tx)
+    }
+
+    /// A connection for `lock`. Waiting for a connection that other
+    /// requests hold (an exhausted pool) is a wait like any other, bounded by
+    /// the lock's deadline (`Err(None)`: timed out). A connection the pool
+    /// can give at once (idle, or a new one) is taken even by a lock that may
+    /// not wait at all, within the pool's acquire timeout like every other
+    /// call: a lock that waits for nobody must still be able to take a free
+    /// session, and a server that cannot be reached is `Unavailable`, not a
+    /// busy lock. (If the pool is exhausted by other locks between the check
+    /// and the acquire, the wait for a connection is bounded by the acquire
+    /// timeout rather than by the lock's.)
+    async fn acquire_for_lock(
+        &self,
+        give_up: Instant,
+    ) -> std::result::Result<PoolConnection<B::DB>, Option<Error>> {
+        let pool = self.pool();
+        let max = self.inner.options.max_connections;
+        loop {
+            let exhausted = pool.num_idle() == 0 && pool.size() >= max;
+            let acquired = if exhausted {
+                match tokio::time::timeout_at(give_up.into(), pool.acquire()).await {
+                    Ok(acquired) => acquired,
+                    Err(_elapsed) => return Err(None),
+                }
+            } else {
+                pool.acquire().await
+            };
+            match acquired {
+                Ok(conn) => return Ok(conn),
+                Err(sqlx::Error::PoolTimedOut) if pool.size() >= max => {
+                    if Instant::now() >= give_up {
+                        return Err(None);
+                    }
+                }
+                Err(e) => return Err(Some(self.map_err(e))),
+            }
+        }
+    }
+}
 
 /// State shared between the guard and its lease watchdog.
 struct Held<B: Backend> {
@@ -51,7 +188,7 @@ impl<B: Backend> Held<B> {
 }
 
 /// A held session lock of a [`RowLockStore`].
-pub struct RowLockGuard<B: Backend> {
+pub(crate) struct RowLockGuard<B: Backend> {
     store: RowLockStore<B>,
     key: SessionKey,
     record: Option<Record>,
@@ -118,10 +255,8 @@ impl<B: Backend> RowLockGuard<B> {
         }
     }
 
-    /// The server's id of the connection holding this lock (Postgres
-    /// `pg_backend_pid()`, MySQL `CONNECTION_ID()`), for diagnostics such as
-    /// finding the holder in `pg_stat_activity` or `SHOW PROCESSLIST`.
-    pub async fn connection_id(&self) -> Result<i64> {
+    /// The server's id of the connection holding this lock.
+    pub(crate) async fn connection_id(&self) -> Result<i64> {
         let mut tx = self.held.tx.lock().await;
         let tx = tx.as_mut().ok_or(Error::LeaseLost)?;
         let ids = B::DB::fetch_ints(tx.conn(), B::CONNECTION_ID, Vec::new())
@@ -405,3 +540,54 @@ impl<B: Backend> Drop for RowLockGuard<B> {
         }
     }
 }
+
+/// Writes the public guard type of a store written by
+/// [`public_store!`](crate::store::public_store): a newtype over the
+/// [`RowLockGuard`] of one backend whose [`LockGuard`] impl forwards every
+/// call.
+macro_rules! public_guard {
+    ($(#[$doc:meta])* $guard:ident, backend $backend:ty $(,)?) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $guard($crate::guard::RowLockGuard<$backend>);
+
+        impl $guard {
+            /// The server's id of the connection holding this lock (Postgres
+            /// `pg_backend_pid()`, MySQL `CONNECTION_ID()`), for diagnostics
+            /// such as finding the holder in `pg_stat_activity` or
+            /// `SHOW PROCESSLIST`.
+            pub async fn connection_id(&self) -> cloakroom_core::Result<i64> {
+                self.0.connection_id().await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl cloakroom_core::LockGuard for $guard {
+            fn key(&self) -> &cloakroom_core::SessionKey {
+                self.0.key()
+            }
+
+            fn record(&self) -> Option<&cloakroom_core::Record> {
+                self.0.record()
+            }
+
+            fn lease(&self) -> &cloakroom_core::Lease {
+                self.0.lease()
+            }
+
+            async fn renew(&mut self, lease: std::time::Duration) -> cloakroom_core::Result<()> {
+                self.0.renew(lease).await
+            }
+
+            async fn finish(
+                &mut self,
+                op: cloakroom_core::Finish,
+                then: cloakroom_core::Then,
+            ) -> cloakroom_core::Result<cloakroom_core::Finished> {
+                self.0.finish(op, then).await
+            }
+        }
+    };
+}
+
+pub(crate) use public_guard;

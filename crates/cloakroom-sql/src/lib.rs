@@ -3,9 +3,9 @@
 //! locks (sqlx 0.8).
 //!
 //! - [`PostgresStore`] (feature `postgres`) and [`MysqlStore`] (feature
-//!   `mysql`, MySQL 8 or MariaDB 10.6+) are the same [`RowLockStore`] over
-//!   two [`Backend`]s; all statements are in one place (`sql.rs`), written
-//!   once for both.
+//!   `mysql`, MySQL 8 or MariaDB 10.6+) are one row-lock store over two
+//!   backends (`postgres.rs`, `mysql.rs`); all statements are in one place
+//!   (`statements.rs`), written once for both.
 //! - `Serialized` sessions are locked with `SELECT … FOR UPDATE` inside a
 //!   transaction owned by the lock guard: the database queues waiters and
 //!   wakes the next one the moment the holder commits, and frees the lock if
@@ -35,7 +35,7 @@
 //! Each in-flight locked request holds **one pooled connection** from `lock`
 //! until it releases or drops its guard (through a whole chain of
 //! `Then::Keep` hand-offs), because the lock is that connection's open
-//! transaction. Size [`StoreConfig::max_connections`]
+//! transaction. Size [`SqlOptions::max_connections`]
 //! (default 40) for the number of sessions you expect to be locked at once,
 //! and keep it below the server's `max_connections`. When the pool is
 //! exhausted:
@@ -43,7 +43,7 @@
 //!   then fails with [`Error::LockTimeout`](cloakroom_core::Error::LockTimeout)
 //!   (a connection the pool can give at once, idle or new, is taken even by
 //!   a lock with no wait, within `acquire_timeout`);
-//! - every other call waits up to [`StoreConfig::acquire_timeout`] (default
+//! - every other call waits up to [`SqlOptions::acquire_timeout`] (default
 //!   5 s) and then fails with
 //!   [`Error::Unavailable`](cloakroom_core::Error::Unavailable).
 //!
@@ -51,42 +51,76 @@
 //!
 //! # Connecting
 //!
-//! [`RowLockStore::from_url`] accepts `postgres://` / `postgresql://` and
-//! `mysql://` / `mariadb://` URLs with an optional `?table=name`. Stores
-//! connect **lazily**: constructing one never fails because the server is
-//! down; the first call that needs the server reports
+//! ```text
+//! postgres://[user[:password]@]host[:port]/database[?option=value&…]
+//! mysql://[user[:password]@]host[:port]/database[?option=value&…]
+//! ```
+//!
+//! `postgresql://` and `mariadb://` are the same as `postgres://` and
+//! `mysql://`. The store's options ([`SqlOptions`]) and the driver's own
+//! share the query; any other key is an
+//! [`Error::Config`](cloakroom_core::Error::Config) naming it.
+//!
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `table` | `cloakroom_sessions` | table holding the sessions, `[A-Za-z_][A-Za-z0-9_]{0,62}` |
+//! | `max_connections` | `40` | most pooled connections (at least 1) |
+//! | `acquire_timeout` | `5s` | longest wait for a connection outside of `lock` |
+//! | `idle_timeout` | `30s` | an idle connection is closed after this long |
+//! | `max_record_bytes` | 4 MiB | largest encoded record |
+//!
+//! Durations are written `250ms`, `5s`, `2m` or `1h`. The driver's options
+//! (sqlx 0.8) are passed on untouched:
+//! - Postgres: `sslmode`, `sslrootcert`, `sslcert`, `sslkey` (also spelled
+//!   `ssl-mode`, `ssl-root-cert`/`ssl-ca`, `ssl-cert`, `ssl-key`),
+//!   `application_name`, `options` and `options[setting]`,
+//!   `statement-cache-capacity`, `host`, `hostaddr`, `port`, `dbname`,
+//!   `user`, `password`;
+//! - MySQL: `ssl-mode`, `ssl-ca`, `ssl-cert`, `ssl-key` (also spelled
+//!   `sslmode`, `sslca`, `sslcert`, `sslkey`), `charset`, `collation`,
+//!   `statement-cache-capacity`, `socket`, `timezone` (or `time-zone`).
+//!
+//! [`PostgresStore::from_url`] and [`MysqlStore::from_url`] read such a URL;
+//! [`PostgresStore::new`] and [`MysqlStore::new`] take [`SqlOptions`] built
+//! in code. Both are synchronous and do no I/O: stores connect **lazily**,
+//! so constructing one never fails because the server is down; the first
+//! call that needs the server reports
 //! [`Error::Unavailable`](cloakroom_core::Error::Unavailable), and later calls
-//! reconnect by themselves once the server is back. Call
-//! [`migrate`](cloakroom_core::SessionStore::migrate) at start-up to create
-//! the table (idempotent) and to learn early whether the server is reachable.
+//! reconnect by themselves once the server is back. The connection pool is
+//! created by that first call, so a store can be built before the Tokio
+//! runtime starts. Call [`migrate`](cloakroom_core::SessionStore::migrate) at
+//! start-up to create the table (idempotent) and to learn early whether the
+//! server is reachable. [`postgres::OPENER`] and [`mysql::OPENER`] open the
+//! same URLs for a [`cloakroom_core::Registry`].
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> cloakroom_core::Result<()> {
 //! use cloakroom_core::SessionStore;
-//! let store = cloakroom_sql::PostgresStore::from_url("postgres://postgres@127.0.0.1/test").await?;
+//! let store = cloakroom_sql::PostgresStore::from_url("postgres://postgres@127.0.0.1/test?table=sessions")?;
 //! store.migrate().await?;
 //! # Ok(()) }
 //! ```
 #![warn(clippy::unwrap_used)]
+// Without a server feature the shared row-lock code has no user.
+#![cfg_attr(
+    not(any(feature = "postgres", feature = "mysql")),
+    allow(dead_code, unused_imports, unused_macros)
+)]
 
 mod backend;
-mod config;
-mod driver;
+mod connection;
 mod error;
 mod guard;
 #[cfg(feature = "mysql")]
-mod mysql;
+pub mod mysql;
+mod options;
 #[cfg(feature = "postgres")]
-mod postgres;
-mod sql;
+pub mod postgres;
+mod statements;
 mod store;
-mod tx;
 
-pub use backend::Backend;
-pub use config::{StoreConfig, TableName, DEFAULT_TABLE};
-pub use guard::RowLockGuard;
 #[cfg(feature = "mysql")]
-pub use mysql::{Mysql, MysqlLockGuard, MysqlStore};
+pub use mysql::{MysqlLockGuard, MysqlStore};
+pub use options::{SqlOptions, TableName, DEFAULT_TABLE};
 #[cfg(feature = "postgres")]
-pub use postgres::{Postgres, PostgresLockGuard, PostgresStore};
-pub use store::RowLockStore;
+pub use postgres::{PostgresLockGuard, PostgresStore};

@@ -1,4 +1,6 @@
-//! MySQL and MariaDB: `innodb_lock_wait_timeout` counts whole seconds, so a
+//! MySQL and MariaDB: [`MysqlStore`], its guard and its [`OPENER`].
+//!
+//! `innodb_lock_wait_timeout` counts whole seconds, so a
 //! lock attempt waits in the server for the whole seconds of its wait, and
 //! one with less than a second left tries `FOR UPDATE NOWAIT` (the core's
 //! backoff then decides when to try again); the guard's watchdog
@@ -6,35 +8,57 @@
 //! idle-transaction timeout). Locking transactions run at READ COMMITTED so
 //! that they take no gap locks.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloakroom_core::{Error, Result, SessionKey};
+use cloakroom_core::{Error, Opener, Result, SessionKey, SessionStore, StoreUrl};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::pool::PoolConnection;
 use sqlx::{MySql, Pool};
 
 use crate::backend::Backend;
-use crate::config::StoreConfig;
-use crate::driver::{BoxFuture, Driver, RecordRow};
+use crate::connection::{BoxFuture, Driver, RecordRow};
 use crate::error::{mysql_code, Failure};
-use crate::sql::{Dialect, Statements};
-use crate::store::key_params;
-use crate::store::RowLockStore;
+use crate::guard::public_guard;
+use crate::options::SqlOptions;
+use crate::statements::{Dialect, Statements};
+use crate::store::{key_params, public_store};
 
-/// A cloakroom session store on MySQL 8 or MariaDB 10.6+ (row locks).
-pub type MysqlStore = RowLockStore<Mysql>;
+public_store!(
+    /// A cloakroom session store on MySQL 8 or MariaDB 10.6+, locking
+    /// sessions with row locks. Cloning shares the connection pool.
+    MysqlStore,
+    guard MysqlLockGuard,
+    backend Mysql,
+    database sqlx::MySql,
+);
 
-/// A held lock of a [`MysqlStore`].
-pub type MysqlLockGuard = crate::guard::RowLockGuard<Mysql>;
+public_guard!(
+    /// A held lock of a [`MysqlStore`]: an open transaction on one pooled
+    /// connection.
+    MysqlLockGuard,
+    backend Mysql,
+);
+
+/// Opens `mysql://` and `mariadb://` URLs as a [`MysqlStore`], without
+/// connecting.
+pub const OPENER: Opener = Opener {
+    schemes: Dialect::MySql.schemes(),
+    open,
+};
+
+fn open(url: &StoreUrl) -> Result<Arc<dyn SessionStore>> {
+    Ok(Arc::new(MysqlStore::new(SqlOptions::from_url(url)?)?))
+}
 
 /// The MySQL / MariaDB [`Backend`].
 #[derive(Debug)]
-pub struct Mysql;
+pub(crate) struct Mysql;
 
 impl Backend for Mysql {
     type DB = MySql;
+    type Connect = MySqlConnectOptions;
     const NAME: &'static str = "mysql";
-    const SCHEMES: &'static [&'static str] = &["mysql", "mariadb"];
     const CLIENT_LEASE_WATCHDOG: bool = true;
     // The lock's wait setting is put back so that unlocked statements on this
     // pooled connection wait as long as the server's default says.
@@ -49,14 +73,17 @@ impl Backend for Mysql {
         Dialect::MySql
     }
 
-    fn pool(url: &str, config: &StoreConfig) -> Result<Pool<Self::DB>> {
-        let options: MySqlConnectOptions = url
+    fn connect_options(driver_url: &str) -> Result<MySqlConnectOptions> {
+        driver_url
             .parse()
-            .map_err(|e| Error::Config(format!("invalid MySQL URL: {e}")))?;
-        Ok(MySqlPoolOptions::new()
-            .max_connections(config.max_connections)
-            .acquire_timeout(config.acquire_timeout)
-            .idle_timeout(config.idle_timeout)
+            .map_err(|e| Error::Config(format!("invalid MySQL URL: {e}")))
+    }
+
+    fn pool(connect: &MySqlConnectOptions, options: &SqlOptions) -> Pool<Self::DB> {
+        MySqlPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .idle_timeout(options.idle_timeout)
             // Unlocked writes too: at READ COMMITTED an UPDATE does not wait
             // on rows that do not match it, nor take gap locks.
             .after_connect(|conn, _meta| {
@@ -64,7 +91,7 @@ impl Backend for Mysql {
                     MySql::run_script(conn, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await
                 })
             })
-            .connect_lazy_with(options))
+            .connect_lazy_with(connect.clone())
     }
 
     fn classify_database(err: &dyn sqlx::error::DatabaseError) -> Failure {

@@ -1,35 +1,60 @@
-//! Postgres: one statement locks the row (inserting a placeholder for a new
-//! session), `lock_timeout` bounds the wait, and the server itself ends a
-//! holder that sits idle past its lease (`idle_in_transaction_session_timeout`).
+//! Postgres: [`PostgresStore`], its guard and its [`OPENER`].
+//!
+//! One statement locks the row (inserting a placeholder for a new session),
+//! `lock_timeout` bounds the wait, and the server itself ends a holder that
+//! sits idle past its lease (`idle_in_transaction_session_timeout`).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloakroom_core::{Error, Result, SessionKey};
+use cloakroom_core::{Error, Opener, Result, SessionKey, SessionStore, StoreUrl};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::Pool;
 
-use crate::backend::{millis_at_least_one, Backend};
-use crate::config::StoreConfig;
-use crate::driver::{BoxFuture, Driver, RecordRow};
+use crate::backend::Backend;
+use crate::connection::{BoxFuture, Driver, RecordRow};
 use crate::error::{postgres_code, Failure};
-use crate::sql::{Dialect, Statements};
-use crate::store::{key_params, RowLockStore};
+use crate::guard::public_guard;
+use crate::options::SqlOptions;
+use crate::statements::{Dialect, Statements};
+use crate::store::{key_params, public_store};
 
-/// A cloakroom session store on Postgres (row locks).
-pub type PostgresStore = RowLockStore<Postgres>;
+public_store!(
+    /// A cloakroom session store on Postgres, locking sessions with row
+    /// locks. Cloning shares the connection pool.
+    PostgresStore,
+    guard PostgresLockGuard,
+    backend Postgres,
+    database sqlx::Postgres,
+);
 
-/// A held lock of a [`PostgresStore`].
-pub type PostgresLockGuard = crate::guard::RowLockGuard<Postgres>;
+public_guard!(
+    /// A held lock of a [`PostgresStore`]: an open transaction on one pooled
+    /// connection.
+    PostgresLockGuard,
+    backend Postgres,
+);
+
+/// Opens `postgres://` and `postgresql://` URLs as a [`PostgresStore`],
+/// without connecting.
+pub const OPENER: Opener = Opener {
+    schemes: Dialect::Postgres.schemes(),
+    open,
+};
+
+fn open(url: &StoreUrl) -> Result<Arc<dyn SessionStore>> {
+    Ok(Arc::new(PostgresStore::new(SqlOptions::from_url(url)?)?))
+}
 
 /// The Postgres [`Backend`].
 #[derive(Debug)]
-pub struct Postgres;
+pub(crate) struct Postgres;
 
 impl Backend for Postgres {
     type DB = sqlx::Postgres;
+    type Connect = PgConnectOptions;
     const NAME: &'static str = "postgres";
-    const SCHEMES: &'static [&'static str] = &["postgres", "postgresql"];
     const CLIENT_LEASE_WATCHDOG: bool = false;
     const COMMIT: &'static str = "COMMIT";
     const ROLLBACK: &'static str = "ROLLBACK";
@@ -40,15 +65,20 @@ impl Backend for Postgres {
         Dialect::Postgres
     }
 
-    fn pool(url: &str, config: &StoreConfig) -> Result<Pool<Self::DB>> {
-        let options: PgConnectOptions = url
+    /// Also reads the `PG*` environment variables and, without a password,
+    /// the password file (`~/.pgpass`), as libpq does.
+    fn connect_options(driver_url: &str) -> Result<PgConnectOptions> {
+        driver_url
             .parse()
-            .map_err(|e| Error::Config(format!("invalid Postgres URL: {e}")))?;
-        Ok(PgPoolOptions::new()
-            .max_connections(config.max_connections)
-            .acquire_timeout(config.acquire_timeout)
-            .idle_timeout(config.idle_timeout)
-            .connect_lazy_with(options))
+            .map_err(|e| Error::Config(format!("invalid Postgres URL: {e}")))
+    }
+
+    fn pool(connect: &PgConnectOptions, options: &SqlOptions) -> Pool<Self::DB> {
+        PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .idle_timeout(options.idle_timeout)
+            .connect_lazy_with(connect.clone())
     }
 
     fn classify_database(err: &dyn sqlx::error::DatabaseError) -> Failure {
@@ -142,4 +172,9 @@ fn settings(left: Duration, lease: Duration) -> String {
         millis_at_least_one(left),
         millis_at_least_one(lease),
     )
+}
+
+/// Whole milliseconds of `d`, at least 1 (0 turns Postgres' timeouts off).
+fn millis_at_least_one(d: Duration) -> u128 {
+    d.as_millis().max(1)
 }

@@ -1,45 +1,49 @@
 //! [`RowLockStore`]: the [`SessionStore`] implementation shared by Postgres
-//! and MySQL/MariaDB. Unlocked operations are single statements; `lock`
-//! hands the locking protocol to the [`Backend`] and wraps the transaction
-//! in a [`RowLockGuard`].
+//! and MySQL/MariaDB, and its constructors. Unlocked operations are single
+//! statements; `lock` (in `guard.rs`) hands the locking protocol to the
+//! [`Backend`] and wraps the transaction in a
+//! [`RowLockGuard`](crate::guard::RowLockGuard).
+//!
+//! The public store types ([`PostgresStore`](crate::PostgresStore),
+//! [`MysqlStore`](crate::MysqlStore)) wrap a `RowLockStore` of their backend;
+//! [`public_store!`] writes them.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use cloakroom_core::{
-    wait_for_lock, Acquired, Capabilities, Cursor, Error, IdPage, LockKind, LockOptions, Namespace, Record,
-    RecordWrite, Result, SessionId, SessionKey, SessionStore, SweepBatch, Timestamp,
+    Acquired, Capabilities, Cursor, Error, IdPage, LockKind, LockOptions, Namespace, Record, RecordWrite,
+    Result, SessionId, SessionKey, SessionStore, SweepBatch, Timestamp,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::Pool;
 
 use crate::backend::Backend;
-use crate::config::{parse_url, StoreConfig};
-use crate::driver::{Driver, Param, RecordRow};
+use crate::connection::{Driver, Param, RecordRow, TxConn};
 use crate::error::{classify, to_error, Failure};
-use crate::guard::RowLockGuard;
-use crate::sql::Statements;
-use crate::tx::TxConn;
+use crate::options::SqlOptions;
+use crate::statements::Statements;
 
 /// Largest sweep batch; bounds the statement's parameter count and the time
 /// the sweep holds row locks.
 const MAX_SWEEP_BATCH: usize = 1000;
 
 /// A session store on a SQL database, locking sessions with row locks.
-/// Use it as [`PostgresStore`](crate::PostgresStore) or
-/// [`MysqlStore`](crate::MysqlStore). Cloning shares the pool.
-pub struct RowLockStore<B: Backend> {
+/// Cloning shares the pool.
+pub(crate) struct RowLockStore<B: Backend> {
     pub(crate) inner: Arc<Inner<B>>,
 }
 
 pub(crate) struct Inner<B: Backend> {
-    pub pool: Pool<B::DB>,
+    /// The driver's connect options, read once by `new`.
+    connect: B::Connect,
+    /// Created on first use, inside the runtime that runs the store.
+    pool: OnceLock<Pool<B::DB>>,
     pub sql: Statements,
-    pub config: StoreConfig,
-    next_token: AtomicU64,
+    pub options: SqlOptions,
+    pub next_token: AtomicU64,
 }
 
 impl<B: Backend> Clone for RowLockStore<B> {
@@ -54,176 +58,46 @@ impl<B: Backend> fmt::Debug for RowLockStore<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RowLockStore")
             .field("backend", &B::NAME)
-            .field("table", &self.inner.config.table.as_str())
+            .field("table", &self.inner.options.table.as_str())
             .finish_non_exhaustive()
     }
 }
 
 impl<B: Backend> RowLockStore<B> {
-    /// A store for `url` (the driver's URL, without cloakroom's own
-    /// parameters) with `config`. Connects lazily: no connection is opened
-    /// until the first call, so this succeeds while the server is down, and
-    /// every call afterwards reconnects as needed.
-    pub fn connect_lazy(url: &str, config: StoreConfig) -> Result<Self> {
-        let pool = B::pool(url, &config)?;
+    /// A store with `options`, checked here: an invalid option, or a driver
+    /// URL for another server, is [`Error::Config`]. Does no I/O: the pool is
+    /// created, and connects, on first use.
+    pub(crate) fn new(options: SqlOptions) -> Result<Self> {
+        let dialect = options.validate()?;
+        if dialect != B::dialect() {
+            return Err(Error::Config(format!(
+                "a {} store needs a {}:// URL",
+                B::NAME,
+                B::dialect().schemes().join(":// or ")
+            )));
+        }
+        let connect = B::connect_options(&options.driver_url)?;
         Ok(RowLockStore {
             inner: Arc::new(Inner {
-                pool,
-                sql: Statements::new(B::dialect(), &config.table),
-                config,
+                connect,
+                pool: OnceLock::new(),
+                sql: Statements::new(B::dialect(), &options.table),
+                options,
                 next_token: AtomicU64::new(0),
             }),
         })
     }
 
-    /// A store from a URL such as `postgres://user@host/db?table=sessions`
-    /// or `mysql://root@host/db`: the scheme picks nothing (the backend is
-    /// already chosen) but must be one this backend accepts, and the optional
-    /// `table` parameter names the table (default `cloakroom_sessions`).
-    /// Connects lazily, like [`connect_lazy`](Self::connect_lazy); call
-    /// [`migrate`](SessionStore::migrate) to create the table and to find out
-    /// whether the server is reachable.
-    pub async fn from_url(url: &str) -> Result<Self> {
-        let (driver_url, config) = parse_url(url, B::SCHEMES)?;
-        Self::connect_lazy(&driver_url, config)
+    /// The store's options.
+    pub(crate) fn options(&self) -> &SqlOptions {
+        &self.inner.options
     }
 
-    /// The store's settings.
-    pub fn config(&self) -> &StoreConfig {
-        &self.inner.config
-    }
-
-    /// The connection pool, for monitoring.
-    pub fn pool(&self) -> &Pool<B::DB> {
-        &self.inner.pool
-    }
-
-    /// Take the lock on `key`, like [`SessionStore::lock`], returning the
-    /// concrete guard (which can tell its server connection id).
-    pub async fn lock_row(&self, key: &SessionKey, options: LockOptions) -> Result<RowLockGuard<B>> {
-        wait_for_lock(options.wait, |left| async move {
-            let attempt = LockOptions::new(options.lease, left);
-            Ok(self.try_lock_row(key, attempt).await?.ok_or(None))
-        })
-        .await
-    }
-
-    /// One attempt at the row lock of `key`, queued in the server (its own
-    /// wake-up) for at most `options.wait`; `None` if the row stayed locked.
-    async fn try_lock_row(&self, key: &SessionKey, options: LockOptions) -> Result<Option<RowLockGuard<B>>> {
-        let give_up = Instant::now() + options.wait;
-        let mut tx = match self.begin_locking_tx(give_up, options.lease).await {
-            Ok(tx) => tx,
-            Err(None) => return Ok(None),
-            Err(Some(e)) => return Err(e),
-        };
-        let row = match B::lock_row(tx.conn(), &self.inner.sql, key, options.lease, give_up).await {
-            Ok(Some(row)) => row,
-            Ok(None) => {
-                // Not worth a failure of its own if the rollback fails: the
-                // connection is closed then, which ends the transaction too.
-                let _ = tx.end(B::ROLLBACK).await;
-                return Ok(None);
-            }
-            Err(e) => {
-                let failure = self.classify(&e);
-                if failure == Failure::LockBusy {
-                    let _ = tx.end(B::ROLLBACK).await;
-                    return Ok(None);
-                }
-                return Err(to_error(e, failure));
-            }
-        };
-        let record = live_record(row, Timestamp::now())?;
-        let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok(Some(RowLockGuard::new(
-            self.clone(),
-            key.clone(),
-            record,
-            tx,
-            options.lease,
-            token,
-        )))
-    }
-
-    /// A connection on which the locking transaction has begun
-    /// ([`Backend::begin_lock`]). `Err(None)`: timed out.
-    ///
-    /// An idle connection is taken without the pool's liveness ping (a
-    /// round trip of its own before every acquire): the `BEGIN` script, one
-    /// round trip either way, is the test. It has no effect that outlives a
-    /// failure (a transaction that began on a connection that then fails is
-    /// rolled back by the server), so if it fails for any reason the
-    /// connection is closed and the lock goes the regular way, through a
-    /// pinged (or new) connection, as if the idle one had failed its ping.
-    async fn begin_locking_tx(
-        &self,
-        give_up: Instant,
-        lease: Duration,
-    ) -> std::result::Result<TxConn<B::DB>, Option<Error>> {
-        // A lock with no time left still tries once (a `wait` of zero means
-        // "do not wait for a holder"), so `left` may be zero throughout.
-        if let Some(conn) = self.inner.pool.try_acquire() {
-            let left = give_up.saturating_duration_since(Instant::now());
-            let mut tx = TxConn::new(conn);
-            match B::DB::run_script(tx.conn(), &B::begin_lock(left, lease)).await {
-                Ok(()) => return Ok(tx),
-                Err(e) => {
-                    tracing::debug!(
-                        backend = B::NAME,
-                        error = %e,
-                        "an idle connection failed to begin a lock; closing it and taking another"
-                    );
-                    // Dropping the transaction closes the connection.
-                    drop(tx);
-                }
-            }
-        }
-        let conn = self.acquire_for_lock(give_up).await?;
-        let left = give_up.saturating_duration_since(Instant::now());
-        let mut tx = TxConn::new(conn);
-        B::DB::run_script(tx.conn(), &B::begin_lock(left, lease))
-            .await
-            .map_err(|e| Some(self.map_err(e)))?;
-        Ok(tx)
-    }
-
-    /// A connection for `lock`. Waiting for a connection that other
-    /// requests hold (an exhausted pool) is a wait like any other, bounded by
-    /// the lock's deadline (`Err(None)`: timed out). A connection the pool
-    /// can give at once (idle, or a new one) is taken even by a lock that may
-    /// not wait at all, within the pool's acquire timeout like every other
-    /// call: a lock that waits for nobody must still be able to take a free
-    /// session, and a server that cannot be reached is `Unavailable`, not a
-    /// busy lock. (If the pool is exhausted by other locks between the check
-    /// and the acquire, the wait for a connection is bounded by the acquire
-    /// timeout rather than by the lock's.)
-    async fn acquire_for_lock(
-        &self,
-        give_up: Instant,
-    ) -> std::result::Result<PoolConnection<B::DB>, Option<Error>> {
-        let pool = &self.inner.pool;
-        let max = self.inner.config.max_connections;
-        loop {
-            let exhausted = pool.num_idle() == 0 && pool.size() >= max;
-            let acquired = if exhausted {
-                match tokio::time::timeout_at(give_up.into(), pool.acquire()).await {
-                    Ok(acquired) => acquired,
-                    Err(_elapsed) => return Err(None),
-                }
-            } else {
-                pool.acquire().await
-            };
-            match acquired {
-                Ok(conn) => return Ok(conn),
-                Err(sqlx::Error::PoolTimedOut) if pool.size() >= max => {
-                    if Instant::now() >= give_up {
-                        return Err(None);
-                    }
-                }
-                Err(e) => return Err(Some(self.map_err(e))),
-            }
-        }
+    /// The connection pool, created by the first call (inside the runtime).
+    pub(crate) fn pool(&self) -> &Pool<B::DB> {
+        self.inner
+            .pool
+            .get_or_init(|| B::pool(&self.inner.connect, &self.inner.options))
     }
 
     pub(crate) fn classify(&self, e: &sqlx::Error) -> Failure {
@@ -236,7 +110,7 @@ impl<B: Backend> RowLockStore<B> {
     }
 
     async fn conn(&self) -> Result<PoolConnection<B::DB>> {
-        self.inner.pool.acquire().await.map_err(|e| self.map_err(e))
+        self.pool().acquire().await.map_err(|e| self.map_err(e))
     }
 
     async fn run(&self, sql: &str, params: Vec<Param>) -> Result<u64> {
@@ -261,7 +135,7 @@ impl<B: Backend> RowLockStore<B> {
     }
 
     pub(crate) fn check_size(&self, write: &RecordWrite) -> Result<()> {
-        write.check_size(self.inner.config.max_record_bytes)
+        write.check_size(self.inner.options.max_record_bytes)
     }
 
     /// The version of the live record under `key`, if any: what a write that
@@ -278,7 +152,10 @@ impl<B: Backend> RowLockStore<B> {
 #[async_trait]
 impl<B: Backend> SessionStore for RowLockStore<B> {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(true, true, LockKind::RowLock, self.inner.config.max_record_bytes)
+        Capabilities::new(LockKind::RowLock)
+            .multi_process()
+            .durable(true)
+            .max_record_bytes(self.inner.options.max_record_bytes)
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -532,9 +409,10 @@ impl<B: Backend> RowLockStore<B> {
 
     /// Delete each of `ids` that is still expired at `now`, each in a short
     /// transaction of its own with the same bounded lock wait. A row whose
-    /// lock stays held is a session in use and is left for a later sweep
-    /// (contract §4.7), at the cost of that wait; the expiry check in the
-    /// statement keeps a session renewed since the page was read.
+    /// lock stays held is a session in use and is left for a later sweep (a
+    /// sweep must never delete a session someone holds), at the cost of that
+    /// wait; the expiry check in the statement keeps a session renewed since
+    /// the page was read.
     async fn sweep_one_by_one(
         &self,
         namespace: &Namespace,
@@ -625,6 +503,157 @@ fn parse_ids(ids: Vec<String>) -> Result<Vec<SessionId>> {
         .collect()
 }
 
+/// Writes a public store type: a newtype over the [`RowLockStore`] of one
+/// backend, with its constructors and a [`SessionStore`] impl that forwards
+/// every call. Its guard type is written by
+/// [`public_guard!`](crate::guard::public_guard) in the same module.
+macro_rules! public_store {
+    (
+        $(#[$doc:meta])*
+        $store:ident, guard $guard:ident, backend $backend:ty, database $db:ty $(,)?
+    ) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug)]
+        pub struct $store($crate::store::RowLockStore<$backend>);
+
+        impl $store {
+            /// A store with `options`, checked here: an invalid option, or a
+            /// driver URL for another server, is
+            /// [`Error::Config`](cloakroom_core::Error::Config).
+            ///
+            /// Does no I/O: the connection pool is created by the first call
+            /// (inside the Tokio runtime that makes it) and connects as
+            /// needed, so this succeeds while the server is down. Call
+            /// [`migrate`](cloakroom_core::SessionStore::migrate) to create
+            /// the table and to find out whether the server is reachable.
+            pub fn new(options: $crate::SqlOptions) -> cloakroom_core::Result<Self> {
+                $crate::store::RowLockStore::new(options).map($store)
+            }
+
+            /// A store from its URL (forms and options in the crate docs):
+            /// [`SqlOptions::from_url`](crate::SqlOptions::from_url), then
+            /// [`new`](Self::new), so it does no I/O either.
+            pub fn from_url(url: &str) -> cloakroom_core::Result<Self> {
+                let url = cloakroom_core::StoreUrl::parse(url)?;
+                Self::new($crate::SqlOptions::from_url(&url)?)
+            }
+
+            /// The store's options.
+            pub fn options(&self) -> &$crate::SqlOptions {
+                self.0.options()
+            }
+
+            /// The connection pool, for monitoring. Creates it if no call
+            /// has yet, so call it inside a Tokio runtime, like the store's
+            /// other methods.
+            pub fn pool(&self) -> &sqlx::Pool<$db> {
+                self.0.pool()
+            }
+
+            /// Take the lock on `key`, like
+            /// [`SessionStore::lock`](cloakroom_core::SessionStore::lock),
+            /// returning the concrete guard (which can tell its server
+            /// connection id).
+            pub async fn lock_row(
+                &self,
+                key: &cloakroom_core::SessionKey,
+                options: cloakroom_core::LockOptions,
+            ) -> cloakroom_core::Result<$guard> {
+                self.0.lock_row(key, options).await.map($guard)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl cloakroom_core::SessionStore for $store {
+            fn capabilities(&self) -> cloakroom_core::Capabilities {
+                self.0.capabilities()
+            }
+
+            async fn migrate(&self) -> cloakroom_core::Result<()> {
+                self.0.migrate().await
+            }
+
+            async fn load(
+                &self,
+                key: &cloakroom_core::SessionKey,
+            ) -> cloakroom_core::Result<Option<cloakroom_core::Record>> {
+                self.0.load(key).await
+            }
+
+            async fn create(
+                &self,
+                key: &cloakroom_core::SessionKey,
+                write: cloakroom_core::RecordWrite,
+            ) -> cloakroom_core::Result<cloakroom_core::Record> {
+                self.0.create(key, write).await
+            }
+
+            async fn save(
+                &self,
+                key: &cloakroom_core::SessionKey,
+                write: cloakroom_core::RecordWrite,
+                expected: Option<u64>,
+            ) -> cloakroom_core::Result<u64> {
+                self.0.save(key, write, expected).await
+            }
+
+            async fn delete(&self, key: &cloakroom_core::SessionKey) -> cloakroom_core::Result<bool> {
+                self.0.delete(key).await
+            }
+
+            async fn touch(
+                &self,
+                key: &cloakroom_core::SessionKey,
+                accessed: cloakroom_core::Timestamp,
+                expires: cloakroom_core::Timestamp,
+            ) -> cloakroom_core::Result<bool> {
+                self.0.touch(key, accessed, expires).await
+            }
+
+            async fn try_lock(
+                &self,
+                key: &cloakroom_core::SessionKey,
+                options: cloakroom_core::LockOptions,
+            ) -> cloakroom_core::Result<cloakroom_core::Acquired> {
+                self.0.try_lock(key, options).await
+            }
+
+            async fn lock(
+                &self,
+                key: &cloakroom_core::SessionKey,
+                options: cloakroom_core::LockOptions,
+            ) -> cloakroom_core::Result<Box<dyn cloakroom_core::LockGuard>> {
+                self.0.lock(key, options).await
+            }
+
+            async fn list_ids(
+                &self,
+                namespace: &cloakroom_core::Namespace,
+                cursor: Option<cloakroom_core::Cursor>,
+                limit: usize,
+            ) -> cloakroom_core::Result<cloakroom_core::IdPage> {
+                self.0.list_ids(namespace, cursor, limit).await
+            }
+
+            async fn count(&self, namespace: &cloakroom_core::Namespace) -> cloakroom_core::Result<u64> {
+                self.0.count(namespace).await
+            }
+
+            async fn sweep_expired(
+                &self,
+                namespace: &cloakroom_core::Namespace,
+                now: cloakroom_core::Timestamp,
+                cursor: Option<cloakroom_core::Cursor>,
+                limit: usize,
+            ) -> cloakroom_core::Result<cloakroom_core::SweepBatch> {
+                self.0.sweep_expired(namespace, now, cursor, limit).await
+            }
+        }
+    };
+}
+
+pub(crate) use public_store;
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -633,23 +662,55 @@ mod tests {
         LockGuard, LockOptions, Namespace, RecordWrite, SessionId, SessionKey, SessionStore, Timestamp,
     };
 
-    use super::RowLockStore;
-    use crate::{Backend, StoreConfig};
+    use cloakroom_conformance::support::{skip_or_fail, Server};
 
-    /// The store at `$env` (or `default`), migrated; `None` (the test is
-    /// skipped) if the server is down, unless CI requires every backend.
-    async fn store<B: Backend>(env: &str, default: &str) -> Option<RowLockStore<B>> {
-        let url = std::env::var(env).unwrap_or_else(|_| default.to_owned());
-        let store = RowLockStore::<B>::connect_lazy(&url, StoreConfig::default()).ok()?;
-        match store.migrate().await {
-            Ok(()) => Some(store),
-            Err(e) if std::env::var("CLOAKROOM_REQUIRE_BACKENDS").as_deref() == Ok("1") => {
-                panic!("{} unreachable at {url}: {e}", B::NAME)
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: {} unreachable at {url}: {e}", B::NAME);
-                None
-            }
+    use super::RowLockStore;
+    use crate::backend::Backend;
+    use crate::SqlOptions;
+
+    /// The store on `server`, migrated; `None` (the test is skipped) if the
+    /// server is down, unless the run requires every backend.
+    async fn store<B: Backend>(server: Server) -> Option<RowLockStore<B>> {
+        let open = async {
+            let url = cloakroom_core::StoreUrl::parse(&server.url()).map_err(|e| server.unreachable(e))?;
+            let store = SqlOptions::from_url(&url)
+                .and_then(RowLockStore::<B>::new)
+                .map_err(|e| server.unreachable(e))?;
+            store.migrate().await.map_err(|e| server.unreachable(e))?;
+            Ok(store)
+        };
+        skip_or_fail(open.await)
+    }
+
+    /// Building a store (from a URL, or through the opener) reads the
+    /// options and nothing else: no server, and no runtime, is needed.
+    #[test]
+    fn stores_are_built_without_a_server_or_a_runtime() {
+        #[cfg(feature = "postgres")]
+        {
+            let store =
+                crate::PostgresStore::from_url("postgresql://u@127.0.0.1:1/db?table=t&sslmode=disable")
+                    .unwrap();
+            assert_eq!(store.options().table.as_str(), "t");
+            let url = cloakroom_core::StoreUrl::parse("postgres://u@127.0.0.1:1/db").unwrap();
+            assert!((crate::postgres::OPENER.open)(&url).is_ok());
+            let wrong = crate::PostgresStore::new(SqlOptions::new("mysql://u@127.0.0.1:1/db"));
+            assert!(
+                matches!(wrong, Err(cloakroom_core::Error::Config(_))),
+                "{wrong:?}"
+            );
+        }
+        #[cfg(feature = "mysql")]
+        {
+            let store = crate::MysqlStore::from_url("mariadb://u@127.0.0.1:1/db?max_connections=2").unwrap();
+            assert_eq!(store.options().max_connections, 2);
+            let url = cloakroom_core::StoreUrl::parse("mysql://u@127.0.0.1:1/db").unwrap();
+            assert!((crate::mysql::OPENER.open)(&url).is_ok());
+            let wrong = crate::MysqlStore::from_url("postgres://u@127.0.0.1:1/db");
+            assert!(
+                matches!(wrong, Err(cloakroom_core::Error::Config(_))),
+                "{wrong:?}"
+            );
         }
     }
 
@@ -712,21 +773,18 @@ mod tests {
         assert_eq!(again, vec![held.id.as_str().to_owned()], "once released it goes");
     }
 
+    #[cfg(feature = "postgres")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_one_by_one_spares_held_and_live_sessions() {
-        let url = (
-            "CLOAKROOM_POSTGRES_URL",
-            "postgres://postgres@127.0.0.1:5432/test",
-        );
-        if let Some(store) = store::<crate::Postgres>(url.0, url.1).await {
+        if let Some(store) = store::<crate::postgres::Postgres>(Server::Postgres).await {
             one_by_one_spares_held_and_live_sessions(store).await;
         }
     }
 
+    #[cfg(feature = "mysql")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn mysql_one_by_one_spares_held_and_live_sessions() {
-        let url = ("CLOAKROOM_MYSQL_URL", "mysql://root@127.0.0.1:3306/test");
-        if let Some(store) = store::<crate::Mysql>(url.0, url.1).await {
+        if let Some(store) = store::<crate::mysql::Mysql>(Server::Mysql).await {
             one_by_one_spares_held_and_live_sessions(store).await;
         }
     }

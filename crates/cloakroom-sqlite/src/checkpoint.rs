@@ -38,7 +38,7 @@ pub(crate) struct WalLimit {
 
 /// What one `wal_checkpoint(TRUNCATE)` answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum WalCheckpoint {
     /// Every frame copied back and the file truncated.
     Truncated,
     /// Another connection held the checkpoint lock, or a reader or writer
@@ -75,7 +75,7 @@ impl WalLimit {
 }
 
 /// Run `PRAGMA wal_checkpoint(TRUNCATE)` on `conn`.
-pub(crate) fn truncate(conn: &Connection) -> rusqlite::Result<Outcome> {
+pub(crate) fn truncate(conn: &Connection) -> rusqlite::Result<WalCheckpoint> {
     // (busy, frames in the WAL, frames copied back); busy is 1 when the
     // checkpoint could not finish. After a TRUNCATE both counts are 0.
     let (busy, _log, _copied): (i64, i64, i64) =
@@ -83,8 +83,8 @@ pub(crate) fn truncate(conn: &Connection) -> rusqlite::Result<Outcome> {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })?;
     Ok(if busy == 0 {
-        Outcome::Truncated
+        WalCheckpoint::Truncated
     } else {
-        Outcome::Busy
+        WalCheckpoint::Busy
     })
 }

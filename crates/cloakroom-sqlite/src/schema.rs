@@ -158,8 +158,10 @@ impl Sql {
             ),
             count: format!("SELECT COUNT(*) FROM {t} WHERE namespace = ?1 AND version > 0 AND expires > ?2"),
             // The expiry check, the lock check and the delete are one
-            // statement, so a session renewed or locked meanwhile (seed 001)
-            // is never deleted. ?2 after, ?3 expired-at, ?4 wall-clock now, ?5 limit
+            // statement: a sweep that read the row first and deleted it
+            // after would delete a session a request renewed or locked in
+            // between, logging its user out mid-request. ?2 after,
+            // ?3 expired-at, ?4 wall-clock now, ?5 limit
             sweep: format!(
                 "DELETE FROM {t} WHERE namespace = ?1 AND id IN (
                     SELECT id FROM {t}

@@ -8,70 +8,63 @@
 //! holding it across a request would serialize every session (Symfony's
 //! SQLite handler held `BEGIN IMMEDIATE` for a whole request and did).
 
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use cloakroom_core::{
     Acquired, Capabilities, Cursor, Error, IdPage, LockKind, LockOptions, Namespace, Record, RecordWrite,
-    Result, SessionId, SessionKey, SessionStore, SweepBatch, Timestamp,
+    Result, SessionId, SessionKey, SessionStore, StoreUrl, SweepBatch, Timestamp,
 };
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension};
+use tokio::sync::OnceCell;
 
-use crate::config::SqliteOptions;
-use crate::pool::{sql_error, Readers};
-use crate::schema::Sql;
-use crate::writer::Writer;
+use crate::database::Database;
+use crate::error::sql_error;
+use crate::options::{SqliteOptions, Synchronous};
+use crate::row::{now_ms, read_current, record_columns, record_from_columns, write_row};
 
 /// Sessions in one SQLite database file, safe across threads and OS processes
 /// on one host. Cloning shares the same connections.
 ///
-/// Call [`SessionStore::migrate`] once before use (idempotent).
+/// Building one touches no file: the database is opened on first use, so
+/// call [`SessionStore::migrate`] once before use (idempotent), which is
+/// also where a database that cannot be opened shows.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-pub(crate) struct Inner {
-    pub(crate) writer: Writer,
-    readers: Readers,
-    pub(crate) options: SqliteOptions,
+struct Inner {
+    options: SqliteOptions,
+    /// Set by the first operation that gets its threads started; left
+    /// unset (for the next operation to try again) if they cannot be.
+    database: OnceCell<Arc<Database>>,
 }
 
 impl SqliteStore {
-    /// A store on the database file at `path` with default options. Opens
-    /// nothing yet: connections are made on first use (the writer and
-    /// reader threads start here).
-    pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
-        Self::with_options(SqliteOptions::new(path))
-    }
-
-    /// A store with explicit options; [`Error::Config`] if they are invalid
-    /// (for example a table name that is not a plain identifier).
-    pub fn with_options(options: SqliteOptions) -> Result<Self> {
+    /// A store with `options`; [`Error::Config`] if they are invalid (for
+    /// example a table name that is not a plain identifier). Opens nothing:
+    /// the database file is created or opened on first use.
+    pub fn new(options: SqliteOptions) -> Result<Self> {
         options.validate()?;
-        let sql = Arc::new(Sql::new(&options.table));
-        // Held shared by each read, exclusively by the writer's WAL
-        // checkpoint (see `checkpoint`).
-        let gate = Arc::new(RwLock::new(()));
-        // One connection writes; the rest of `max_connections` read, and
-        // there is always at least one reader.
-        let readers = options.max_connections.saturating_sub(1).max(1);
         Ok(SqliteStore {
             inner: Arc::new(Inner {
-                writer: Writer::start(&options, sql.clone(), gate.clone())?,
-                readers: Readers::start(readers, &options, &sql, &gate)?,
                 options,
+                database: OnceCell::new(),
             }),
         })
     }
 
     /// A store from `sqlite:///abs/path.db` or `sqlite:relative.db` (see
     /// [`SqliteOptions::from_url`]). Two processes given the same file share
-    /// sessions and locks.
+    /// sessions and locks. Opens nothing, like [`new`](Self::new).
     pub fn from_url(url: &str) -> Result<Self> {
-        Self::with_options(SqliteOptions::from_url(url)?)
+        Self::from_store_url(&StoreUrl::parse(url)?)
+    }
+
+    pub(crate) fn from_store_url(url: &StoreUrl) -> Result<Self> {
+        Self::new(SqliteOptions::from_url(url)?)
     }
 
     /// The options in force.
@@ -79,134 +72,17 @@ impl SqliteStore {
         &self.inner.options
     }
 
+    /// The open database, opened now if this is the first use.
+    async fn database(&self) -> Result<&Arc<Database>> {
+        self.inner
+            .database
+            .get_or_try_init(|| async { Database::open(&self.inner.options).map(Arc::new) })
+            .await
+    }
+
     fn check_size(&self, write: &RecordWrite) -> Result<()> {
         write.check_size(self.inner.options.max_record_bytes)
     }
-}
-
-impl Inner {
-    /// Run `work` on the writer thread, in its next batch's transaction,
-    /// and wait for the committed result.
-    pub(crate) async fn write<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Sql, &Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        self.writer.run(move |conn, sql| work(sql, conn)).await
-    }
-
-    /// Run `work` on a reader connection.
-    pub(crate) async fn read<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Sql, &Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        self.readers.run(move |conn, sql| work(sql, conn)).await
-    }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    Timestamp::now().as_millis()
-}
-
-/// The metadata of a row, as writers check it.
-#[derive(Debug)]
-pub(crate) struct Current {
-    pub version: u64,
-    pub created: Timestamp,
-    pub expires: Timestamp,
-    pub lock_token: Option<String>,
-    pub lock_until: Option<i64>,
-}
-
-impl Current {
-    /// The row's version if it is a live record (not a placeholder, not expired).
-    pub(crate) fn live_version(&self, now: i64) -> Option<u64> {
-        (self.version > 0 && self.expires.as_millis() > now).then_some(self.version)
-    }
-
-    pub(crate) fn is_locked(&self, now: i64) -> bool {
-        self.lock_token.is_some() && self.lock_until.is_some_and(|until| until > now)
-    }
-}
-
-pub(crate) fn read_current(conn: &Connection, sql: &Sql, key: &SessionKey) -> Result<Option<Current>> {
-    conn.prepare_cached(&sql.current)
-        .and_then(|mut stmt| {
-            stmt.query_row(params![key.namespace.as_str(), key.id.as_str()], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, Option<String>>(3)?,
-                    row.get::<_, Option<i64>>(4)?,
-                ))
-            })
-            .optional()
-        })
-        .map_err(sql_error)?
-        .map(|(version, created, expires, lock_token, lock_until)| {
-            Ok(Current {
-                version: version_from_sql(version)?,
-                created: Timestamp::from_millis(created),
-                expires: Timestamp::from_millis(expires),
-                lock_token,
-                lock_until,
-            })
-        })
-        .transpose()
-}
-
-fn version_from_sql(version: i64) -> Result<u64> {
-    u64::try_from(version).map_err(|_| Error::Corrupt {
-        reason: format!("negative record version {version}"),
-    })
-}
-
-/// The raw columns `version, data, created, accessed, expires` of a row.
-pub(crate) type RecordColumns = (i64, Option<Vec<u8>>, i64, i64, i64);
-
-/// Read [`RecordColumns`] from a row.
-pub(crate) fn record_columns(row: &Row<'_>) -> rusqlite::Result<RecordColumns> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
-}
-
-/// A record from its raw columns; [`Error::Corrupt`] if they cannot be one.
-pub(crate) fn record_from_columns(columns: RecordColumns) -> Result<Record> {
-    let (version, data, created, accessed, expires) = columns;
-    Ok(Record {
-        data: data.ok_or_else(|| Error::Corrupt {
-            reason: "record row without data".into(),
-        })?,
-        version: version_from_sql(version)?,
-        created: Timestamp::from_millis(created),
-        accessed: Timestamp::from_millis(accessed),
-        expires: Timestamp::from_millis(expires),
-    })
-}
-
-/// Write `write` as version `version` of the row of `key` (which exists).
-pub(crate) fn write_row(
-    tx: &Connection,
-    sql: &str,
-    key: &SessionKey,
-    version: u64,
-    created: Timestamp,
-    write: &RecordWrite,
-) -> Result<()> {
-    let version = i64::try_from(version).map_err(|_| Error::backend("record version overflow"))?;
-    tx.prepare_cached(sql)
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                key.namespace.as_str(),
-                key.id.as_str(),
-                version,
-                write.data,
-                created.as_millis(),
-                write.accessed.as_millis(),
-                write.expires.as_millis(),
-            ])
-        })
-        .map_err(sql_error)?;
-    Ok(())
 }
 
 /// Where an id-ordered page resumes: after the cursor's id, or from the start.
@@ -228,24 +104,24 @@ fn id_from_sql(text: String) -> Result<SessionId> {
 impl SessionStore for SqliteStore {
     fn capabilities(&self) -> Capabilities {
         // With synchronous=OFF a power cut can lose or corrupt commits.
-        let durable = self.inner.options.synchronous != crate::Synchronous::Off;
-        Capabilities::new(
-            true,
-            durable,
-            LockKind::Lease,
-            self.inner.options.max_record_bytes,
-        )
+        let durable = self.inner.options.synchronous != Synchronous::Off;
+        Capabilities::new(LockKind::Lease)
+            .multi_process()
+            .durable(durable)
+            .max_record_bytes(self.inner.options.max_record_bytes)
     }
 
     async fn migrate(&self) -> Result<()> {
-        self.inner
+        self.database()
+            .await?
             .write(|sql, conn| conn.execute_batch(&sql.migrate).map_err(sql_error))
             .await
     }
 
     async fn load(&self, key: &SessionKey) -> Result<Option<Record>> {
         let key = key.clone();
-        self.inner
+        self.database()
+            .await?
             .read(move |sql, conn| {
                 conn.prepare_cached(&sql.load)
                     .and_then(|mut stmt| {
@@ -265,7 +141,8 @@ impl SessionStore for SqliteStore {
     async fn create(&self, key: &SessionKey, write: RecordWrite) -> Result<Record> {
         self.check_size(&write)?;
         let key = key.clone();
-        self.inner
+        self.database()
+            .await?
             .write(move |sql, conn| {
                 let tx = conn;
                 let current = read_current(tx, sql, &key)?;
@@ -281,7 +158,8 @@ impl SessionStore for SqliteStore {
     async fn save(&self, key: &SessionKey, write: RecordWrite, expected: Option<u64>) -> Result<u64> {
         self.check_size(&write)?;
         let key = key.clone();
-        self.inner
+        self.database()
+            .await?
             .write(move |sql, conn| {
                 let tx = conn;
                 let current = read_current(tx, sql, &key)?;
@@ -304,7 +182,8 @@ impl SessionStore for SqliteStore {
 
     async fn delete(&self, key: &SessionKey) -> Result<bool> {
         let key = key.clone();
-        self.inner
+        self.database()
+            .await?
             .write(move |sql, conn| {
                 {
                     let tx = conn;
@@ -331,7 +210,8 @@ impl SessionStore for SqliteStore {
 
     async fn touch(&self, key: &SessionKey, accessed: Timestamp, expires: Timestamp) -> Result<bool> {
         let key = key.clone();
-        self.inner
+        self.database()
+            .await?
             .write(move |sql, conn| {
                 let changed = conn
                     .prepare_cached(&sql.touch_live)
@@ -351,14 +231,15 @@ impl SessionStore for SqliteStore {
     }
 
     async fn try_lock(&self, key: &SessionKey, options: LockOptions) -> Result<Acquired> {
-        crate::lock::try_lock(&self.inner, key, options).await
+        crate::guard::try_lock(self.database().await?, key, options).await
     }
 
     async fn list_ids(&self, namespace: &Namespace, cursor: Option<Cursor>, limit: usize) -> Result<IdPage> {
         let after = parse_cursor(cursor)?;
         let namespace = namespace.clone();
         let limit = limit.max(1);
-        self.inner
+        self.database()
+            .await?
             .read(move |sql, conn| {
                 let mut stmt = conn.prepare_cached(&sql.list).map_err(sql_error)?;
                 // One more than asked, to know whether another page follows.
@@ -386,7 +267,8 @@ impl SessionStore for SqliteStore {
 
     async fn count(&self, namespace: &Namespace) -> Result<u64> {
         let namespace = namespace.clone();
-        self.inner
+        self.database()
+            .await?
             .read(move |sql, conn| {
                 let n: i64 = conn
                     .prepare_cached(&sql.count)
@@ -409,7 +291,8 @@ impl SessionStore for SqliteStore {
         let after = parse_cursor(cursor)?;
         let namespace = namespace.clone();
         let limit = limit.max(1);
-        self.inner
+        self.database()
+            .await?
             .write(move |sql, conn| {
                 {
                     let tx = conn;

@@ -21,21 +21,21 @@
 //! `COMMIT` (or `BEGIN`) fails the whole batch.
 //!
 //! Between batches the thread also keeps the WAL bounded (see
-//! [`checkpoint`](crate::checkpoint)).
+//! [`checkpoint`]).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::thread;
 
 use cloakroom_core::{Error, Result};
-use rusqlite::{Connection, ErrorCode};
+use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use crate::checkpoint::{self, WalLimit};
-use crate::config::SqliteOptions;
-use crate::lock::is_sql_failure;
-use crate::pool::{connect, write_lock};
+use crate::database::Connector;
+use crate::error::{is_busy, is_sql_failure};
+use crate::readers::ReadGate;
 use crate::schema::Sql;
 
 /// Most requests committed together. Bounds how long the first of a batch
@@ -73,10 +73,7 @@ pub(crate) struct BatchFailure {
 impl BatchFailure {
     fn sql(e: &rusqlite::Error) -> Self {
         BatchFailure {
-            busy: matches!(
-                e.sqlite_error_code(),
-                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-            ),
+            busy: is_busy(e),
             message: e.to_string(),
         }
     }
@@ -155,12 +152,12 @@ impl Writer {
     /// first request, so a store can be built before its file is reachable.
     /// `gate` is taken exclusively for a WAL checkpoint, pausing this
     /// store's readers.
-    pub(crate) fn start(options: &SqliteOptions, sql: Arc<Sql>, gate: Arc<RwLock<()>>) -> Result<Self> {
+    pub(crate) fn start(connector: &Arc<Connector>, sql: Arc<Sql>, gate: Arc<ReadGate>) -> Result<Self> {
         let (jobs, queue) = mpsc::channel();
-        let options = options.clone();
+        let connector = connector.clone();
         thread::Builder::new()
             .name("cloakroom-sqlite-writer".into())
-            .spawn(move || serve(&queue, &options, &sql, &gate))
+            .spawn(move || serve(&queue, &connector, &sql, &gate))
             .map_err(|e| Error::backend(format!("cannot start the sqlite writer thread: {e}")))?;
         Ok(Writer { jobs })
     }
@@ -203,8 +200,9 @@ pub(crate) fn stopped() -> Error {
 }
 
 /// The writer thread: batches until every sender is gone.
-fn serve(queue: &mpsc::Receiver<Box<dyn Job>>, options: &SqliteOptions, sql: &Sql, gate: &RwLock<()>) {
+fn serve(queue: &mpsc::Receiver<Box<dyn Job>>, connector: &Connector, sql: &Sql, gate: &ReadGate) {
     let mut conn = None;
+    let options = connector.options();
     let mut wal = WalLimit::new(&options.path, options.max_wal_bytes);
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut follow_ups: Vec<Box<dyn Job>> = Vec::new();
@@ -222,7 +220,7 @@ fn serve(queue: &mpsc::Receiver<Box<dyn Job>>, options: &SqliteOptions, sql: &Sq
                 Err(_) => break,
             }
         }
-        let failed = run_batch(&mut conn, options, sql, &mut batch).err();
+        let failed = run_batch(&mut conn, connector, sql, &mut batch).err();
         let done = batch.len();
         for job in batch.drain(..) {
             follow_ups.extend(job.answer(failed.as_ref()));
@@ -233,7 +231,7 @@ fn serve(queue: &mpsc::Receiver<Box<dyn Job>>, options: &SqliteOptions, sql: &Sq
                 // the only writer) and the gate holds its readers back, so
                 // only other processes can keep the checkpoint from
                 // finishing; then the next look at the size tries again.
-                let _paused = write_lock(gate);
+                let _paused = gate.pause();
                 match checkpoint::truncate(conn) {
                     Ok(outcome) => tracing::debug!(?outcome, "sqlite WAL checkpoint (truncate)"),
                     Err(e) => tracing::warn!(error = %e, "sqlite WAL checkpoint failed; retried later"),
@@ -247,13 +245,13 @@ fn serve(queue: &mpsc::Receiver<Box<dyn Job>>, options: &SqliteOptions, sql: &Sq
 /// and nothing of it was committed.
 fn run_batch(
     conn: &mut Option<Connection>,
-    options: &SqliteOptions,
+    connector: &Connector,
     sql: &Sql,
     batch: &mut [Box<dyn Job>],
 ) -> std::result::Result<(), BatchFailure> {
     let conn = match conn {
         Some(conn) => conn,
-        None => conn.insert(connect(options).map_err(|e| BatchFailure::of(&e))?),
+        None => conn.insert(connector.connect().map_err(|e| BatchFailure::of(&e))?),
     };
     let outcome = run_in_transaction(conn, sql, batch);
     if outcome.is_err() && !conn.is_autocommit() {

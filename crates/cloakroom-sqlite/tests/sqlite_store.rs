@@ -4,14 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cloakroom_conformance::support::TempDir;
 use cloakroom_core::{
-    Error, Finish, Finished, LockOptions, Namespace, RecordWrite, SessionId, SessionKey, SessionStore, Then,
-    Timestamp,
+    Error, Finish, Finished, LockOptions, Namespace, RecordWrite, SessionId, SessionKey, SessionStore,
+    StoreUrl, Then, Timestamp,
 };
 use cloakroom_sqlite::{SqliteOptions, SqliteStore, DEFAULT_TABLE};
 
-fn temp() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+fn temp() -> TempDir {
+    TempDir::new("sqlite").unwrap()
 }
 
 fn db(dir: &Path) -> PathBuf {
@@ -19,7 +20,7 @@ fn db(dir: &Path) -> PathBuf {
 }
 
 async fn store_at(path: &Path) -> SqliteStore {
-    let store = SqliteStore::open(path).unwrap();
+    let store = SqliteStore::new(SqliteOptions::new(path)).unwrap();
     store.migrate().await.unwrap();
     store
 }
@@ -63,7 +64,7 @@ fn table_names_with_metacharacters_are_rejected() {
     ] {
         let options = SqliteOptions::new("/tmp/never-opened.db").table(bad);
         assert!(
-            matches!(SqliteStore::with_options(options), Err(Error::Config(_))),
+            matches!(SqliteStore::new(options), Err(Error::Config(_))),
             "accepted table {bad:?}"
         );
         let url = format!("sqlite:///tmp/never-opened.db?table={}", url_encode(bad));
@@ -79,10 +80,121 @@ fn url_encode(s: &str) -> String {
     s.bytes().map(|b| format!("%{b:02X}")).collect()
 }
 
+/// Building a store, from options, a URL or the opener, touches no file; the
+/// first use opens the database, and one that failed to open is tried again
+/// on the next use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_opens_its_database_on_first_use_and_retries_a_failed_open() {
+    let dir = temp();
+    let missing = dir.path().join("not-yet");
+    let path = db(&missing);
+    let url = format!("sqlite://{}", path.display());
+    let store = SqliteStore::from_url(&url).unwrap();
+    assert_eq!(store.options(), &SqliteOptions::new(&path));
+    SqliteStore::new(SqliteOptions::new(&path)).unwrap();
+    assert_eq!(cloakroom_sqlite::OPENER.schemes, ["sqlite"]);
+    let opened = (cloakroom_sqlite::OPENER.open)(&StoreUrl::parse(&url).unwrap()).unwrap();
+    assert!(opened.capabilities().multi_process);
+    assert!(!missing.exists());
+
+    // The directory is missing: each use fails, naming the file.
+    match store.migrate().await {
+        Err(e @ Error::Backend { .. }) => assert!(e.to_string().contains("sessions.db"), "{e}"),
+        other => panic!("expected Backend, got {other:?}"),
+    }
+    assert!(matches!(
+        store.load(&key("app")).await,
+        Err(Error::Backend { .. })
+    ));
+
+    // Once it is there, the same store opens it.
+    std::fs::create_dir(&missing).unwrap();
+    store.migrate().await.unwrap();
+    let k = key("app");
+    store.create(&k, write(b"x")).await.unwrap();
+    assert_eq!(store.load(&k).await.unwrap().unwrap().data, b"x");
+    assert_eq!(opened.load(&k).await.unwrap().unwrap().data, b"x");
+}
+
+/// Set in the child process that runs
+/// `new_database_files_are_private_whatever_the_umask` under `umask 000`.
+#[cfg(unix)]
+const UMASK_CHILD: &str = "CLOAKROOM_SQLITE_TEST_UMASK_CHILD";
+
+/// A database the store creates, and its `-wal` and `-shm` files, are
+/// readable by their owner only even where the umask would let everyone
+/// read them; an existing database keeps its mode.
+#[cfg(unix)]
+#[test]
+fn new_database_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+    if std::env::var_os(UMASK_CHILD).is_none() {
+        // The umask belongs to the whole process and setting it from Rust
+        // takes unsafe code: run this test again, alone, in a child process
+        // that a shell starts under `umask 000`.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "umask 000 && exec \"$0\" \"$@\""])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "new_database_files_are_private_whatever_the_umask",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(UMASK_CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "the test failed under umask 000:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+
+    let mode = |path: &Path| {
+        format!(
+            "{:o}",
+            std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+        )
+    };
+    let dir = temp();
+    // The umask really lets everyone read: a file made the ordinary way is 0666.
+    let plain = dir.path().join("plain");
+    std::fs::File::create(&plain).unwrap();
+    assert_eq!(mode(&plain), "666", "the umask is not 000");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let path = db(dir.path());
+        let store = store_at(&path).await;
+        let k = key("app");
+        store.create(&k, write(b"secret")).await.unwrap();
+        assert!(store.load(&k).await.unwrap().is_some());
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            assert_eq!(mode(&file), "600", "{}", file.display());
+        }
+
+        // An existing database keeps its mode (the store only warns).
+        let shared = dir.path().join("shared.db");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&shared)
+            .unwrap();
+        let store = store_at(&shared).await;
+        store.create(&key("app"), write(b"x")).await.unwrap();
+        assert_eq!(mode(&shared), "644");
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_tables_are_separate_and_migrate_is_idempotent() {
     let dir = temp();
-    let a = SqliteStore::with_options(SqliteOptions::new(db(dir.path())).table("app_a")).unwrap();
+    let a = SqliteStore::new(SqliteOptions::new(db(dir.path())).table("app_a")).unwrap();
     let b = SqliteStore::from_url(&format!("sqlite://{}?table=app_b", db(dir.path()).display())).unwrap();
     for _ in 0..3 {
         a.migrate().await.unwrap();
@@ -145,8 +257,7 @@ async fn a_database_busy_past_the_timeout_is_unavailable() {
     let dir = temp();
     let path = db(dir.path());
     store_at(&path).await;
-    let store = SqliteStore::with_options(SqliteOptions::new(&path).busy_timeout(Duration::from_millis(100)))
-        .unwrap();
+    let store = SqliteStore::new(SqliteOptions::new(&path).busy_timeout(Duration::from_millis(100))).unwrap();
     let k = key("app");
     store.create(&k, write(b"x")).await.unwrap();
 
@@ -218,7 +329,7 @@ async fn the_wal_stays_bounded_under_concurrent_writes() {
     const SESSIONS_PER_TASK: usize = 150;
     let dir = temp();
     let path = db(dir.path());
-    let store = SqliteStore::with_options(SqliteOptions::new(&path).max_wal_bytes(LIMIT)).unwrap();
+    let store = SqliteStore::new(SqliteOptions::new(&path).max_wal_bytes(LIMIT)).unwrap();
     store.migrate().await.unwrap();
     let wal = dir.path().join("sessions.db-wal");
     let size = move || std::fs::metadata(&wal).map_or(0, |m| m.len());

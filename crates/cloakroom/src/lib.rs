@@ -37,69 +37,71 @@ pub use cloakroom_sql as sql;
 #[cfg(feature = "sqlite")]
 pub use cloakroom_sqlite as sqlite;
 
-/// The URL schemes [`open`] knows, whether or not their feature is on.
-pub const SCHEMES: &[&str] = &[
-    "memory",
-    "file",
-    "sqlite",
-    "postgres",
-    "postgresql",
-    "mysql",
-    "mariadb",
-    "redis",
-    "redis+cluster",
-];
-
-/// Open the store a URL names, creating its schema if needed (see
-/// [`SessionStore::migrate`]).
-///
-/// The scheme picks the backend (table in the crate docs). A known scheme
-/// whose Cargo feature is off is [`Error::Unsupported`] naming the feature;
-/// an unknown scheme or a malformed URL is [`Error::Config`]. Credentials in
-/// the URL never appear in the error.
-pub async fn open(url: &str) -> Result<Arc<dyn SessionStore>> {
-    let Some((scheme, _)) = url.split_once(':') else {
-        return Err(Error::Config(format!(
-            "a store URL starts with a scheme, one of: {}",
-            SCHEMES.join(", ")
-        )));
+/// One line per backend: with its feature on, the backend's opener; with it
+/// off, its schemes, so that opening one names the feature to turn on.
+macro_rules! builtin {
+    ($registry:ident, $feature:literal, $schemes:expr, $opener:path) => {
+        #[cfg(feature = $feature)]
+        $registry.register($opener);
+        #[cfg(not(feature = $feature))]
+        $registry.register_missing($schemes, $feature);
     };
-    let scheme = scheme.to_ascii_lowercase();
-    let store: Arc<dyn SessionStore> = match scheme.as_str() {
-        "memory" => Arc::new(MemoryStore::new()),
-        #[cfg(feature = "file")]
-        "file" => Arc::new(cloakroom_file::FileStore::from_url(url)?),
-        #[cfg(feature = "sqlite")]
-        "sqlite" => Arc::new(cloakroom_sqlite::SqliteStore::from_url(url)?),
-        #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Arc::new(cloakroom_sql::PostgresStore::from_url(url).await?),
-        #[cfg(feature = "mysql")]
-        "mysql" | "mariadb" => Arc::new(cloakroom_sql::MysqlStore::from_url(url).await?),
-        #[cfg(feature = "redis")]
-        "redis" | "rediss" | "redis+cluster" => Arc::new(cloakroom_redis::RedisStore::from_url(url).await?),
-        other => return Err(not_compiled_in(other)),
-    };
-    store.migrate().await?;
-    Ok(store)
 }
 
-fn not_compiled_in(scheme: &str) -> Error {
-    let feature = match scheme {
-        "file" => "file",
-        "sqlite" => "sqlite",
-        "postgres" | "postgresql" => "postgres",
-        "mysql" | "mariadb" => "mysql",
-        "redis" | "rediss" | "redis+cluster" => "redis",
-        _ => {
-            return Error::Config(format!(
-                "unknown store scheme {scheme:?}; expected one of: {}",
-                SCHEMES.join(", ")
-            ))
-        }
-    };
-    Error::Unsupported(format!(
-        "the {feature} backend is not compiled in; enable the `{feature}` feature of the cloakroom crate"
-    ))
+/// Every backend compiled into this build, by URL scheme (table in the crate
+/// docs). A third-party backend adds its own [`Opener`]:
+///
+/// ```
+/// # fn open_mine(_: &cloakroom::StoreUrl) -> cloakroom::Result<std::sync::Arc<dyn cloakroom::SessionStore>> {
+/// #     Ok(std::sync::Arc::new(cloakroom::MemoryStore::new()))
+/// # }
+/// const MINE: cloakroom::Opener = cloakroom::Opener { schemes: &["mine"], open: open_mine };
+///
+/// let registry = cloakroom::registry().with(MINE);
+/// assert!(registry.schemes().contains(&"mine"));
+/// ```
+pub fn registry() -> Registry {
+    let mut registry = Registry::new().with(cloakroom_core::registry::MEMORY);
+    builtin!(registry, "file", &["file"], cloakroom_file::OPENER);
+    builtin!(registry, "sqlite", &["sqlite"], cloakroom_sqlite::OPENER);
+    builtin!(
+        registry,
+        "postgres",
+        &["postgres", "postgresql"],
+        cloakroom_sql::postgres::OPENER
+    );
+    builtin!(
+        registry,
+        "mysql",
+        &["mysql", "mariadb"],
+        cloakroom_sql::mysql::OPENER
+    );
+    builtin!(
+        registry,
+        "redis",
+        &["redis", "rediss", "redis+cluster", "rediss+cluster"],
+        cloakroom_redis::OPENER
+    );
+    registry
+}
+
+/// Open the store a URL names with the built-in backends ([`registry`]),
+/// and create its schema if needed (see [`SessionStore::migrate`]).
+///
+/// A known scheme whose Cargo feature is off is [`Error::Unsupported`] naming
+/// the feature; an unknown scheme, an unknown option or a malformed URL is
+/// [`Error::Config`]; a server that does not answer is
+/// [`Error::Unavailable`]. Credentials in the URL never appear in an error.
+pub async fn open(url: &str) -> Result<Arc<dyn SessionStore>> {
+    open_with(&registry(), url).await
+}
+
+/// [`open`] with the backends of `registry` (a third-party backend's scheme,
+/// say).
+pub async fn open_with(registry: &Registry, url: &str) -> Result<Arc<dyn SessionStore>> {
+    let store = registry.open(url)?;
+    store.migrate().await?;
+    Ok(store)
 }
 
 #[cfg(test)]
@@ -116,6 +118,28 @@ mod tests {
     async fn unknown_scheme_and_missing_scheme_are_config_errors() {
         for url in ["ftp://x", "no-scheme-here", ""] {
             assert!(matches!(open(url).await, Err(Error::Config(_))), "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_builtin_scheme_is_listed_or_names_its_feature() {
+        let registry = registry();
+        for scheme in [
+            "memory",
+            "file",
+            "sqlite",
+            "postgres",
+            "postgresql",
+            "mysql",
+            "mariadb",
+            "redis",
+            "redis+cluster",
+        ] {
+            let outcome = registry.open(&format!("{scheme}://127.0.0.1:1/x"));
+            assert!(
+                !matches!(&outcome, Err(Error::Config(m)) if m.contains("unknown store scheme")),
+                "{scheme}: {outcome:?}"
+            );
         }
     }
 

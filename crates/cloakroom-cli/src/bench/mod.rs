@@ -1,4 +1,5 @@
-//! `cloakroom bench`: the workload of `BENCHMARKS.md`.
+//! `cloakroom bench`: the workload described in the repository's
+//! `docs/BENCHMARKS.md` (the request cycle, its modes, the targets).
 //!
 //! The modes are generic over [`Target`], the library under test, so the
 //! anchor crate (`benches/anchor`) runs tower-sessions and raw Redis through
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use cloakroom::{Namespace, Policy, SessionId};
+use cloakroom::{Namespace, Policy, Registry, SessionId};
 
 pub use handoff::{handoff, handoff_processes, HandoffConfig};
 pub use modes::{burst, contention, create_sessions, processes, remove_sessions, run_claims, spread, worker};
@@ -286,7 +287,7 @@ pub fn fresh_namespace(prefix: &str) -> Result<Namespace> {
     Ok(Namespace::new(&format!("{prefix}-{}", &id.as_str()[..12]))?)
 }
 
-pub(crate) async fn run_cli(args: BenchArgs) -> Result<()> {
+pub(crate) async fn run_cli(args: BenchArgs, registry: &Registry) -> Result<()> {
     let namespace = match args.namespace {
         Some(ns) => ns,
         None => fresh_namespace("bench")?,
@@ -296,7 +297,7 @@ pub(crate) async fn run_cli(args: BenchArgs) -> Result<()> {
     plan.modes.retain(|m| *m != Mode::Sweep);
     let mut results = Vec::new();
     for policy in args.policies.iter().filter(|_| !plan.modes.is_empty()) {
-        let target = CloakroomTarget::open(&args.url, namespace.clone(), (*policy).into())
+        let target = CloakroomTarget::open_with(registry, &args.url, namespace.clone(), (*policy).into())
             .await
             .context("opening the store")?;
         let worker_args: Vec<String> = [
@@ -323,7 +324,9 @@ pub(crate) async fn run_cli(args: BenchArgs) -> Result<()> {
         print!("{}", table(&results));
     }
     if args.plan.modes.contains(&Mode::Sweep) {
-        let store = cloakroom::open(&args.url).await.context("opening the store")?;
+        let store = cloakroom::open_with(registry, &args.url)
+            .await
+            .context("opening the store")?;
         // Always a fresh namespace: the sweep deletes every expired session it finds.
         let ns = fresh_namespace("sweep")?;
         let r = sweep(store, &backend_of(&args.url), &ns, args.sweep_sessions).await?;
@@ -336,7 +339,7 @@ pub(crate) async fn run_cli(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn run_cli_worker(args: WorkerArgs) -> Result<()> {
-    let target = CloakroomTarget::open(&args.url, args.namespace, args.policy.into()).await?;
+pub(crate) async fn run_cli_worker(args: WorkerArgs, registry: &Registry) -> Result<()> {
+    let target = CloakroomTarget::open_with(registry, &args.url, args.namespace, args.policy.into()).await?;
     worker(Arc::new(target), &args.run).await
 }

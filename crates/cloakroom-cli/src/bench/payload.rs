@@ -1,5 +1,6 @@
 //! The ~1 KiB of realistic session data every benchmark session carries
-//! besides `hits` (BENCHMARKS.md).
+//! besides `hits`, so that a cycle encodes, stores and decodes what a real
+//! session would (`docs/BENCHMARKS.md`, "The request cycle").
 
 use serde::{Deserialize, Serialize};
 

@@ -124,7 +124,7 @@ pub fn concurrency_label(r: &BenchResult) -> String {
 /// cycles/s of each, their ratio, both latencies and both lost-update counts.
 /// `baseline` names a library shown in an extra column (the raw floor).
 pub fn comparison(results: &[BenchResult], anchor: &str, baseline: &str) -> String {
-    // Backend by name, then modes in BENCHMARKS.md order, then concurrency by number.
+    // Backend by name, then modes in the workload's order (below), then concurrency by number.
     type Key = (String, u8, usize, usize);
     let mode_rank = |m: &str| match m {
         "spread" => 0,

@@ -1,10 +1,10 @@
 //! Sweep mode: N expired sessions, then one streaming sweep (cloakroom only).
 //!
-//! BENCHMARKS.md asks for a figure in sessions/s per backend and for bounded
-//! memory. The records are written straight through the [`SessionStore`]
-//! API (a manager would add nothing a sweep looks at), and this process's
-//! resident set is sampled after every batch: its peak growth over the sweep
-//! is the bounded-memory evidence.
+//! The figures are sessions/s per backend and the memory a sweep of a
+//! million sessions needs, which must stay bounded. The records are written
+//! straight through the [`SessionStore`] API (a manager would add nothing a
+//! sweep looks at), and this process's resident set is sampled after every
+//! batch: its peak growth over the sweep is the bounded-memory evidence.
 
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use async_trait::async_trait;
-use cloakroom::{Manager, Namespace, Policy, SessionData, SessionId};
+use cloakroom::{Manager, Namespace, Policy, Registry, SessionData, SessionId};
 
 use super::payload::{Payload, HITS};
 
@@ -81,9 +81,20 @@ pub struct CloakroomTarget {
 }
 
 impl CloakroomTarget {
-    /// Open the store `url` and a manager on `namespace` under `policy`.
+    /// Open the store `url` with the built-in backends and a manager on
+    /// `namespace` under `policy`.
     pub async fn open(url: &str, namespace: Namespace, policy: Policy) -> Result<Self> {
-        let store = cloakroom::open(url).await?;
+        Self::open_with(&cloakroom::registry(), url, namespace, policy).await
+    }
+
+    /// [`open`](Self::open) with the backends of `registry`.
+    pub async fn open_with(
+        registry: &Registry,
+        url: &str,
+        namespace: Namespace,
+        policy: Policy,
+    ) -> Result<Self> {
+        let store = cloakroom::open_with(registry, url).await?;
         let manager = Manager::builder(store, namespace).policy(policy).build()?;
         Ok(CloakroomTarget {
             manager,

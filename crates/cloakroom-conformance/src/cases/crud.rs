@@ -1,4 +1,4 @@
-//! Load, create, save, delete, touch, expiry and namespaces (contract §4.1, §4.2).
+//! Load, create, save, delete, touch, expiry and namespaces: records without locks.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use super::must;
 use crate::record::{expired_write, session_bytes, write_expiring_in, write_with};
 use crate::Fixture;
 
-/// §4.1: create, load, save (CAS), delete round-trip with versions and times.
+/// Create, load, save (compare-and-set) and delete round-trip with versions and times.
 pub async fn crud_round_trip(f: Fixture) {
     let s = &f.store;
     let key = f.new_key();
@@ -57,7 +57,7 @@ pub async fn crud_round_trip(f: Fixture) {
     );
 }
 
-/// §4.1: create never overwrites a live record, and save never creates.
+/// Create never overwrites a live record, and save never creates.
 pub async fn create_does_not_overwrite_a_live_record(f: Fixture) {
     let s = &f.store;
     let key = f.new_key();
@@ -83,7 +83,7 @@ pub async fn create_does_not_overwrite_a_live_record(f: Fixture) {
     );
 }
 
-/// §4.1: touch changes expiry and access time without rewriting data or
+/// Touch changes expiry and access time without rewriting data or
 /// bumping the version.
 pub async fn touch_changes_expiry_not_data_or_version(f: Fixture) {
     let s = &f.store;
@@ -110,7 +110,7 @@ pub async fn touch_changes_expiry_not_data_or_version(f: Fixture) {
     );
 }
 
-/// §3 Record: an expired record is never returned, swept or not, and behaves
+/// An expired record is never returned, swept or not, and behaves
 /// like a missing one everywhere.
 pub async fn expired_records_are_never_returned(f: Fixture) {
     let s = &f.store;
@@ -171,7 +171,8 @@ pub async fn expired_records_are_never_returned(f: Fixture) {
     );
 }
 
-/// §3 Namespace: the same id in two namespaces is two sessions.
+/// The same id in two namespaces is two sessions: several applications can
+/// share one store and never see each other's data.
 pub async fn namespaces_are_isolated(f: Fixture) {
     let s = &f.store;
     let other_ns = Namespace::new(&format!("{}-b", f.namespace)).expect("valid namespace");

@@ -1,4 +1,5 @@
-//! Hostile and broken input (contract §3 SessionId, §4.9; seeds 000, 003).
+//! Hostile and broken input: ids that are not ids, values full of
+//! metacharacters, stored bytes that are not a record, oversize sessions.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use super::{must, opts};
 use crate::record::write_with;
 use crate::Fixture;
 
-/// §3: hostile ids and namespaces fail the strict parse with `InvalidId`, so
+/// Hostile ids and namespaces fail the strict parse with `InvalidId`, so
 /// no backend ever sees them, and the store is left empty.
 pub async fn hostile_ids_are_rejected_before_the_store(f: Fixture) {
     let huge = "A".repeat(10_000);
@@ -45,8 +46,8 @@ pub async fn hostile_ids_are_rejected_before_the_store(f: Fixture) {
     assert_eq!(must(f.store.count(&f.namespace).await, "count"), 0);
 }
 
-/// Seed 003: values full of SQL, Lua, path and key metacharacters are data,
-/// stored and read back byte for byte.
+/// Values full of SQL, Lua, path and key metacharacters are data, stored and
+/// read back byte for byte: no store builds a query or a path from them.
 pub async fn metacharacters_in_values_round_trip(f: Fixture) {
     let m = must(f.manager().build(), "manager");
     let nasty = [
@@ -79,7 +80,7 @@ pub async fn metacharacters_in_values_round_trip(f: Fixture) {
     assert_eq!(must(r.get::<Vec<u8>>("bytes"), "bytes"), Some(bin));
 }
 
-/// §3 Codec, §4.9: stored bytes that are not a record are `Corrupt` — not a
+/// Stored bytes that are not a record are `Corrupt` — not a
 /// panic — and the lock taken to read them is released.
 pub async fn corrupt_record_is_reported_and_unlocked(f: Fixture) {
     let m = must(f.manager().lock_wait(Duration::from_secs(2)).build(), "manager");
@@ -107,7 +108,7 @@ pub async fn corrupt_record_is_reported_and_unlocked(f: Fixture) {
     }
 }
 
-/// §4.9: a session over the size limit is refused with `TooLarge` and the
+/// A session over the size limit is refused with `TooLarge` and the
 /// stored version stays as it was.
 pub async fn oversize_record_is_refused_and_nothing_written(f: Fixture) {
     let m = must(f.manager().max_record_bytes(4096).build(), "manager");
@@ -147,7 +148,7 @@ pub async fn oversize_record_is_refused_and_nothing_written(f: Fixture) {
     }
 }
 
-/// §4.6: listing 10,000 sessions page by page returns each exactly once.
+/// Listing 10,000 sessions page by page returns each exactly once.
 pub async fn listing_is_complete_with_ten_thousand_sessions(f: Fixture) {
     const N: usize = 10_000;
     let bytes = {
@@ -193,8 +194,9 @@ pub async fn listing_is_complete_with_ten_thousand_sessions(f: Fixture) {
 
 use futures::StreamExt as _;
 
-/// Issue 8 security: with `hash_ids`, the store holds only SHA-256 of each
-/// id, never the bearer token itself, and every operation still works.
+/// With `hash_ids`, the store holds only SHA-256 of each id, never the
+/// bearer token itself (a leaked backup opens no session), and every
+/// operation still works.
 pub async fn hashed_ids_keep_no_bearer_token_in_the_store(f: Fixture) {
     let m = must(f.manager().hash_ids(true).build(), "manager");
     let mut s = must(m.open(None).await, "open");

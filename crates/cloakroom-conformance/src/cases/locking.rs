@@ -1,4 +1,5 @@
-//! Locks, leases and fencing (contract §4.3–§4.5, §8).
+//! Locks, leases and fencing: waits are bounded, locks are always released,
+//! and a holder past its lease cannot overwrite newer data.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,7 @@ use super::{must, opts, SLACK};
 use crate::record::write_with;
 use crate::Fixture;
 
-/// §4.3: a waiter gives up with `LockTimeout` within the asked bound.
+/// A waiter gives up with `LockTimeout` within the asked bound.
 pub async fn lock_wait_times_out_within_the_bound(f: Fixture) {
     let s = &f.store;
     let key = f.new_key();
@@ -37,8 +38,9 @@ pub async fn lock_wait_times_out_within_the_bound(f: Fixture) {
     must(again.unlock().await, "unlock");
 }
 
-/// §5 (postgres/mysql note) and §4.3: a lock on a session that does not
-/// exist yet is still a lock, and committing under it creates the session.
+/// A lock on a session that does not exist yet is still a lock (a row-lock
+/// backend must create the row to lock), and committing under it creates
+/// the session.
 pub async fn lock_on_a_missing_session_locks_and_creates(f: Fixture) {
     let s = &f.store;
     let key = f.new_key();
@@ -79,7 +81,7 @@ pub async fn lock_on_a_missing_session_locks_and_creates(f: Fixture) {
     );
 }
 
-/// §3 Lease and fencing, §8 ASP.NET: a holder whose lease ran out loses the
+/// A holder whose lease ran out loses the
 /// lock to the next waiter, and its late save fails with `LeaseLost` and
 /// changes nothing.
 pub async fn expired_lease_fences_the_late_writer(f: Fixture) {
@@ -129,7 +131,7 @@ pub async fn expired_lease_fences_the_late_writer(f: Fixture) {
     assert_eq!(must(s.load(&key).await, "load").expect("record").data, b"newer");
 }
 
-/// §4.5: dropping a guard releases the lock promptly (not by lease expiry).
+/// Dropping a guard releases the lock promptly (not by lease expiry).
 pub async fn dropped_guard_releases_the_lock(f: Fixture) {
     let s = &f.store;
     let key = f.new_key();
@@ -146,7 +148,7 @@ pub async fn dropped_guard_releases_the_lock(f: Fixture) {
     must(again.unlock().await, "unlock");
 }
 
-/// §4.5: a holder task that is cancelled or panics releases the lock.
+/// A holder task that is cancelled or panics releases the lock.
 pub async fn cancelled_and_panicking_holders_release_the_lock(f: Fixture) {
     let s = &f.store;
     let key = f.new_key();
@@ -197,7 +199,7 @@ pub async fn cancelled_and_panicking_holders_release_the_lock(f: Fixture) {
     must(g.unlock().await, "unlock");
 }
 
-/// §4.4: a waiter that gives up (cancelled) does not hold up those behind it.
+/// A waiter that gives up (cancelled) does not hold up those behind it.
 pub async fn cancelled_waiter_does_not_block_the_queue(f: Fixture) {
     let s = &f.store;
     let key = f.new_key();
@@ -231,7 +233,7 @@ pub async fn cancelled_waiter_does_not_block_the_queue(f: Fixture) {
     );
 }
 
-/// §3 Lease: a session held longer than its lease is renewed in the
+/// A session held longer than its lease is renewed in the
 /// background, keeps others out, and commits fine.
 pub async fn lease_is_renewed_while_a_session_is_held(f: Fixture) {
     let m = must(
@@ -263,7 +265,7 @@ pub async fn lease_is_renewed_while_a_session_is_held(f: Fixture) {
     assert_eq!(must(r.get::<u8>("n"), "n"), Some(2));
 }
 
-/// §4.1 under a lock: touch and delete through the guard, each releasing.
+/// Touch and delete through the guard, each releasing the lock.
 pub async fn guard_touch_and_delete(f: Fixture) {
     let s = &f.store;
     let key = f.new_key();

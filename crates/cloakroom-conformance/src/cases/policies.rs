@@ -1,4 +1,4 @@
-//! The Manager/Session API over the store under each policy (§3 Policy, §8).
+//! The Manager/Session API over the store under each policy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +41,7 @@ pub(super) async fn hits(manager: &Manager, id: &SessionId) -> Option<u64> {
     must(s.get::<u64>("hits"), "get hits")
 }
 
-/// §4.2: save-if-version is an atomic compare-and-set.
+/// Save-if-version is an atomic compare-and-set.
 pub async fn compare_and_set_detects_a_newer_version(f: Fixture) {
     let s = &f.store;
     let key = f.new_key();
@@ -81,7 +81,7 @@ pub async fn compare_and_set_detects_a_newer_version(f: Fixture) {
     assert_eq!(wins, 1, "exactly one of 16 racing compare-and-sets may win");
 }
 
-/// §3 Optimistic: the second of two overlapping sessions gets `Conflict`.
+/// `Optimistic`: the second of two overlapping sessions gets `Conflict`.
 pub async fn optimistic_sessions_conflict(f: Fixture) {
     let m = must(f.manager().policy(Policy::Optimistic).build(), "manager");
     let id = stored_session(&m).await;
@@ -97,7 +97,7 @@ pub async fn optimistic_sessions_conflict(f: Fixture) {
     assert_eq!(hits(&m, &id).await, Some(1), "the conflicting commit wrote");
 }
 
-/// §3 Lossy: no lock, no check, the last writer wins and nobody errors.
+/// `Lossy`: no lock, no check, the last writer wins and nobody errors.
 pub async fn lossy_sessions_let_the_last_writer_win(f: Fixture) {
     let m = must(f.manager().policy(Policy::Lossy).build(), "manager");
     let id = stored_session(&m).await;
@@ -110,7 +110,7 @@ pub async fn lossy_sessions_let_the_last_writer_win(f: Fixture) {
     assert_eq!(hits(&m, &id).await, Some(2), "the last lossy writer must win");
 }
 
-/// §3 Serialized, the headline: 32 tasks × 50 increments on one session end
+/// `Serialized`, the headline: 32 tasks × 50 increments on one session end
 /// at exactly 1,600.
 pub async fn serialized_sessions_lose_no_update(f: Fixture) {
     let m = must(
@@ -134,8 +134,9 @@ pub async fn serialized_sessions_lose_no_update(f: Fixture) {
     );
 }
 
-/// §8 tower-sessions/actix: a session deleted (logout) while another request
-/// holds a copy is not brought back by that request's save.
+/// A session deleted (logout) while another request holds a copy is not
+/// brought back by that request's save: a save that upserts would log the
+/// user back in.
 pub async fn logout_is_not_undone_by_a_late_save(f: Fixture) {
     for policy in [Policy::Lossy, Policy::Optimistic] {
         let m = must(f.manager().policy(policy).build(), "manager");
@@ -177,7 +178,7 @@ pub async fn logout_is_not_undone_by_a_late_save(f: Fixture) {
     assert_eq!(hits(&m, &id).await, None, "the deleted session came back");
 }
 
-/// §6: `cycle_id` (login) moves the data to a fresh id and the old id is gone.
+/// `cycle_id` (login) moves the data to a fresh id and the old id is gone.
 pub async fn cycle_id_moves_data_and_retires_the_old_id(f: Fixture) {
     for policy in [Policy::Serialized, Policy::Optimistic, Policy::Lossy] {
         let m = must(f.manager().policy(policy).build(), "manager");
@@ -207,7 +208,8 @@ pub async fn cycle_id_moves_data_and_retires_the_old_id(f: Fixture) {
     }
 }
 
-/// §6 fixation: an id with no live session is never adopted.
+/// An id with no live session is never adopted, so a client cannot choose
+/// its own id (session fixation).
 pub async fn unknown_id_gets_a_fresh_id(f: Fixture) {
     for policy in [Policy::Serialized, Policy::Optimistic, Policy::Lossy] {
         let m = must(f.manager().policy(policy).build(), "manager");
@@ -225,7 +227,7 @@ pub async fn unknown_id_gets_a_fresh_id(f: Fixture) {
     }
 }
 
-/// §3: read-only opens never lock (and never write).
+/// Read-only opens never lock (and never write).
 pub async fn read_only_open_never_locks(f: Fixture) {
     let m = must(f.manager().build(), "manager");
     let id = stored_session(&m).await;
@@ -243,7 +245,7 @@ pub async fn read_only_open_never_locks(f: Fixture) {
     assert_eq!(after.version, version, "a read-only session wrote");
 }
 
-/// §3: rollback writes nothing and releases the lock.
+/// Rollback writes nothing and releases the lock.
 pub async fn rollback_discards_and_releases(f: Fixture) {
     let m = must(f.manager().lock_wait(Duration::from_secs(2)).build(), "manager");
     let id = stored_session(&m).await;

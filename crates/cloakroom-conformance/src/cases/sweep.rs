@@ -1,4 +1,4 @@
-//! Sweeping expired sessions and listeners (contract §4.7, §3 Listeners).
+//! Sweeping expired sessions, and the listeners that hear deletes and expiries.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,8 +10,9 @@ use super::{must, opts};
 use crate::record::{expired_write, write_expiring_in, write_with};
 use crate::Fixture;
 
-/// §4.7 (seeds 001, 004): a sweep reports exact `(deleted, remaining)`, and
-/// never deletes a session that is locked or was renewed meanwhile.
+/// A sweep reports exact `(deleted, remaining)`, and never deletes a session
+/// that is locked or was renewed meanwhile: a cleanup that checks expiry and
+/// deletes in two steps can delete a session a request just renewed.
 pub async fn sweep_counts_exactly_and_spares_locked_and_renewed(f: Fixture) {
     let s = &f.store;
     let native = s.capabilities().expires_natively;
@@ -96,7 +97,8 @@ impl SessionListener for Recorder {
     }
 }
 
-/// §3 Listeners (seed 002): delete and expiry hooks run, once each.
+/// Delete and expiry hooks run, once each, so data an application keeps
+/// outside the store can follow its sessions.
 pub async fn listeners_hear_deletes_and_expiries(f: Fixture) {
     let recorder = Arc::new(Recorder::default());
     let m = must(f.manager().listener(recorder.clone()).build(), "manager");

@@ -1,6 +1,7 @@
-//! The shared, multiplexed connection: a [`ConnectionManager`] for one node
-//! (reconnects by itself after a drop) or a Cluster connection (follows slot
-//! moves and reconnects by itself). Everything except waiting goes through it.
+//! The store's shared, multiplexed connections: a [`ConnectionManager`] for
+//! one node (reconnects by itself after a drop) or a Cluster connection
+//! (follows slot moves and reconnects by itself). Everything except waiting
+//! goes through them; a waiter blocks on a dedicated connection (`wait.rs`).
 
 use std::time::Duration;
 
@@ -11,26 +12,26 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, RedisFuture, Value};
 
-use crate::config::RedisConfig;
 use crate::error::{map_redis, unexpected_reply};
+use crate::options::RedisOptions;
 
 /// How long one command may take before it counts as a lost connection.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One node or a Cluster. Cheap to clone; clones share the connection.
 #[derive(Clone)]
-pub(crate) enum Conn {
+pub(crate) enum SharedConn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
-impl std::fmt::Debug for Conn {
+impl std::fmt::Debug for SharedConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Conn::Single(_) => "Conn::Single",
-            Conn::Cluster(_) => "Conn::Cluster",
+            SharedConn::Single(_) => "SharedConn::Single",
+            SharedConn::Cluster(_) => "SharedConn::Cluster",
         })
     }
 }
@@ -44,18 +45,19 @@ pub(crate) struct SlotRange {
     pub port: u16,
 }
 
-impl Conn {
-    pub async fn connect(config: &RedisConfig) -> Result<Conn> {
-        if config.cluster {
-            let client = ClusterClientBuilder::new(config.nodes.clone())
+impl SharedConn {
+    /// Connect to the server or the Cluster `options` name.
+    pub async fn connect(options: &RedisOptions) -> Result<SharedConn> {
+        if options.cluster {
+            let client = ClusterClientBuilder::new(options.nodes().to_vec())
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(RESPONSE_TIMEOUT)
                 .build()
                 .map_err(map_redis)?;
             let conn = client.get_async_connection().await.map_err(map_redis)?;
-            Ok(Conn::Cluster(conn))
+            Ok(SharedConn::Cluster(conn))
         } else {
-            let url = config.nodes.first().map(String::as_str).unwrap_or_default();
+            let url = options.nodes().first().map(String::as_str).unwrap_or_default();
             let client = redis::Client::open(url).map_err(map_redis)?;
             let manager_config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -65,7 +67,7 @@ impl Conn {
             let conn = ConnectionManager::new_with_config(client, manager_config)
                 .await
                 .map_err(map_redis)?;
-            Ok(Conn::Single(conn))
+            Ok(SharedConn::Single(conn))
         }
     }
 
@@ -81,7 +83,7 @@ impl Conn {
         let mut cmd = redis::cmd("SCAN");
         cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(count);
         let reply = match (self, node) {
-            (Conn::Cluster(conn), Some(node)) => {
+            (SharedConn::Cluster(conn), Some(node)) => {
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                     host: node.host.clone(),
                     port: node.port,
@@ -97,7 +99,7 @@ impl Conn {
 
     /// The slot ranges of a Cluster and their masters (`CLUSTER SLOTS`).
     pub async fn cluster_slots(&mut self) -> Result<Vec<SlotRange>> {
-        let Conn::Cluster(conn) = self else {
+        let SharedConn::Cluster(conn) = self else {
             return Ok(Vec::new());
         };
         let reply = conn
@@ -147,11 +149,11 @@ pub(crate) fn masters(slots: &[SlotRange]) -> Vec<SlotRange> {
     masters
 }
 
-impl ConnectionLike for Conn {
+impl ConnectionLike for SharedConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            SharedConn::Single(c) => c.req_packed_command(cmd),
+            SharedConn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -162,15 +164,15 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            SharedConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            SharedConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            SharedConn::Single(c) => c.get_db(),
+            SharedConn::Cluster(c) => c.get_db(),
         }
     }
 }

@@ -1,22 +1,33 @@
-//! The one place that talks to sqlx generically: run a statement with bound
-//! parameters and read rows back, for any database both backends use.
+//! Talking to a connection: the one place that runs statements through sqlx
+//! generically ([`Driver`]: bound parameters in, rows out, for any database
+//! both backends use), and [`TxConn`], a pooled connection inside a
+//! transaction this crate began.
 //!
 //! Everything above this module (the store, the lock guard) is written once
 //! against [`Driver`]; the bounds sqlx needs live only on the blanket impl
 //! below, so they are written once too.
+//!
+//! The transactions here are begun with plain SQL (so that `BEGIN` and its
+//! settings travel in one round trip), which sqlx does not track: a
+//! connection returned to the pool mid-transaction would carry our row locks
+//! into the next borrower's queries. So a [`TxConn`] either ends its
+//! transaction explicitly or, when dropped (a cancelled request, a panic),
+//! closes the connection, which makes the server roll back and release the
+//! locks at once.
 
 use std::future::Future;
 use std::pin::Pin;
 
+use sqlx::pool::PoolConnection;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Type};
 
 /// A boxed, sendable future, as the trait methods below return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One bound parameter. Every value that reaches SQL goes through one of
 /// these, never through the statement text.
 #[derive(Clone, Debug)]
-pub enum Param {
+pub(crate) enum Param {
     Int(i64),
     Text(String),
     Bytes(Vec<u8>),
@@ -41,9 +52,9 @@ impl From<Vec<u8>> for Param {
 }
 
 /// The columns of a stored record, in the order every record-reading
-/// statement of [`Statements`](crate::sql::Statements) selects them.
+/// statement of [`Statements`](crate::statements::Statements) selects them.
 #[derive(Debug)]
-pub struct RecordRow {
+pub(crate) struct RecordRow {
     pub data: Vec<u8>,
     pub version: i64,
     pub created: i64,
@@ -53,7 +64,7 @@ pub struct RecordRow {
 
 /// `rows_affected` is an inherent method of each driver's result type; this
 /// lets the generic code reach it.
-pub trait RowsAffected {
+pub(crate) trait RowsAffected {
     fn rows_affected(&self) -> u64;
 }
 
@@ -72,7 +83,7 @@ impl RowsAffected for sqlx::mysql::MySqlQueryResult {
 }
 
 /// What the store needs from a database connection.
-pub trait Driver: Database {
+pub(crate) trait Driver: Database {
     /// Run a statement; returns the number of rows it affected (matched, on
     /// MySQL, where sqlx asks for found rows).
     fn run<'a>(
@@ -198,4 +209,67 @@ where
         };
     }
     query
+}
+
+/// A connection inside a transaction this crate began.
+pub(crate) struct TxConn<DB: Driver> {
+    conn: Option<PoolConnection<DB>>,
+}
+
+impl<DB: Driver> std::fmt::Debug for TxConn<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxConn")
+            .field("open", &self.conn.is_some())
+            .finish()
+    }
+}
+
+impl<DB: Driver> TxConn<DB> {
+    /// Wrap a connection on which a transaction is about to begin.
+    pub(crate) fn new(conn: PoolConnection<DB>) -> Self {
+        TxConn { conn: Some(conn) }
+    }
+
+    /// The connection, while the transaction is open.
+    pub(crate) fn conn(&mut self) -> &mut PoolConnection<DB> {
+        // `conn` is only taken by `end` and `drop`, which consume `self`.
+        match self.conn.as_mut() {
+            Some(c) => c,
+            None => unreachable!("TxConn used after its transaction ended"),
+        }
+    }
+
+    /// End the transaction with `script` (a commit or rollback) and return the
+    /// connection to the pool. If that fails the connection is closed instead.
+    pub(crate) async fn end(mut self, script: &str) -> sqlx::Result<()> {
+        let Some(mut conn) = self.conn.take() else {
+            return Ok(());
+        };
+        let out = DB::run_script(&mut conn, script).await;
+        if out.is_err() {
+            close(conn);
+        }
+        out
+    }
+}
+
+impl<DB: Driver> Drop for TxConn<DB> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            close(conn);
+        }
+    }
+}
+
+/// Close a connection without returning it to the pool.
+fn close<DB: Driver>(mut conn: PoolConnection<DB>) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        // Sends the protocol's goodbye on a spawned task.
+        conn.close_on_drop();
+        drop(conn);
+    } else {
+        // No runtime to spawn on: drop the socket, which the server sees as a
+        // disconnect all the same.
+        drop(conn.detach());
+    }
 }

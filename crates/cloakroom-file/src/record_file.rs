@@ -1,21 +1,18 @@
-//! Blocking file operations: atomic record replace, reads, the shard write
-//! mutex, and io error mapping. Everything here runs on the blocking pool.
+//! One record file: reading it, replacing it whole, removing it, and the
+//! shard write mutex that makes a read-check-replace atomic against every
+//! other writer. Everything here runs on the blocking pool.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use cloakroom_core::{Error, Record, Result, SessionId};
+use cloakroom_core::{Error, Record, RecordWrite, Result, SessionId, SessionKey, Timestamp};
 
+use crate::error::io_error;
 use crate::format::{self, Header, HEADER_LEN};
 use crate::layout::{create_dirs, mutex_path, SessionPaths};
-
-/// Every io failure is a backend failure (a full disk, a read-only mount, a
-/// permission problem): none of them is fixed by retrying the same request.
-pub(crate) fn io_error(e: io::Error) -> Error {
-    Error::backend(e)
-}
+use crate::store::Inner;
 
 /// The record at `path`, whatever its expiry; `None` if there is none.
 pub(crate) fn read_record(path: &Path) -> Result<Option<Record>> {
@@ -44,7 +41,8 @@ pub(crate) fn read_header(path: &Path) -> Result<Option<Header>> {
 /// Replace the record of `paths` with `record`: write a temporary file in the
 /// same directory, flush it, rename it over. Never truncates in place, so a
 /// concurrent reader sees the old file or the new one, never a partial one
-/// (seed 004's zero-byte reads).
+/// (truncating and then writing in place lets a reader in between read an
+/// empty file).
 pub(crate) fn write_record(
     paths: &SessionPaths,
     id: &SessionId,
@@ -130,5 +128,57 @@ impl ShardMutex {
         // Blocking is fine here: holders keep it for one read and one write.
         file.lock().map_err(io_error)?;
         Ok(ShardMutex { _file: file })
+    }
+}
+
+impl Inner {
+    /// Write `write` as the new record, after `current_live` (the record read
+    /// under the shard mutex): keeps `created` and bumps the version, or
+    /// starts a new record at version 1. Returns the record as written.
+    pub(crate) fn replace(
+        &self,
+        key: &SessionKey,
+        current_live: Option<&Record>,
+        write: RecordWrite,
+    ) -> Result<Record> {
+        let record = match current_live {
+            Some(live) => Record {
+                created: live.created,
+                ..write.into_record(live.version + 1)
+            },
+            None => write.into_record(1),
+        };
+        write_record(&self.layout.session(key), &key.id, &record, self.durable())?;
+        Ok(record)
+    }
+
+    /// Rewrite the metadata of a record, data and version unchanged (by
+    /// rename, like every write: never in place). Returns the record as
+    /// written.
+    pub(crate) fn retouch(
+        &self,
+        key: &SessionKey,
+        mut record: Record,
+        accessed: Timestamp,
+        expires: Timestamp,
+    ) -> Result<Record> {
+        record.accessed = accessed;
+        record.expires = expires;
+        write_record(&self.layout.session(key), &key.id, &record, self.durable())?;
+        Ok(record)
+    }
+
+    /// Delete the record of `key`; whether a live one was deleted. A corrupt
+    /// record is deleted too (and counts as not live): logging out must work.
+    pub(crate) fn remove(&self, key: &SessionKey) -> Result<bool> {
+        let paths = self.layout.session(key);
+        let _mutex = ShardMutex::lock(&paths.shard)?;
+        let was_live = match read_header(&paths.data) {
+            Ok(h) => h.is_some_and(|h| h.is_live_at(Timestamp::now())),
+            Err(Error::Corrupt { .. }) => false,
+            Err(e) => return Err(e),
+        };
+        remove_record(&paths, self.durable())?;
+        Ok(was_live)
     }
 }

@@ -35,13 +35,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cloakroom_core::{
-    Error, Finish, Finished, Lease, LockGuard, Record, Result, SessionKey, Then, Timestamp,
+    check_loaded_is_live, Error, Finish, Finished, Lease, LockGuard, Record, Result, SessionKey, Then,
+    Timestamp,
 };
 use tokio::task::AbortHandle;
 
-use crate::disk::{self, io_error, ShardMutex};
+use crate::error::io_error;
 use crate::layout::{create_dirs, SessionPaths};
-use crate::store::{check_unchanged, run_blocking, Inner};
+use crate::record_file::{self, ShardMutex};
+use crate::store::{run_blocking, Inner};
 
 /// Attempts to lock a lock file that keeps being replaced under us before
 /// reporting it busy (the caller then backs off and retries).
@@ -100,7 +102,7 @@ impl Inner {
         let Some(held) = try_lock_session(&paths, true)? else {
             return Ok(None);
         };
-        match disk::read_record(&paths.data) {
+        match record_file::read_record(&paths.data) {
             Ok(record) => Ok(Some((held, record.filter(|r| r.is_live_at(Timestamp::now()))))),
             Err(e) => {
                 self.release(key, held);
@@ -117,20 +119,6 @@ impl Inner {
             let _ = fs::remove_file(&paths.lock);
         }
         drop(held);
-    }
-
-    /// Delete the record of `key`; whether a live one was deleted. A corrupt
-    /// record is deleted too (and counts as not live): logging out must work.
-    pub(crate) fn remove(&self, key: &SessionKey) -> Result<bool> {
-        let paths = self.layout.session(key);
-        let _mutex = ShardMutex::lock(&paths.shard)?;
-        let was_live = match disk::read_header(&paths.data) {
-            Ok(h) => h.is_some_and(|h| h.is_live_at(Timestamp::now())),
-            Err(Error::Corrupt { .. }) => false,
-            Err(e) => return Err(e),
-        };
-        disk::remove_record(&paths, self.durable())?;
-        Ok(was_live)
     }
 }
 
@@ -270,9 +258,19 @@ impl Drop for InFlight {
 /// Read the current record under the shard mutex and check it is still the
 /// one the guard loaded.
 fn current_if_unchanged(paths: &SessionPaths, loaded: Option<&Record>) -> Result<Option<Record>> {
-    let current = disk::read_record(&paths.data)?;
-    check_unchanged(current.as_ref(), loaded, Timestamp::now())?;
+    let current = record_file::read_record(&paths.data)?;
+    check_loaded_is_on_file(current.as_ref(), loaded, Timestamp::now())?;
     Ok(current)
+}
+
+/// The fence of a locked writer: the record the guard loaded (or its
+/// absence) is still the live one in the file as it is now, so nobody
+/// deleted, replaced or let it expire behind the lock's back.
+fn check_loaded_is_on_file(current: Option<&Record>, loaded: Option<&Record>, now: Timestamp) -> Result<()> {
+    check_loaded_is_live(
+        loaded.map(|r| r.version),
+        current.filter(|r| r.is_live_at(now)).map(|r| r.version),
+    )
 }
 
 /// The write of one `finish`, once the lease is known to hold: what it did,

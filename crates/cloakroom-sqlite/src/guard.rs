@@ -28,9 +28,10 @@ use cloakroom_core::{
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
-use crate::pool::sql_error;
+use crate::database::Database;
+use crate::error::{is_sql_failure, sql_error};
+use crate::row::{now_ms, read_current, record_columns, record_from_columns};
 use crate::schema::Sql;
-use crate::store::{now_ms, read_current, record_columns, record_from_columns, Inner};
 use crate::writer::{stopped, BatchFailure, Job, Ran};
 
 fn lease_ms(lease: Duration) -> i64 {
@@ -47,7 +48,7 @@ fn try_claim(
     key: &SessionKey,
     token: &str,
     lease: Duration,
-) -> Result<Claimed> {
+) -> Result<ClaimOutcome> {
     // Taken just before the row's lease end is computed, so the holder's
     // deadline never outlasts the row's, and time spent queueing for the
     // writer does not eat into the lease.
@@ -74,7 +75,7 @@ fn try_claim(
         let left = until
             .flatten()
             .map(|until| Duration::from_millis(u64::try_from(until.saturating_sub(now)).unwrap_or(0)));
-        return Ok(Claimed::Busy(left));
+        return Ok(ClaimOutcome::Busy(left));
     };
     let live = columns.0 > 0 && columns.4 > now;
     let record = if live {
@@ -82,7 +83,7 @@ fn try_claim(
     } else {
         None
     };
-    Ok(Claimed::Locked { claimed_at, record })
+    Ok(ClaimOutcome::Locked { claimed_at, record })
 }
 
 /// [`SessionStore::try_lock`](cloakroom_core::SessionStore::try_lock) for
@@ -90,30 +91,34 @@ fn try_claim(
 /// "released" across processes, so a held lock is [`Acquired::Busy`] with
 /// the holder's remaining lease, and core's `lock` backs off; waiters of one
 /// process are queued by the lock engine before they get here.
-pub(crate) async fn try_lock(inner: &Arc<Inner>, key: &SessionKey, options: LockOptions) -> Result<Acquired> {
+pub(crate) async fn try_lock(
+    database: &Arc<Database>,
+    key: &SessionKey,
+    options: LockOptions,
+) -> Result<Acquired> {
     let token = SessionId::generate().as_str().to_owned();
     let (k, t) = (key.clone(), token.clone());
     let undo = ReleaseJob::boxed(key.clone(), token.clone());
-    let answer = inner.writer.request(
+    let answer = database.writer.request(
         move |conn, sql| try_claim(conn, sql, &k, &t, options.lease),
         // The claim succeeded but this call was dropped before the writer
         // could answer: release at once rather than leave the session
         // locked for a whole lease.
-        Some(Box::new(move |claimed: Claimed| {
-            matches!(claimed, Claimed::Locked { .. }).then_some(undo)
+        Some(Box::new(move |claimed: ClaimOutcome| {
+            matches!(claimed, ClaimOutcome::Locked { .. }).then_some(undo)
         })),
     )?;
-    let mut claim = PendingClaim {
+    let mut claim = ClaimInFlight {
         answer: Some(answer),
-        inner,
+        database,
         key,
         token: &token,
     };
     let claimed = claim.outcome().await;
     drop(claim);
     Ok(match claimed? {
-        Claimed::Locked { claimed_at, record } => Acquired::Locked(Box::new(SqliteLockGuard {
-            inner: inner.clone(),
+        ClaimOutcome::Locked { claimed_at, record } => Acquired::Locked(Box::new(SqliteLockGuard {
+            database: database.clone(),
             key: key.clone(),
             record,
             lease: Lease {
@@ -123,12 +128,12 @@ pub(crate) async fn try_lock(inner: &Arc<Inner>, key: &SessionKey, options: Lock
             spent: false,
             held: true,
         })),
-        Claimed::Busy(retry_in) => Acquired::Busy { retry_in },
+        ClaimOutcome::Busy(retry_in) => Acquired::Busy { retry_in },
     })
 }
 
 /// What one claim got.
-enum Claimed {
+enum ClaimOutcome {
     Locked {
         claimed_at: Instant,
         record: Option<Record>,
@@ -142,15 +147,15 @@ enum Claimed {
 /// waits (a cancelled request) and the claim succeeded, the drop releases
 /// it; a claim answered only after the drop is released by the writer (see
 /// `Unheard`).
-struct PendingClaim<'a> {
-    answer: Option<oneshot::Receiver<Result<Claimed>>>,
-    inner: &'a Arc<Inner>,
+struct ClaimInFlight<'a> {
+    answer: Option<oneshot::Receiver<Result<ClaimOutcome>>>,
+    database: &'a Arc<Database>,
     key: &'a SessionKey,
     token: &'a str,
 }
 
-impl PendingClaim<'_> {
-    async fn outcome(&mut self) -> Result<Claimed> {
+impl ClaimInFlight<'_> {
+    async fn outcome(&mut self) -> Result<ClaimOutcome> {
         let Some(answer) = self.answer.as_mut() else {
             return Err(Error::backend("sqlite lock claim awaited twice"));
         };
@@ -160,7 +165,7 @@ impl PendingClaim<'_> {
     }
 }
 
-impl Drop for PendingClaim<'_> {
+impl Drop for ClaimInFlight<'_> {
     fn drop(&mut self) {
         let Some(mut answer) = self.answer.take() else {
             return;
@@ -168,9 +173,9 @@ impl Drop for PendingClaim<'_> {
         // After `close` the writer can no longer deliver (it then releases
         // by itself); an answer delivered before is here.
         answer.close();
-        if let Ok(Ok(Claimed::Locked { .. })) = answer.try_recv() {
+        if let Ok(Ok(ClaimOutcome::Locked { .. })) = answer.try_recv() {
             let job = ReleaseJob::boxed(self.key.clone(), self.token.to_owned());
-            if self.inner.writer.submit(job).is_err() {
+            if self.database.writer.submit(job).is_err() {
                 tracing::warn!(key = %self.key, "sqlite store could not release a cancelled lock; its lease will");
             }
         }
@@ -412,17 +417,10 @@ pub(crate) fn finish_in_tx(
     })
 }
 
-/// Whether `e` is a failure of SQLite itself (to roll back), rather than a
-/// lock holder's refused write (`LeaseLost`, `Gone`, …), which may have
-/// released the lock and must be committed.
-pub(crate) fn is_sql_failure(e: &Error) -> bool {
-    matches!(e, Error::Backend { .. } | Error::Unavailable { .. })
-}
-
 /// A held lock of the [`SqliteStore`](crate::SqliteStore).
 #[derive(Debug)]
 pub struct SqliteLockGuard {
-    inner: Arc<Inner>,
+    database: Arc<Database>,
     key: SessionKey,
     record: Option<Record>,
     lease: Lease,
@@ -441,7 +439,7 @@ impl SqliteLockGuard {
         let lapsed = Instant::now() >= self.lease.deadline;
         let (key, token) = (self.key.clone(), self.lease.token.clone());
         let loaded = Loaded::of(self.record.as_ref());
-        self.inner
+        self.database
             .writer
             .run(move |conn, sql| finish_in_tx(conn, sql, &key, &token, lapsed, loaded, op, then))
             .await
@@ -468,7 +466,7 @@ impl LockGuard for SqliteLockGuard {
         }
         let (key, token) = (self.key.clone(), self.lease.token.clone());
         let (renewed_at, changed) = self
-            .inner
+            .database
             .write(move |sql, conn| {
                 let renewed_at = Instant::now();
                 let now = now_ms();
@@ -498,7 +496,7 @@ impl LockGuard for SqliteLockGuard {
             return Err(Error::LeaseLost);
         }
         if let Finish::Save(write) = &op {
-            if let Err(e) = write.check_size(self.inner.options.max_record_bytes) {
+            if let Err(e) = write.check_size(self.database.max_record_bytes) {
                 // A failed finish releases the lock, this one included.
                 let _ = self.finish(Finish::Nothing, Then::Release).await;
                 return Err(e);
@@ -539,7 +537,7 @@ impl Drop for SqliteLockGuard {
     fn drop(&mut self) {
         if self.held {
             let job = ReleaseJob::boxed(self.key.clone(), self.lease.token.clone());
-            if self.inner.writer.submit(job).is_err() {
+            if self.database.writer.submit(job).is_err() {
                 tracing::warn!(key = %self.key, "sqlite store could not release a dropped lock; its lease will");
             }
         }

@@ -3,12 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cloakroom_core::{Error, Result};
+use cloakroom_core::{Error, Result, StoreUrl, DEFAULT_MAX_RECORD_BYTES};
+use serde::Deserialize;
 
 /// Default table name.
 pub const DEFAULT_TABLE: &str = "cloakroom_sessions";
-/// Default size limit of one encoded record.
-pub const DEFAULT_MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
 /// Default size past which the WAL file is checkpointed and truncated.
 pub const DEFAULT_MAX_WAL_BYTES: u64 = 64 * 1024 * 1024;
 /// Most connections one store may keep: more buys nothing against one
@@ -16,7 +15,9 @@ pub const DEFAULT_MAX_WAL_BYTES: u64 = 64 * 1024 * 1024;
 const MAX_CONNECTIONS: usize = 1024;
 
 /// SQLite's `synchronous` setting: how hard a commit waits for the disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// In a URL: `off`, `normal`, `full` or `extra` (any case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Synchronous {
     /// No fsync; a power cut may corrupt or lose recent commits.
@@ -40,28 +41,20 @@ impl Synchronous {
             Synchronous::Extra => "EXTRA",
         }
     }
-
-    fn parse(text: &str) -> Result<Self> {
-        match text.to_ascii_lowercase().as_str() {
-            "off" => Ok(Synchronous::Off),
-            "normal" => Ok(Synchronous::Normal),
-            "full" => Ok(Synchronous::Full),
-            "extra" => Ok(Synchronous::Extra),
-            _ => Err(Error::Config(format!(
-                "synchronous: expected off, normal, full or extra, got {text:?}"
-            ))),
-        }
-    }
 }
 
 /// How a [`SqliteStore`](crate::SqliteStore) is set up.
 ///
 /// URL form: `sqlite:///abs/path.db` or `sqlite:relative.db`, with optional
-/// query options `table`, `synchronous`, `busy_timeout_ms`,
-/// `max_connections`, `max_record_bytes`, `max_wal_bytes`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// query options named after the fields below (`table`, `synchronous`,
+/// `busy_timeout`, `max_connections`, `max_record_bytes`, `max_wal_bytes`);
+/// see [`from_url`](Self::from_url).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SqliteOptions {
-    /// The database file (created if missing).
+    /// The database file (created if missing, readable by its owner only).
+    /// In a URL, its path.
+    #[serde(skip)]
     pub path: PathBuf,
     /// The sessions table. Validated as `[A-Za-z_][A-Za-z0-9_]{0,62}`,
     /// because a table name cannot be a bound parameter.
@@ -69,11 +62,13 @@ pub struct SqliteOptions {
     /// See [`Synchronous`]. `Normal` by default.
     pub synchronous: Synchronous,
     /// How long one statement waits for SQLite's database-wide write lock
-    /// before failing with [`Error::Unavailable`]. 5 s by default.
+    /// before failing with [`Error::Unavailable`]. 5 s by default; in a URL,
+    /// `busy_timeout=250ms`, `5s`, `2m` or `1h`.
+    #[serde(with = "cloakroom_core::store_url::duration")]
     pub busy_timeout: Duration,
     /// Connections kept for this store: one writer, and the rest readers
     /// (at least one reader, so a store with 1 keeps two), each on a thread
-    /// of its own.
+    /// of its own. Between 1 and 1024; 4 by default.
     pub max_connections: usize,
     /// Largest encoded record accepted ([`Error::TooLarge`] beyond).
     pub max_record_bytes: usize,
@@ -85,11 +80,13 @@ pub struct SqliteOptions {
     pub max_wal_bytes: u64,
 }
 
-impl SqliteOptions {
-    /// Defaults for the database at `path`.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
+/// The defaults, with an empty [`path`](SqliteOptions::path) that
+/// [`validate`](SqliteOptions::validate) rejects: set one (or use
+/// [`SqliteOptions::new`]).
+impl Default for SqliteOptions {
+    fn default() -> Self {
         SqliteOptions {
-            path: path.into(),
+            path: PathBuf::new(),
             table: DEFAULT_TABLE.to_owned(),
             synchronous: Synchronous::Normal,
             busy_timeout: Duration::from_secs(5),
@@ -98,8 +95,18 @@ impl SqliteOptions {
             max_wal_bytes: DEFAULT_MAX_WAL_BYTES,
         }
     }
+}
 
-    /// Use another table name (checked when the store is opened).
+impl SqliteOptions {
+    /// Defaults for the database at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteOptions {
+            path: path.into(),
+            ..SqliteOptions::default()
+        }
+    }
+
+    /// Use another table name.
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.table = table.into();
         self
@@ -135,7 +142,8 @@ impl SqliteOptions {
         self
     }
 
-    /// Check the options; [`Error::Config`] names the first bad one.
+    /// Check the options, however they were made; [`Error::Config`] names
+    /// the first bad one.
     pub fn validate(&self) -> Result<()> {
         validate_table_name(&self.table)?;
         if self.max_connections == 0 || self.max_connections > MAX_CONNECTIONS {
@@ -143,58 +151,31 @@ impl SqliteOptions {
                 "max_connections must be between 1 and {MAX_CONNECTIONS}"
             )));
         }
-        if self.path.as_os_str().is_empty() {
-            return Err(Error::Config("sqlite database path is empty".into()));
+        if self.path.as_os_str().is_empty() || self.path.as_os_str().as_encoded_bytes().starts_with(b":") {
+            return Err(Error::Config(
+                "sqlite needs a database file path (in-memory databases are per connection and unsupported)"
+                    .into(),
+            ));
         }
         Ok(())
     }
 
-    /// Parse `sqlite:///abs/path.db` or `sqlite:relative.db` with optional
-    /// `?table=…&synchronous=…&busy_timeout_ms=…&max_connections=…&max_record_bytes=…&max_wal_bytes=…`.
-    pub fn from_url(text: &str) -> Result<Self> {
-        let rest = text
-            .strip_prefix("sqlite:")
-            .ok_or_else(|| Error::Config("sqlite store URL must start with sqlite:".into()))?;
-        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let path = match path.strip_prefix("//") {
-            Some(absolute) if absolute.starts_with('/') => absolute,
-            Some(_) => {
-                return Err(Error::Config(
-                    "sqlite URL must be sqlite:///absolute/path.db or sqlite:relative.db (no host)".into(),
-                ))
-            }
-            None => path,
-        };
-        let path = percent_encoding::percent_decode_str(path)
-            .decode_utf8()
-            .map_err(|_| Error::Config("sqlite URL path is not UTF-8".into()))?;
-        if path.is_empty() || path.starts_with(':') {
+    /// Options from `sqlite:///abs/path.db` or `sqlite:relative.db` (the
+    /// path percent-decoded; no host), with optional
+    /// `?table=…&synchronous=…&busy_timeout=…&max_connections=…&max_record_bytes=…&max_wal_bytes=…`.
+    /// Every option is checked ([`validate`](Self::validate)); an unknown
+    /// one is an [`Error::Config`] naming it.
+    pub fn from_url(url: &StoreUrl) -> Result<Self> {
+        if url.scheme() != "sqlite" {
+            return Err(Error::Config("sqlite store URL must start with sqlite:".into()));
+        }
+        if !url.hosts().is_empty() || url.userinfo().is_some() {
             return Err(Error::Config(
-                "sqlite URL needs a database file path (in-memory databases are per connection and unsupported)"
-                    .into(),
+                "sqlite URL must be sqlite:///absolute/path.db or sqlite:relative.db (no host)".into(),
             ));
         }
-        let mut options = SqliteOptions::new(path.into_owned());
-        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            let number = |what: &str| -> Result<u64> {
-                value
-                    .parse()
-                    .map_err(|_| Error::Config(format!("{what}: not a number: {value:?}")))
-            };
-            match &*name {
-                "table" => options.table = value.clone().into_owned(),
-                "synchronous" => options.synchronous = Synchronous::parse(&value)?,
-                "busy_timeout_ms" => options.busy_timeout = Duration::from_millis(number("busy_timeout_ms")?),
-                "max_connections" => options.max_connections = number("max_connections")? as usize,
-                "max_record_bytes" => options.max_record_bytes = number("max_record_bytes")? as usize,
-                "max_wal_bytes" => options.max_wal_bytes = number("max_wal_bytes")?,
-                other => {
-                    return Err(Error::Config(format!(
-                        "sqlite store URL: unknown option {other:?}"
-                    )))
-                }
-            }
-        }
+        let mut options: SqliteOptions = url.options()?;
+        options.path = PathBuf::from(url.path());
         options.validate()?;
         Ok(options)
     }
@@ -223,22 +204,40 @@ pub fn validate_table_name(name: &str) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn from_url(text: &str) -> Result<SqliteOptions> {
+        SqliteOptions::from_url(&StoreUrl::parse(text)?)
+    }
+
     #[test]
     fn parses_absolute_and_relative_urls() {
-        let abs = SqliteOptions::from_url("sqlite:///var/lib/app/s.db").unwrap();
+        let abs = from_url("sqlite:///var/lib/app/s.db").unwrap();
         assert_eq!(abs.path, PathBuf::from("/var/lib/app/s.db"));
-        let rel = SqliteOptions::from_url(
-            "sqlite:data/s.db?table=t1&synchronous=full&busy_timeout_ms=250&max_wal_bytes=1048576",
+        assert_eq!(abs, SqliteOptions::new("/var/lib/app/s.db"));
+        let rel = from_url(
+            "sqlite:data/s.db?table=t1&synchronous=full&busy_timeout=250ms&max_connections=2\
+             &max_record_bytes=1000&max_wal_bytes=1048576",
         )
         .unwrap();
-        assert_eq!(rel.path, PathBuf::from("data/s.db"));
-        assert_eq!(rel.table, "t1");
-        assert_eq!(rel.synchronous, Synchronous::Full);
-        assert_eq!(rel.busy_timeout, Duration::from_millis(250));
-        assert_eq!(rel.max_wal_bytes, 1 << 20);
+        assert_eq!(
+            rel,
+            SqliteOptions::new("data/s.db")
+                .table("t1")
+                .synchronous(Synchronous::Full)
+                .busy_timeout(Duration::from_millis(250))
+                .max_connections(2)
+                .max_record_bytes(1000)
+                .max_wal_bytes(1 << 20)
+        );
         assert_eq!(abs.max_wal_bytes, DEFAULT_MAX_WAL_BYTES);
-        let spaced = SqliteOptions::from_url("sqlite:///tmp/a%20b.db").unwrap();
+        assert_eq!(abs.max_record_bytes, DEFAULT_MAX_RECORD_BYTES);
+        let spaced = from_url("sqlite:///tmp/a%20b.db").unwrap();
         assert_eq!(spaced.path, PathBuf::from("/tmp/a b.db"));
+        assert_eq!(
+            from_url("sqlite:x.db?synchronous=EXTRA&busy_timeout=2s").unwrap(),
+            SqliteOptions::new("x.db")
+                .synchronous(Synchronous::Extra)
+                .busy_timeout(Duration::from_secs(2))
+        );
     }
 
     #[test]
@@ -246,7 +245,9 @@ mod tests {
         for bad in [
             "postgres://x/y",
             "sqlite://host/x.db",
+            "sqlite://user@/x.db",
             "sqlite:",
+            "sqlite://",
             "sqlite::memory:",
             "sqlite:x.db?synchronous=sometimes",
             "sqlite:x.db?colour=red",
@@ -254,12 +255,40 @@ mod tests {
             "sqlite:x.db?max_connections=18446744073709551615",
             "sqlite:x.db?max_wal_bytes=lots",
             "sqlite:x.db?table=a;b",
+            // Durations take a unit, and the old millisecond option is gone.
+            "sqlite:x.db?busy_timeout=250",
+            "sqlite:x.db?busy_timeout_ms=250",
         ] {
-            assert!(
-                matches!(SqliteOptions::from_url(bad), Err(Error::Config(_))),
-                "accepted {bad}"
-            );
+            assert!(matches!(from_url(bad), Err(Error::Config(_))), "accepted {bad}");
         }
+    }
+
+    #[test]
+    fn the_url_and_the_builder_are_checked_alike() {
+        for (url, built) in [
+            (
+                "sqlite:x.db?max_connections=0",
+                SqliteOptions::new("x.db").max_connections(0),
+            ),
+            (
+                "sqlite:x.db?max_connections=1025",
+                SqliteOptions::new("x.db").max_connections(1025),
+            ),
+            ("sqlite:x.db?table=a-b", SqliteOptions::new("x.db").table("a-b")),
+            ("sqlite::memory:", SqliteOptions::new(":memory:")),
+        ] {
+            let (Err(Error::Config(from_url)), Err(Error::Config(from_builder))) =
+                (from_url(url), built.validate())
+            else {
+                panic!("{url} or its builder form was accepted");
+            };
+            assert_eq!(from_url, from_builder, "{url}");
+        }
+        assert!(SqliteOptions::default().validate().is_err(), "no path");
+        assert!(SqliteOptions::new("x.db")
+            .max_connections(1024)
+            .validate()
+            .is_ok());
     }
 
     #[test]

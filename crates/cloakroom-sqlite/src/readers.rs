@@ -1,5 +1,4 @@
-//! Opening connections, the reader threads, and the mapping of SQLite
-//! errors onto cloakroom's.
+//! The reader threads of a store, and the gate that pauses them.
 //!
 //! Writes go to the store's one writer thread ([`writer`](crate::writer));
 //! reads that need no lock (`load`, `list_ids`, `count`) go to a few reader
@@ -12,61 +11,29 @@ use std::sync::{mpsc, Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread;
 
 use cloakroom_core::{Error, Result};
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use crate::config::SqliteOptions;
+use crate::database::Connector;
 use crate::schema::Sql;
 
-/// SQLite errors as cloakroom errors: a database still busy after the busy
-/// timeout (another process holds the write lock too long) is
-/// [`Error::Unavailable`], retryable; anything else is [`Error::Backend`].
-pub(crate) fn sql_error(e: rusqlite::Error) -> Error {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::unavailable(e),
-        _ => Error::backend(e),
+/// Held shared by each read, exclusively by the writer's WAL checkpoint
+/// (see [`checkpoint`](crate::checkpoint)), which so pauses this store's
+/// reads. Nothing is ever half-done under the gate (it guards `()`), so a
+/// poisoned lock is taken over.
+#[derive(Debug, Default)]
+pub(crate) struct ReadGate(RwLock<()>);
+
+impl ReadGate {
+    fn reading(&self) -> RwLockReadGuard<'_, ()> {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
 
-/// The gate's guards. Nothing is ever half-done under the gate (it guards
-/// `()`), so a poisoned lock is taken over.
-fn read_lock(gate: &RwLock<()>) -> RwLockReadGuard<'_, ()> {
-    gate.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-pub(crate) fn write_lock(gate: &RwLock<()>) -> RwLockWriteGuard<'_, ()> {
-    gate.write().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Open a connection to the store's database, set up as every connection
-/// of the store needs.
-pub(crate) fn connect(o: &SqliteOptions) -> Result<Connection> {
-    let flags =
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(&o.path, flags).map_err(sql_error)?;
-    conn.busy_timeout(o.busy_timeout).map_err(sql_error)?;
-    // WAL: readers never block the writer nor each other, and a commit is
-    // one append; the setting is persistent in the file.
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-        .map_err(sql_error)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(Error::backend(format!(
-            "sqlite refused WAL mode (got {mode}); is the database on a network file system?"
-        )));
+    /// Wait for the reads in flight and hold back new ones until the guard
+    /// is dropped.
+    pub(crate) fn pause(&self) -> RwLockWriteGuard<'_, ()> {
+        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-    conn.pragma_update(None, "synchronous", o.synchronous.pragma_value())
-        .map_err(sql_error)?;
-    // Whenever the WAL does start over, cut the file back to the limit
-    // instead of keeping the largest size it ever reached.
-    conn.pragma_update(
-        None,
-        "journal_size_limit",
-        i64::try_from(o.max_wal_bytes).unwrap_or(i64::MAX),
-    )
-    .map_err(sql_error)?;
-    conn.set_prepared_statement_cache_capacity(32);
-    Ok(conn)
 }
 
 /// One read: runs on a reader thread with its connection (or the error that
@@ -81,21 +48,20 @@ pub(crate) struct Readers {
 
 impl Readers {
     /// Start `count` reader threads (at least one). Connections are opened
-    /// on first use. A read runs with the `gate` held shared, so the writer
-    /// can pause reads for a WAL checkpoint.
+    /// on first use. A read runs with the `gate` held shared.
     pub(crate) fn start(
         count: usize,
-        options: &SqliteOptions,
+        connector: &Arc<Connector>,
         sql: &Arc<Sql>,
-        gate: &Arc<RwLock<()>>,
+        gate: &Arc<ReadGate>,
     ) -> Result<Self> {
         let (jobs, queue) = mpsc::channel::<ReadJob>();
         let queue = Arc::new(Mutex::new(queue));
         for _ in 0..count.max(1) {
-            let (queue, options, sql, gate) = (queue.clone(), options.clone(), sql.clone(), gate.clone());
+            let (queue, connector, sql, gate) = (queue.clone(), connector.clone(), sql.clone(), gate.clone());
             thread::Builder::new()
                 .name("cloakroom-sqlite-reader".into())
-                .spawn(move || serve(&queue, &options, &sql, &gate))
+                .spawn(move || serve(&queue, &connector, &sql, &gate))
                 .map_err(|e| Error::backend(format!("cannot start a sqlite reader thread: {e}")))?;
         }
         Ok(Readers { jobs })
@@ -119,7 +85,7 @@ impl Readers {
     }
 }
 
-fn serve(queue: &Mutex<mpsc::Receiver<ReadJob>>, options: &SqliteOptions, sql: &Sql, gate: &RwLock<()>) {
+fn serve(queue: &Mutex<mpsc::Receiver<ReadJob>>, connector: &Connector, sql: &Sql, gate: &ReadGate) {
     let mut conn: Option<Connection> = None;
     loop {
         // Idle threads queue on the mutex; the one holding it waits for the
@@ -129,10 +95,10 @@ fn serve(queue: &Mutex<mpsc::Receiver<ReadJob>>, options: &SqliteOptions, sql: &
             queue.recv()
         };
         let Ok(job) = job else { return };
-        let _reading = read_lock(gate);
+        let _reading = gate.reading();
         let opened = match &conn {
             Some(_) => Ok(()),
-            None => connect(options).map(|c| {
+            None => connector.connect().map(|c| {
                 conn = Some(c);
             }),
         };

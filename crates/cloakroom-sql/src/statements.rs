@@ -13,21 +13,21 @@
 //! the locking transaction only (a rollback removes it), and every statement
 //! here that reads or writes records filters it out with `version > 0`.
 
-use crate::config::TableName;
+use crate::options::TableName;
 
-/// Which database the statements are for.
+/// Which server the statements (and a URL, see `options.rs`) are for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
+pub(crate) enum Dialect {
     Postgres,
     MySql,
 }
 
-/// The columns a record-reading statement selects, in [`RecordRow`](crate::driver::RecordRow) order.
+/// The columns a record-reading statement selects, in [`RecordRow`](crate::connection::RecordRow) order.
 const RECORD_COLUMNS: &str = "data, version, created, accessed, expires";
 
 /// The statements of one store.
 #[derive(Debug)]
-pub struct Statements {
+pub(crate) struct Statements {
     dialect: Dialect,
     table: TableName,
     /// Idempotent schema script (several statements, no parameters).
@@ -76,13 +76,17 @@ pub struct Statements {
     /// whole lease after the write rather than keeping the lease's deadline.
     pub held_sets_lease: bool,
     /// `(ns, id)`: insert a lock placeholder unless the key exists (MySQL).
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     pub insert_placeholder: String,
     /// `(ns, id)` → the row, locked; waits up to the session's lock timeout.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     pub lock_wait: String,
     /// `(ns, id)` → the row, locked, or a lock error at once (MySQL).
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     pub lock_nowait: String,
     /// `(ns, id, ns, id)` → the row, locked, inserting a placeholder first if
     /// the key is missing, in one statement (Postgres).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub lock_or_insert: String,
 }
 
