@@ -62,6 +62,12 @@ async fn increments_survive_a_restart(url: &str, restart: &str) {
     let id = s.id().clone();
     s.commit().await.expect("commit");
 
+    // A background sweeper runs through the restart: the expired sessions
+    // written before it and after it must all be swept, so a failed sweep
+    // did not end it.
+    let sweeper = manager.spawn_sweeper(Duration::from_millis(50));
+    write_expired(&manager, EXPIRED_EACH_SIDE).await;
+
     let tally = Arc::new(Tally::default());
     let restarted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let deadline = Instant::now() + Duration::from_secs(12);
@@ -109,6 +115,8 @@ async fn increments_survive_a_restart(url: &str, restart: &str) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     sh(restart).await;
     restarted.store(true, Ordering::Relaxed);
+    let runs_at_restart = sweeper.stats().runs;
+    write_expired(&manager, EXPIRED_EACH_SIDE).await;
     let mut unexpected = Vec::new();
     for t in tasks {
         unexpected.extend(t.await.expect("task"));
@@ -123,6 +131,29 @@ async fn increments_survive_a_restart(url: &str, restart: &str) {
             Err(e) => panic!("the store did not recover: {e}"),
         }
     };
+    let natively = manager.store().capabilities().expires_natively;
+    let swept_all = |stats: &cloakroom::SweeperStats| {
+        stats.runs > runs_at_restart + 1 && (natively || stats.deleted >= 2 * EXPIRED_EACH_SIDE)
+    };
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while !swept_all(&sweeper.stats()) && Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = sweeper.stats();
+    sweeper.shutdown().await;
+    println!("{url}: sweeper through the restart: {stats:?} ({runs_at_restart} runs before it)");
+    assert!(
+        stats.runs > runs_at_restart + 1,
+        "the sweeper stopped sweeping after the restart: {stats:?}"
+    );
+    if !natively {
+        assert_eq!(
+            stats.deleted,
+            2 * EXPIRED_EACH_SIDE,
+            "every expired session, written before or after the restart, is swept once"
+        );
+    }
+
     let acked = tally.acknowledged.load(Ordering::Relaxed);
     let ambiguous = tally.ambiguous.load(Ordering::Relaxed);
     println!(
@@ -148,6 +179,31 @@ async fn increments_survive_a_restart(url: &str, restart: &str) {
         tally.acknowledged_after_restart.load(Ordering::Relaxed) > 0,
         "no increment succeeded after the restart: the process did not recover"
     );
+}
+
+const EXPIRED_EACH_SIDE: u64 = 20;
+
+/// Write `n` already expired sessions in the manager's namespace, retrying
+/// while the server comes back.
+async fn write_expired(manager: &Manager, n: u64) {
+    let give_up = Instant::now() + Duration::from_secs(30);
+    for _ in 0..n {
+        let key = manager.key(&SessionId::generate());
+        loop {
+            match manager
+                .store()
+                .create(&key, cloakroom_conformance::expired_write(b"old"))
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if Instant::now() < give_up => {
+                    eprintln!("writing an expired session: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("the store did not recover: {e}"),
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -46,6 +46,7 @@ use crate::error::{Error, Result};
 use crate::id::SessionKey;
 use crate::record::Record;
 use crate::store::{Finish, Finished, LockGuard, LockKind, LockOptions, SessionStore, Then};
+use crate::telemetry::Labels;
 
 /// Independent locks over the queue table, so that sessions rarely contend
 /// on one mutex.
@@ -76,6 +77,7 @@ pub(crate) struct LockEngine {
     yields_to_others: bool,
     hasher: std::collections::hash_map::RandomState,
     shards: Vec<Mutex<HashMap<SessionKey, Queue>>>,
+    labels: Labels,
 }
 
 impl fmt::Debug for LockEngine {
@@ -218,7 +220,7 @@ impl fmt::Debug for Hold {
 }
 
 impl LockEngine {
-    pub(crate) fn new(store: Arc<dyn SessionStore>, config: EngineConfig) -> Self {
+    pub(crate) fn new(store: Arc<dyn SessionStore>, config: EngineConfig, labels: Labels) -> Self {
         let caps = store.capabilities();
         let durable_while_locked = caps.durable_while_locked;
         // A row-lock queue in the database and the memory store's FIFO hand
@@ -232,6 +234,7 @@ impl LockEngine {
             yields_to_others,
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            labels,
         }
     }
 
@@ -289,7 +292,10 @@ impl LockEngine {
             First::Wait(ticket, woken)
         });
         let ticket = match first {
-            First::Turn(record, ticket) => return Ok(self.hold(key, ticket, record)),
+            First::Turn(record, ticket) => {
+                self.labels.handed_off();
+                return Ok(self.hold(key, ticket, record));
+            }
             First::Acquire(ticket) => ticket,
             First::Wait(ticket, woken) => {
                 let mut waiting = Waiting {
@@ -299,7 +305,10 @@ impl LockEngine {
                     woken: Some(woken),
                 };
                 match waiting.wait(give_up_at).await {
-                    Some(Wake::Turn(record, ticket)) => return Ok(self.hold(key, ticket, record)),
+                    Some(Wake::Turn(record, ticket)) => {
+                        self.labels.handed_off();
+                        return Ok(self.hold(key, ticket, record));
+                    }
                     Some(Wake::Acquire) => ticket,
                     None => {
                         return Err(Error::LockTimeout {

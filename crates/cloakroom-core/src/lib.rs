@@ -41,6 +41,8 @@ pub mod registry;
 mod session;
 mod store;
 pub mod store_url;
+mod sweeper;
+pub mod telemetry;
 
 pub use codec::{SessionData, FORMAT_VERSION};
 pub use error::{BoxError, Error, Result};
@@ -59,6 +61,7 @@ pub use store::{
     SessionStore, SweepBatch, Then, DEFAULT_MAX_RECORD_BYTES,
 };
 pub use store_url::StoreUrl;
+pub use sweeper::{Sweeper, SweeperStats};
 
 /// Re-exported so backends implement the traits with the same macro version.
 pub use async_trait::async_trait;

@@ -14,6 +14,8 @@ use crate::id::{Namespace, SessionId, SessionKey};
 use crate::record::{Record, Timestamp};
 use crate::session::{ReadOnlySession, Session};
 use crate::store::{Cursor, SessionStore, SweepBatch};
+use crate::sweeper::Sweeper;
+use crate::telemetry::{Labels, MeteredStore};
 
 /// How concurrent requests on one session are kept from losing each other's
 /// updates: lock, detect, or accept the loss.
@@ -127,6 +129,7 @@ pub(crate) struct ManagerInner {
     pub(crate) namespace: Namespace,
     pub(crate) config: SessionConfig,
     pub(crate) listeners: Vec<Arc<dyn SessionListener>>,
+    pub(crate) labels: Labels,
 }
 
 impl fmt::Debug for Manager {
@@ -245,8 +248,12 @@ impl ManagerBuilder {
         if self.config.idle_timeout.is_zero() {
             return Err(Error::Config("the idle timeout must be longer than zero".into()));
         }
+        // Every call the manager and its lock engine make goes through one
+        // meter, whatever the backend.
+        let store = MeteredStore::wrap(self.store);
+        let labels = Labels::new(caps.name, &self.namespace);
         let engine = Arc::new(LockEngine::new(
-            Arc::clone(&self.store),
+            Arc::clone(&store),
             EngineConfig {
                 lease: self.config.lease,
                 renew_lease: self.config.renew_lease,
@@ -254,11 +261,13 @@ impl ManagerBuilder {
                 handoff_limit: self.config.handoff_limit,
                 handoff_window: self.config.handoff_window,
             },
+            labels.clone(),
         ));
         Ok(Manager {
             inner: Arc::new(ManagerInner {
                 engine,
-                store: self.store,
+                store,
+                labels,
                 namespace: self.namespace,
                 config: self.config,
                 listeners: self.listeners,
@@ -347,13 +356,47 @@ impl Manager {
     /// running expiry listeners for each deleted one. Locked and renewed
     /// sessions are never deleted.
     pub async fn sweep_expired(&self, batch: usize) -> Result<SweepReport> {
-        sweep_notifying(
+        let report = sweep_notifying(
             self.inner.store.as_ref(),
             &self.inner.namespace,
             batch,
             &self.inner.listeners,
         )
-        .await
+        .await;
+        match &report {
+            Ok(report) => self.inner.labels.swept(report.deleted),
+            Err(_) => self.inner.labels.sweep_failed(),
+        }
+        report
+    }
+
+    /// Sweep this namespace in the background every `interval` (±10%, the
+    /// first time at a random point of the first interval, so that the
+    /// processes of one deployment spread their sweeps), running expiry
+    /// listeners, until the returned [`Sweeper`] is shut down or dropped.
+    ///
+    /// A failed sweep (the store is down, say) is logged, counted in
+    /// [`Sweeper::stats`] and retried at the next interval: the sweeper
+    /// outlives outages. Any number of processes may sweep one store: locked
+    /// and renewed sessions are never deleted, and each expired one is
+    /// deleted (and its listeners run) once. Needs a Tokio runtime.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> cloakroom_core::Result<()> {
+    /// # use std::{sync::Arc, time::Duration};
+    /// # use cloakroom_core::{Manager, MemoryStore, Namespace};
+    /// let manager = Manager::new(Arc::new(MemoryStore::new()), Namespace::new("shop")?)?;
+    /// let sweeper = manager.spawn_sweeper(Duration::from_secs(300));
+    /// // … serve requests …
+    /// sweeper.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn spawn_sweeper(&self, interval: Duration) -> Sweeper {
+        Sweeper::spawn(self.clone(), interval)
+    }
+
+    pub(crate) fn labels(&self) -> &Labels {
+        &self.inner.labels
     }
 
     pub(crate) async fn notify_delete(&self, key: &SessionKey) {

@@ -159,7 +159,9 @@ impl Shared {
 #[async_trait]
 impl SessionStore for MemoryStore {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(LockKind::InProcess).max_record_bytes(self.max_record_bytes())
+        Capabilities::new(LockKind::InProcess)
+            .named("memory")
+            .max_record_bytes(self.max_record_bytes())
     }
 
     async fn load(&self, key: &SessionKey) -> Result<Option<Record>> {

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -63,6 +65,14 @@ pub struct Session {
 
 impl Session {
     pub(crate) async fn open(manager: Manager, id: Option<&SessionId>) -> Result<Session> {
+        let labels = manager.labels().clone();
+        let span = labels.session_span("cloakroom.open", id);
+        let result = Self::open_in_span(manager, id).instrument(span.clone()).await;
+        labels.outcome(&span, &result);
+        result
+    }
+
+    async fn open_in_span(manager: Manager, id: Option<&SessionId>) -> Result<Session> {
         let Some(id) = id else {
             return Ok(Session::fresh(manager));
         };
@@ -70,7 +80,9 @@ impl Session {
         let config = manager.config().clone();
         match config.policy {
             Policy::Serialized => {
+                let started = std::time::Instant::now();
                 let hold = manager.engine().open(&key).await?;
+                manager.labels().lock_waited(started.elapsed());
                 let Some(record) = hold.record().cloned() else {
                     hold.abandon();
                     return Ok(Session::fresh(manager));
@@ -228,7 +240,15 @@ impl Session {
     /// [`Error::LeaseLost`] (the lock's lease ran out), [`Error::Gone`] (the
     /// session was deleted meanwhile; the save is dropped so a logout stays a
     /// logout), [`Error::TooLarge`]. The lock is released in every case.
-    pub async fn commit(mut self) -> Result<Committed> {
+    pub async fn commit(self) -> Result<Committed> {
+        let labels = self.manager.labels().clone();
+        let span = labels.session_span("cloakroom.commit", Some(&self.id));
+        let result = self.commit_in_span().instrument(span.clone()).await;
+        labels.outcome(&span, &result);
+        result
+    }
+
+    async fn commit_in_span(mut self) -> Result<Committed> {
         let now = Timestamp::now();
         let guard = self.lock.take();
         let store = Arc::clone(self.manager.store());

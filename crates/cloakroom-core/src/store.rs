@@ -40,6 +40,9 @@ pub struct Capabilities {
     /// Records survive a restart of the process (and of the server, as far as
     /// the server is configured to persist).
     pub durable: bool,
+    /// The backend's short name (`"sqlite"`), the `backend` label of every
+    /// metric and span. `"custom"` unless the backend names itself.
+    pub name: &'static str,
     /// How locks are held.
     pub lock: LockKind,
     /// Largest encoded record the backend accepts.
@@ -71,6 +74,7 @@ impl Capabilities {
     /// ```
     pub const fn new(lock: LockKind) -> Self {
         Capabilities {
+            name: "custom",
             multi_process: false,
             durable: false,
             lock,
@@ -78,6 +82,12 @@ impl Capabilities {
             expires_natively: false,
             durable_while_locked: !matches!(lock, LockKind::RowLock),
         }
+    }
+
+    /// The backend's short name, for metrics and spans.
+    pub const fn named(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
     }
 
     /// Locks and records are shared by several processes.

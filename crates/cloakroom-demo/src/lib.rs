@@ -11,6 +11,7 @@
 //! | `POST /logout` | deletes the session and clears the cookie |
 //! | `GET /panic` | changes the session, then panics: nothing saved, lock released |
 //! | `GET /health` | never touches the session: no store call at all |
+//! | `GET /metrics` | cloakroom's metrics in Prometheus text (see [`with_metrics`]); no session |
 #![warn(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -22,6 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use cloakroom::{Manager, Namespace, SessionStore};
 use cloakroom_tower::{LazySession, SessionError, SessionLayer, SessionReader};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -72,6 +74,25 @@ pub fn app(layer: SessionLayer) -> Router {
         .route("/health", get(health))
         .layer(layer)
         .layer(CatchPanicLayer::new())
+}
+
+/// `routes` plus `GET /metrics`: every metric recorded through `handle`
+/// (cloakroom's lock waits, timeouts, store latencies… — see
+/// `cloakroom::telemetry`) in Prometheus text format. The route is outside
+/// the session layer: scraping never touches a session.
+pub fn with_metrics(routes: Router, handle: PrometheusHandle) -> Router {
+    routes.route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    handle.render(),
+                )
+            }
+        }),
+    )
 }
 
 /// What `/hits` answers.

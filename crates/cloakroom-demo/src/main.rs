@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cloakroom_demo::{app, manager, DEFAULT_STORE};
+use cloakroom_demo::{app, manager, with_metrics, DEFAULT_STORE};
 use cloakroom_tower::SessionLayer;
 
 const USAGE: &str = "usage: cloakroom-demo [--listen ADDR] [--store URL] [--insecure-cookie]
@@ -78,13 +78,18 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("installing the metrics recorder: {e}"))?;
+    cloakroom::telemetry::describe_metrics();
     // The URL may carry a password: name only its scheme in messages.
     let scheme = args.store.split(':').next().unwrap_or("?").to_owned();
     let store = cloakroom::open(&args.store)
         .await
         .map_err(|e| format!("opening the {scheme} store: {e}"))?;
     let manager = manager(store).map_err(|e| e.to_string())?;
-    spawn_sweeper(manager.clone());
+    // Expired sessions are never served, but their rows stay until swept.
+    let sweeper = manager.spawn_sweeper(Duration::from_secs(600));
 
     let layer = SessionLayer::new(manager).secure(args.secure_cookie);
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -92,28 +97,12 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("binding {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(store = %scheme, "cloakroom demo on http://{addr}/");
-    axum::serve(listener, app(layer))
+    let served = axum::serve(listener, with_metrics(app(layer), metrics))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
-        .map_err(|e| e.to_string())
-}
-
-/// Expired sessions are never served, but their rows stay until swept.
-fn spawn_sweeper(manager: cloakroom::Manager) {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(600));
-        loop {
-            every.tick().await;
-            match manager.sweep_expired(500).await {
-                Ok(r) => tracing::info!(
-                    deleted = r.deleted,
-                    remaining = r.remaining,
-                    "swept expired sessions"
-                ),
-                Err(e) => tracing::warn!(error = %e, "sweeping expired sessions failed; will retry"),
-            }
-        }
-    });
+        .map_err(|e| e.to_string());
+    sweeper.shutdown().await;
+    served
 }

@@ -117,7 +117,9 @@ impl fmt::Debug for LeaseMapStore {
 #[async_trait]
 impl SessionStore for LeaseMapStore {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(LockKind::Lease).max_record_bytes(self.options.max_record_bytes)
+        Capabilities::new(LockKind::Lease)
+            .named("example")
+            .max_record_bytes(self.options.max_record_bytes)
     }
 
     async fn load(&self, key: &SessionKey) -> Result<Option<Record>> {

@@ -93,6 +93,7 @@ impl Inner {
 impl SessionStore for FileStore {
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(LockKind::FileLock)
+            .named("file")
             .multi_process()
             .durable(self.inner.options.durable)
             .max_record_bytes(self.inner.options.max_record_bytes)

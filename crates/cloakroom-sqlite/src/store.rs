@@ -106,6 +106,7 @@ impl SessionStore for SqliteStore {
         // With synchronous=OFF a power cut can lose or corrupt commits.
         let durable = self.inner.options.synchronous != Synchronous::Off;
         Capabilities::new(LockKind::Lease)
+            .named("sqlite")
             .multi_process()
             .durable(durable)
             .max_record_bytes(self.inner.options.max_record_bytes)

@@ -1,0 +1,330 @@
+//! What cloakroom reports about itself: `tracing` spans and events, and
+//! metrics through the [`metrics`] facade (install any recorder, e.g.
+//! `metrics-exporter-prometheus`, to collect them; without one they cost a
+//! few nanoseconds).
+//!
+//! | metric | kind | labels | what |
+//! |---|---|---|---|
+//! | `cloakroom_lock_wait_seconds` | histogram | backend, namespace | time a `Serialized` open waited for its session (hand-offs included) |
+//! | `cloakroom_lock_timeouts_total` | counter | backend, namespace | opens that gave up after `lock_wait` |
+//! | `cloakroom_leases_lost_total` | counter | backend, namespace | commits refused because the lease ran out (another holder may have the session) |
+//! | `cloakroom_conflicts_total` | counter | backend, namespace | `Optimistic` commits refused because someone saved first |
+//! | `cloakroom_handoffs_total` | counter | backend, namespace | sessions passed from one request to the next in memory, without a store round trip |
+//! | `cloakroom_store_operation_seconds` | histogram | backend, operation, outcome | every store call, by operation (`load`, `lock`, `finish`, …) and outcome (`ok` or the error kind) |
+//! | `cloakroom_sessions_swept_total` | counter | backend, namespace | expired sessions a sweep deleted |
+//! | `cloakroom_sweep_failures_total` | counter | backend, namespace | sweeps that stopped on an error (the sweeper retries) |
+//!
+//! Spans: `cloakroom.open` and `cloakroom.commit` per session (fields
+//! `backend`, `namespace`, `session` — the first 8 characters of the id's
+//! SHA-256, never the id, which is a bearer token — and `outcome`), and
+//! `cloakroom.store` per store call at `DEBUG` (`backend`, `operation`,
+//! `outcome`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use metrics::{counter, describe_counter, describe_histogram, histogram, Unit};
+use tracing::Instrument;
+
+use crate::error::{Error, Result};
+use crate::id::{Namespace, SessionId, SessionKey};
+use crate::record::{Record, RecordWrite, Timestamp};
+use crate::store::{
+    Acquired, Capabilities, Cursor, Finish, Finished, IdPage, Lease, LockGuard, LockOptions, SessionStore,
+    SweepBatch, Then,
+};
+
+pub(crate) const LOCK_WAIT: &str = "cloakroom_lock_wait_seconds";
+pub(crate) const LOCK_TIMEOUTS: &str = "cloakroom_lock_timeouts_total";
+pub(crate) const LEASES_LOST: &str = "cloakroom_leases_lost_total";
+pub(crate) const CONFLICTS: &str = "cloakroom_conflicts_total";
+pub(crate) const HANDOFFS: &str = "cloakroom_handoffs_total";
+pub(crate) const STORE_OPERATION: &str = "cloakroom_store_operation_seconds";
+pub(crate) const SWEPT: &str = "cloakroom_sessions_swept_total";
+pub(crate) const SWEEP_FAILURES: &str = "cloakroom_sweep_failures_total";
+
+/// Describe every cloakroom metric to the installed recorder (units and help
+/// texts, for exporters that print them). Call once after installing it.
+pub fn describe_metrics() {
+    describe_histogram!(
+        LOCK_WAIT,
+        Unit::Seconds,
+        "Time a Serialized open waited for its session's lock."
+    );
+    describe_counter!(LOCK_TIMEOUTS, "Opens that gave up waiting for a session's lock.");
+    describe_counter!(LEASES_LOST, "Commits refused because the lock's lease ran out.");
+    describe_counter!(
+        CONFLICTS,
+        "Optimistic commits refused because another request saved first."
+    );
+    describe_counter!(
+        HANDOFFS,
+        "Sessions handed from one request to the next without a store round trip."
+    );
+    describe_histogram!(
+        STORE_OPERATION,
+        Unit::Seconds,
+        "Latency of each session store call."
+    );
+    describe_counter!(SWEPT, "Expired sessions deleted by sweeps.");
+    describe_counter!(SWEEP_FAILURES, "Sweeps that stopped on a store error.");
+}
+
+/// The labels every session-level metric carries.
+#[derive(Clone, Debug)]
+pub(crate) struct Labels {
+    backend: &'static str,
+    namespace: Arc<str>,
+}
+
+impl Labels {
+    pub(crate) fn new(backend: &'static str, namespace: &Namespace) -> Self {
+        Labels {
+            backend,
+            namespace: Arc::from(namespace.as_str()),
+        }
+    }
+
+    fn pairs(&self) -> [(&'static str, String); 2] {
+        [
+            ("backend", self.backend.to_owned()),
+            ("namespace", self.namespace.to_string()),
+        ]
+    }
+
+    pub(crate) fn lock_waited(&self, waited: Duration) {
+        histogram!(LOCK_WAIT, &self.pairs()).record(waited.as_secs_f64());
+    }
+
+    pub(crate) fn handed_off(&self) {
+        counter!(HANDOFFS, &self.pairs()).increment(1);
+    }
+
+    pub(crate) fn swept(&self, deleted: u64) {
+        counter!(SWEPT, &self.pairs()).increment(deleted);
+    }
+
+    pub(crate) fn sweep_failed(&self) {
+        counter!(SWEEP_FAILURES, &self.pairs()).increment(1);
+    }
+
+    /// Count the errors that say something about locking.
+    pub(crate) fn failed(&self, error: &Error) {
+        match error {
+            Error::LockTimeout { .. } => counter!(LOCK_TIMEOUTS, &self.pairs()).increment(1),
+            Error::LeaseLost => counter!(LEASES_LOST, &self.pairs()).increment(1),
+            Error::Conflict { .. } => counter!(CONFLICTS, &self.pairs()).increment(1),
+            _ => {}
+        }
+    }
+
+    /// A span for one session step (`cloakroom.open`, `cloakroom.commit`),
+    /// its `outcome` filled in by [`Labels::outcome`].
+    pub(crate) fn session_span(&self, name: &'static str, id: Option<&SessionId>) -> tracing::Span {
+        let session = id.map(short_hash);
+        match name {
+            "cloakroom.open" => tracing::info_span!(
+                "cloakroom.open",
+                backend = self.backend,
+                namespace = %self.namespace,
+                session = session.as_deref().unwrap_or("new"),
+                outcome = tracing::field::Empty,
+            ),
+            _ => tracing::info_span!(
+                "cloakroom.commit",
+                backend = self.backend,
+                namespace = %self.namespace,
+                session = session.as_deref().unwrap_or("new"),
+                outcome = tracing::field::Empty,
+            ),
+        }
+    }
+
+    /// Record how a step ended on its span, and count locking errors.
+    pub(crate) fn outcome<T>(&self, span: &tracing::Span, result: &Result<T>) {
+        match result {
+            Ok(_) => {
+                span.record("outcome", "ok");
+            }
+            Err(e) => {
+                span.record("outcome", outcome_of(e));
+                self.failed(e);
+            }
+        }
+    }
+}
+
+/// The first 8 characters of the SHA-256 of an id: enough to follow one
+/// session through logs, useless as a credential.
+pub(crate) fn short_hash(id: &SessionId) -> String {
+    id.hashed().as_str().chars().take(8).collect()
+}
+
+/// The error kind, as a label value.
+pub(crate) fn outcome_of(error: &Error) -> &'static str {
+    match error {
+        Error::InvalidId { .. } => "invalid_id",
+        Error::LockTimeout { .. } => "lock_timeout",
+        Error::Conflict { .. } => "conflict",
+        Error::LeaseLost => "lease_lost",
+        Error::Gone => "gone",
+        Error::Corrupt { .. } => "corrupt",
+        Error::TooLarge { .. } => "too_large",
+        Error::Decode { .. } => "decode",
+        Error::Encode { .. } => "encode",
+        Error::Unavailable { .. } => "unavailable",
+        Error::Unsupported(_) => "unsupported",
+        Error::Config(_) => "config",
+        _ => "backend",
+    }
+}
+
+/// A store that times every call (`cloakroom_store_operation_seconds`) in a
+/// `cloakroom.store` span. The [`Manager`](crate::Manager) wraps its store in
+/// one, so every backend is measured the same way.
+#[derive(Debug)]
+pub(crate) struct MeteredStore {
+    inner: Arc<dyn SessionStore>,
+    backend: &'static str,
+}
+
+impl MeteredStore {
+    pub(crate) fn wrap(inner: Arc<dyn SessionStore>) -> Arc<dyn SessionStore> {
+        let backend = inner.capabilities().name;
+        Arc::new(MeteredStore { inner, backend })
+    }
+}
+
+async fn measured<T>(
+    backend: &'static str,
+    operation: &'static str,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let span = tracing::debug_span!(
+        "cloakroom.store",
+        backend,
+        operation,
+        outcome = tracing::field::Empty
+    );
+    let started = Instant::now();
+    let result = call.instrument(span.clone()).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => outcome_of(e),
+    };
+    span.record("outcome", outcome);
+    histogram!(STORE_OPERATION, "backend" => backend, "operation" => operation, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
+#[async_trait]
+impl SessionStore for MeteredStore {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        measured(self.backend, "migrate", self.inner.migrate()).await
+    }
+
+    async fn load(&self, key: &SessionKey) -> Result<Option<Record>> {
+        measured(self.backend, "load", self.inner.load(key)).await
+    }
+
+    async fn create(&self, key: &SessionKey, write: RecordWrite) -> Result<Record> {
+        measured(self.backend, "create", self.inner.create(key, write)).await
+    }
+
+    async fn save(&self, key: &SessionKey, write: RecordWrite, expected: Option<u64>) -> Result<u64> {
+        measured(self.backend, "save", self.inner.save(key, write, expected)).await
+    }
+
+    async fn delete(&self, key: &SessionKey) -> Result<bool> {
+        measured(self.backend, "delete", self.inner.delete(key)).await
+    }
+
+    async fn touch(&self, key: &SessionKey, accessed: Timestamp, expires: Timestamp) -> Result<bool> {
+        measured(self.backend, "touch", self.inner.touch(key, accessed, expires)).await
+    }
+
+    async fn try_lock(&self, key: &SessionKey, options: LockOptions) -> Result<Acquired> {
+        let acquired = measured(self.backend, "try_lock", self.inner.try_lock(key, options)).await?;
+        Ok(match acquired {
+            Acquired::Locked(guard) => Acquired::Locked(self.metered(guard)),
+            busy => busy,
+        })
+    }
+
+    async fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockGuard>> {
+        let guard = measured(self.backend, "lock", self.inner.lock(key, options)).await?;
+        Ok(self.metered(guard))
+    }
+
+    async fn list_ids(&self, namespace: &Namespace, cursor: Option<Cursor>, limit: usize) -> Result<IdPage> {
+        measured(
+            self.backend,
+            "list_ids",
+            self.inner.list_ids(namespace, cursor, limit),
+        )
+        .await
+    }
+
+    async fn count(&self, namespace: &Namespace) -> Result<u64> {
+        measured(self.backend, "count", self.inner.count(namespace)).await
+    }
+
+    async fn sweep_expired(
+        &self,
+        namespace: &Namespace,
+        now: Timestamp,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<SweepBatch> {
+        measured(
+            self.backend,
+            "sweep",
+            self.inner.sweep_expired(namespace, now, cursor, limit),
+        )
+        .await
+    }
+}
+
+impl MeteredStore {
+    fn metered(&self, inner: Box<dyn LockGuard>) -> Box<dyn LockGuard> {
+        Box::new(MeteredGuard {
+            inner,
+            backend: self.backend,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct MeteredGuard {
+    inner: Box<dyn LockGuard>,
+    backend: &'static str,
+}
+
+#[async_trait]
+impl LockGuard for MeteredGuard {
+    fn key(&self) -> &SessionKey {
+        self.inner.key()
+    }
+
+    fn record(&self) -> Option<&Record> {
+        self.inner.record()
+    }
+
+    fn lease(&self) -> &Lease {
+        self.inner.lease()
+    }
+
+    async fn renew(&mut self, lease: Duration) -> Result<()> {
+        measured(self.backend, "renew", self.inner.renew(lease)).await
+    }
+
+    async fn finish(&mut self, op: Finish, then: Then) -> Result<Finished> {
+        measured(self.backend, "finish", self.inner.finish(op, then)).await
+    }
+}
