@@ -239,7 +239,7 @@ macro_rules! backend_tests {
 
 backend_tests! {
     file: on_disk("file", ""), Frees::AtOnce;
-    sqlite: on_disk("sqlite", "sessions.db"), Frees::AfterLease;
+    sqlite: on_disk("sqlite", "sessions.db"), Frees::AtOnce;
     postgres: server("CLOAKROOM_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"), Frees::AtOnce;
     mysql: server("CLOAKROOM_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"), Frees::AtOnce;
     redis: server("CLOAKROOM_REDIS_URL", "redis://127.0.0.1:6379"), Frees::AfterLease;

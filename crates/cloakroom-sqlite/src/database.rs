@@ -8,6 +8,7 @@ use cloakroom_core::{Error, Result};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::error::sql_error;
+use crate::liveness::Liveness;
 use crate::options::SqliteOptions;
 use crate::readers::{ReadGate, Readers};
 use crate::schema::Sql;
@@ -21,6 +22,8 @@ pub(crate) struct Database {
     pub(crate) writer: Writer,
     readers: Readers,
     pub(crate) max_record_bytes: usize,
+    /// Tells a killed lock holder from a live one (see `liveness`).
+    pub(crate) liveness: Arc<Liveness>,
 }
 
 impl Database {
@@ -32,7 +35,9 @@ impl Database {
         // One connection writes; the rest of `max_connections` read, and
         // there is always at least one reader.
         let readers = options.max_connections.saturating_sub(1).max(1);
+        let liveness = Arc::new(Liveness::claim(&options.path)?);
         Ok(Database {
+            liveness,
             writer: Writer::start(&connector, sql.clone(), gate.clone())?,
             readers: Readers::start(readers, &connector, &sql, &gate)?,
             max_record_bytes: options.max_record_bytes,

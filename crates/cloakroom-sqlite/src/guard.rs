@@ -23,13 +23,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use cloakroom_core::{
     check_loaded_is_live, Acquired, Error, Finish, Finished, Lease, LockGuard, LockOptions, Record, Result,
-    SessionId, SessionKey, Then, Timestamp,
+    SessionKey, Then, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use crate::database::Database;
 use crate::error::{is_sql_failure, sql_error};
+use crate::liveness::Liveness;
 use crate::row::{now_ms, read_current, record_columns, record_from_columns};
 use crate::schema::Sql;
 use crate::writer::{stopped, BatchFailure, Job, Ran};
@@ -48,6 +49,7 @@ fn try_claim(
     key: &SessionKey,
     token: &str,
     lease: Duration,
+    liveness: &Liveness,
 ) -> Result<ClaimOutcome> {
     // Taken just before the row's lease end is computed, so the holder's
     // deadline never outlasts the row's, and time spent queueing for the
@@ -65,17 +67,45 @@ fn try_claim(
             .optional()
         })
         .map_err(sql_error)?;
-    let Some(columns) = claimed else {
-        // Held: one more primary-key lookup, only on this path, tells the
-        // caller when the holder's lease runs out at the latest.
-        let until: Option<Option<i64>> = conn
-            .prepare_cached(&sql.lock_until)
-            .and_then(|mut stmt| stmt.query_row(params![ns, id], |row| row.get(0)).optional())
-            .map_err(sql_error)?;
-        let left = until
-            .flatten()
-            .map(|until| Duration::from_millis(u64::try_from(until.saturating_sub(now)).unwrap_or(0)));
-        return Ok(ClaimOutcome::Busy(left));
+    let columns = match claimed {
+        Some(columns) => columns,
+        None => {
+            // Held: one more primary-key lookup, only on this path, names
+            // the holder and when its lease runs out at the latest.
+            let holder: Option<(Option<i64>, Option<String>)> = conn
+                .prepare_cached(&sql.lock_holder)
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![ns, id], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .optional()
+                })
+                .map_err(sql_error)?;
+            let (until, holder) = holder.unwrap_or((None, None));
+            let taken = match holder.filter(|holder| liveness.holder_is_dead(holder)) {
+                Some(dead) => conn
+                    .prepare_cached(&sql.take_over)
+                    .and_then(|mut stmt| {
+                        stmt.query_row(
+                            params![ns, id, token, now.saturating_add(lease_ms(lease)), dead],
+                            record_columns,
+                        )
+                        .optional()
+                    })
+                    .map_err(sql_error)?,
+                None => None,
+            };
+            match taken {
+                Some(columns) => {
+                    tracing::info!(namespace = %key.namespace, "took over the lock of a session whose holder process is gone");
+                    columns
+                }
+                None => {
+                    let left = until.map(|until| {
+                        Duration::from_millis(u64::try_from(until.saturating_sub(now)).unwrap_or(0))
+                    });
+                    return Ok(ClaimOutcome::Busy(left));
+                }
+            }
+        }
     };
     let live = columns.0 > 0 && columns.4 > now;
     let record = if live {
@@ -96,11 +126,12 @@ pub(crate) async fn try_lock(
     key: &SessionKey,
     options: LockOptions,
 ) -> Result<Acquired> {
-    let token = SessionId::generate().as_str().to_owned();
+    let token = database.liveness.new_token();
     let (k, t) = (key.clone(), token.clone());
+    let liveness = Arc::clone(&database.liveness);
     let undo = ReleaseJob::boxed(key.clone(), token.clone());
     let answer = database.writer.request(
-        move |conn, sql| try_claim(conn, sql, &k, &t, options.lease),
+        move |conn, sql| try_claim(conn, sql, &k, &t, options.lease, &liveness),
         // The claim succeeded but this call was dropped before the writer
         // could answer: release at once rather than leave the session
         // locked for a whole lease.

@@ -66,6 +66,7 @@ mod checkpoint;
 mod database;
 mod error;
 mod guard;
+mod liveness;
 mod options;
 mod readers;
 mod row;

@@ -26,7 +26,8 @@ pub(crate) struct Sql {
     pub delete_row: String,
     pub make_placeholder: String,
     pub claim: String,
-    pub lock_until: String,
+    pub lock_holder: String,
+    pub take_over: String,
     pub renew: String,
     pub drop_placeholder: String,
     pub clear_lock: String,
@@ -110,7 +111,15 @@ impl Sql {
                  WHERE {t}.lock_until IS NULL OR {t}.lock_until <= ?5
                  RETURNING version, data, created, accessed, expires"
             ),
-            lock_until: format!("SELECT lock_until FROM {t} WHERE namespace = ?1 AND id = ?2"),
+            lock_holder: format!("SELECT lock_until, lock_token FROM {t} WHERE namespace = ?1 AND id = ?2"),
+            // The lock of a holder known to be dead, taken whatever its
+            // lease says, only if that holder still has it.
+            // ?3 new token, ?4 new lock_until, ?5 the dead holder's token
+            take_over: format!(
+                "UPDATE {t} SET lock_token = ?3, lock_until = ?4
+                 WHERE namespace = ?1 AND id = ?2 AND lock_token = ?5
+                 RETURNING version, data, created, accessed, expires"
+            ),
             // ?3 token, ?4 new lock_until, ?5 now
             renew: format!(
                 "UPDATE {t} SET lock_until = ?4
