@@ -34,6 +34,7 @@ mod codec;
 mod engine;
 mod error;
 mod id;
+pub mod liveness;
 mod manager;
 mod memory;
 mod record;

@@ -8,11 +8,11 @@ use cloakroom_core::{Error, Result};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::error::sql_error;
-use crate::liveness::Liveness;
 use crate::options::SqliteOptions;
 use crate::readers::{ReadGate, Readers};
 use crate::schema::Sql;
 use crate::writer::Writer;
+use cloakroom_core::liveness::Liveness;
 
 /// What a store has once it is first used: one writer thread and a few
 /// reader threads, each opening its connection on its first request (and

@@ -30,10 +30,10 @@ use tokio::sync::oneshot;
 
 use crate::database::Database;
 use crate::error::{is_sql_failure, sql_error};
-use crate::liveness::Liveness;
 use crate::row::{now_ms, read_current, record_columns, record_from_columns};
 use crate::schema::Sql;
 use crate::writer::{stopped, BatchFailure, Job, Ran};
+use cloakroom_core::liveness::Liveness;
 
 fn lease_ms(lease: Duration) -> i64 {
     i64::try_from(lease.as_millis()).unwrap_or(i64::MAX).max(1)

@@ -66,7 +66,6 @@ mod checkpoint;
 mod database;
 mod error;
 mod guard;
-mod liveness;
 mod options;
 mod readers;
 mod row;

@@ -1,10 +1,12 @@
 //! Whether the holder of a lock is still alive, asked of the operating
 //! system, so that the lock of a killed process is taken over at once
-//! instead of when its lease runs out.
+//! instead of when its lease runs out. For backends whose processes share
+//! one host (files, SQLite).
 //!
 //! Every open store holds an exclusive OS lock (`flock`) on its own *owner
-//! file*, `<database>-owners/<owner>`, for as long as it is open, and every
-//! lock token it writes starts with `<owner>.`. A waiter that finds a
+//! file*, `<place>-owners/<owner>` next to its database or directory, for
+//! as long as it is open, and every lock token it writes starts with
+//! `<owner>.`. A waiter that finds a
 //! session locked by another owner tries to lock that owner's file: if it
 //! can, the process that held it is gone (the kernel drops an `flock` when
 //! its holder dies, however it dies), and the waiter takes the session
@@ -20,11 +22,11 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use cloakroom_core::{Error, Result, SessionId};
+use crate::{Error, Result, SessionId};
 
 /// This store's owner file, locked while the store is open.
 #[derive(Debug)]
-pub(crate) struct Liveness {
+pub struct Liveness {
     dir: PathBuf,
     owner: String,
     /// Holds the `flock`; closing it (drop, or the process dying) releases it.
@@ -32,9 +34,10 @@ pub(crate) struct Liveness {
 }
 
 impl Liveness {
-    /// Create and lock a new owner file next to the database at `database`.
-    pub(crate) fn claim(database: &Path) -> Result<Self> {
-        let mut dir = database.as_os_str().to_owned();
+    /// Create and lock a new owner file in `<place>-owners/`, next to the
+    /// database file or directory at `place` (whose parent must exist).
+    pub fn claim(place: &Path) -> Result<Self> {
+        let mut dir = place.as_os_str().to_owned();
         dir.push("-owners");
         let dir = PathBuf::from(dir);
         let mut builder = std::fs::DirBuilder::new();
@@ -65,14 +68,14 @@ impl Liveness {
     }
 
     /// A lock token of this store: `<owner>.<random>`.
-    pub(crate) fn new_token(&self) -> String {
+    pub fn new_token(&self) -> String {
         format!("{}.{}", self.owner, SessionId::generate().as_str())
     }
 
     /// Whether the store that wrote `token` is known to be gone: its owner
     /// file exists and nobody holds its lock. The file is removed then, so
     /// only one waiter concludes it.
-    pub(crate) fn holder_is_dead(&self, token: &str) -> bool {
+    pub fn holder_is_dead(&self, token: &str) -> bool {
         let Some((owner, _)) = token.split_once('.') else {
             return false;
         };
