@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloakroom::{Error, Manager, Namespace, SessionId};
+use cloakroom_conformance::support::{Server, TempDir};
 use cloakroom_integration_tests::HITS;
 use tokio::process::Command;
 
@@ -211,8 +212,7 @@ async fn postgres_restart() {
     if !enabled() {
         return;
     }
-    let url = std::env::var("CLOAKROOM_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let url = Server::Postgres.url();
     increments_survive_a_restart(
         &url,
         "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -n1) main restart -m fast",
@@ -225,8 +225,7 @@ async fn mariadb_restart() {
     if !enabled() {
         return;
     }
-    let url =
-        std::env::var("CLOAKROOM_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let url = Server::Mysql.url();
     increments_survive_a_restart(
         &url,
         "mariadb-admin -h 127.0.0.1 -u root shutdown && \
@@ -242,7 +241,7 @@ async fn redis_restart() {
     if !enabled() {
         return;
     }
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = TempDir::new("redis-restart").expect("temp dir");
     let port = 6391;
     let start = format!(
         "redis-server --port {port} --bind 127.0.0.1 --daemonize yes --appendonly yes --appendfsync always \

@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use cloakroom::{Manager, Namespace, SessionData, SessionId, SessionKey};
+use cloakroom_conformance::support::TempDir;
 use cloakroom_integration_tests::HITS;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -94,12 +95,12 @@ async fn killed_writers_never_leave_a_torn_record(url: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn file_store_survives_killed_writers() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = TempDir::new("torn-writes").expect("temp dir");
     killed_writers_never_leave_a_torn_record(&format!("file://{}", dir.path().display())).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_store_survives_killed_writers() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = TempDir::new("torn-writes").expect("temp dir");
     killed_writers_never_leave_a_torn_record(&format!("sqlite://{}/s.db", dir.path().display())).await;
 }
