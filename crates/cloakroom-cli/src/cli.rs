@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use cloakroom::{Namespace, Registry, SessionId, SessionStore};
+use cloakroom::{Manager, Namespace, Registry, SessionId, SessionKey, SessionStore};
 
 use crate::bench::BenchArgs;
 
@@ -46,6 +46,10 @@ pub enum Command {
     /// creation), and a version is a fencing token local to one store.
     /// Idempotent: a session already live in the target is skipped (the
     /// default) or replaced (`--overwrite`), so re-running is safe.
+    ///
+    /// Ids are copied as stored: sessions written with hashed ids
+    /// (`SessionConfig::hash_ids`) stay hashed in the target, so no
+    /// `--hash-ids` flag is needed (or taken) here.
     Migrate(MigrateArgs),
     /// Run the benchmark workload described in the README (spread, burst, contention, processes, handoff, sweep).
     Bench(BenchArgs),
@@ -70,11 +74,29 @@ pub struct StoreArgs {
     pub namespace: Namespace,
 }
 
+/// Where the sessions are, and whether their ids were hashed into store keys.
+#[derive(Debug, Clone, Args)]
+pub struct SessionsArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// The application stores sessions under a hash of their id
+    /// (`SessionConfig::hash_ids` on).
+    ///
+    /// `show` and `rm` then take the id from the session cookie and look up
+    /// the key the application's `Manager` stores it under (its SHA-256);
+    /// `ls` labels the ids it lists as stored hashes (column `STORED HASH`,
+    /// JSON field `stored_hash`). A stored hash is a store key: `show` and
+    /// `rm` take it as it is, without this flag. The environment variable
+    /// takes `true` or `false`.
+    #[arg(long, env = "CLOAKROOM_HASH_IDS", hide_env_values = true)]
+    pub(crate) hash_ids: bool,
+}
+
 /// Arguments of `ls`.
 #[derive(Debug, Args)]
 pub struct LsArgs {
     #[command(flatten)]
-    pub(crate) store: StoreArgs,
+    pub(crate) sessions: SessionsArgs,
     /// Also show whether each session is locked right now.
     ///
     /// The store contract has no lock-state query, so this probes: it tries
@@ -83,7 +105,9 @@ pub struct LsArgs {
     /// session that is locked by nobody shows `no`.
     #[arg(long)]
     pub(crate) locked: bool,
-    /// One JSON object per line instead of a table.
+    /// One JSON object per line instead of a table: `id` (`stored_hash`
+    /// with `--hash-ids`), `created`, `accessed`, `expires` (RFC 3339),
+    /// `size` (bytes), `version`, and with `--locked` `locked`.
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -92,8 +116,9 @@ pub struct LsArgs {
 #[derive(Debug, Args)]
 pub struct ShowArgs {
     #[command(flatten)]
-    pub(crate) store: StoreArgs,
-    /// The session id (43 characters of base64url).
+    pub(crate) sessions: SessionsArgs,
+    /// The session id (43 characters of base64url): with `--hash-ids` the one
+    /// in the session cookie, otherwise the id as stored.
     // One id in 64 starts with '-', which must not be taken for a flag.
     #[arg(value_parser = parse_id, allow_hyphen_values = true)]
     pub(crate) id: SessionId,
@@ -103,11 +128,20 @@ pub struct ShowArgs {
 #[derive(Debug, Args)]
 pub struct RmArgs {
     #[command(flatten)]
-    pub(crate) store: StoreArgs,
+    pub(crate) sessions: SessionsArgs,
     /// The ids to delete (after the options). An id with no live session is
-    /// reported and makes the exit status 1; the others are still deleted.
+    /// reported and makes the exit status 1 (after every id has been tried
+    /// and reported); the others are still deleted.
     #[arg(required = true, value_parser = parse_id, allow_hyphen_values = true)]
     pub(crate) ids: Vec<SessionId>,
+    /// One JSON object per line, one line per id, in the order given:
+    /// `{"id":ID,"deleted":true|false}` (`id` as given on the command line).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+pub(crate) fn parse_id(text: &str) -> Result<SessionId, String> {
+    SessionId::parse(text).map_err(|e| e.to_string())
 }
 
 /// Arguments of `gc`.
@@ -118,6 +152,11 @@ pub struct GcArgs {
     /// Records examined per batch (one store round trip each).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) batch: u32,
+    /// One JSON object on one line instead of the text summary:
+    /// `{"deleted":N,"remaining":M,"seconds":S}` (sessions deleted, live
+    /// sessions left, seconds the sweep and count took, a float).
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// Arguments of `migrate`.
@@ -139,10 +178,13 @@ pub struct MigrateArgs {
     /// Sessions copied at once.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(crate) parallel: u32,
-}
-
-pub(crate) fn parse_id(text: &str) -> Result<SessionId, String> {
-    SessionId::parse(text).map_err(|e| e.to_string())
+    /// One JSON object on one line instead of the text summary:
+    /// `{"copied":N,"skipped":N,"replaced":N,"vanished":N}` (copied: new in
+    /// the target; skipped: already live there, left as it was; replaced:
+    /// live there and overwritten, `--overwrite`; vanished: listed in the
+    /// source but expired or deleted before it was read).
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 pub(crate) fn parse_namespace(text: &str) -> Result<Namespace, String> {
@@ -200,6 +242,26 @@ pub fn main_with(registry: Registry) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Maps the ids given on the command line to store keys in the namespace,
+/// through the very [`Manager::key`] an application with the same
+/// `hash_ids` setting uses, so the CLI finds what the application stored.
+pub(crate) struct Keys(Manager);
+
+impl Keys {
+    pub(crate) fn new(store: &Arc<dyn SessionStore>, sessions: &SessionsArgs) -> Result<Self> {
+        Manager::builder(Arc::clone(store), sessions.store.namespace.clone())
+            .hash_ids(sessions.hash_ids)
+            .build()
+            .map(Keys)
+            .context("preparing the id mapping")
+    }
+
+    /// The store key of `id`.
+    pub(crate) fn key(&self, id: &SessionId) -> SessionKey {
+        self.0.key(id)
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use cloakroom::{sweep_batches, Timestamp};
 use futures::TryStreamExt;
+use serde_json::json;
 
 use cloakroom::Registry;
 
@@ -28,6 +29,13 @@ pub(crate) async fn run(args: GcArgs, registry: &Registry) -> Result<()> {
     let remaining = store.count(ns).await.context("counting the remaining sessions")?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
+    if args.json {
+        println!(
+            "{}",
+            json!({ "deleted": deleted, "remaining": remaining, "seconds": secs })
+        );
+        return Ok(());
+    }
     println!("deleted {deleted}, remaining {remaining}");
     eprintln!(
         "swept in {secs:.2} s ({:.0} deleted/s)",

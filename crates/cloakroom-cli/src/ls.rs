@@ -20,9 +20,15 @@ const PAGE: usize = 500;
 const LOADS_IN_FLIGHT: usize = 16;
 
 pub(crate) async fn run(args: LsArgs, registry: &Registry) -> Result<()> {
-    let store = open_store(registry, &args.store.url, "the store").await?;
-    let ns = &args.store.namespace;
+    let store = open_store(registry, &args.sessions.store.url, "the store").await?;
+    let ns = &args.sessions.store.namespace;
     let probe = args.locked;
+    // With hashed ids the store's keys are hashes, not cookie ids: say so.
+    let (id_header, id_field) = if args.sessions.hash_ids {
+        ("STORED HASH", "stored_hash")
+    } else {
+        ("ID", "id")
+    };
     let rows = cloakroom::list_ids(store.as_ref(), ns, PAGE)
         .map_ok(|id| {
             let key = SessionKey::new(ns.clone(), id);
@@ -43,29 +49,31 @@ pub(crate) async fn run(args: LsArgs, registry: &Registry) -> Result<()> {
         write!(
             out,
             "{:<43}  {:<24}  {:<24}  {:<24}  {:>8}",
-            "ID", "CREATED", "ACCESSED", "EXPIRES", "SIZE"
+            id_header, "CREATED", "ACCESSED", "EXPIRES", "SIZE"
         )?;
         writeln!(out, "{}", if probe { "  LOCKED" } else { "" })?;
     }
     while let Some((key, record, locked)) = rows.try_next().await.context("listing sessions")? {
         // Listed but gone by the time it was loaded: expired or deleted meanwhile.
         let Some(record) = record else { continue };
-        print_row(&mut out, &key, &record, locked, args.json)?;
+        let json = args.json.then_some(id_field);
+        print_row(&mut out, &key, &record, locked, json)?;
     }
     out.flush()?;
     Ok(())
 }
 
+/// One row: a table line, or with `json_id_field` a JSON line naming the id so.
 fn print_row(
     out: &mut impl Write,
     key: &SessionKey,
     r: &Record,
     locked: Option<bool>,
-    json: bool,
+    json_id_field: Option<&str>,
 ) -> std::io::Result<()> {
-    if json {
+    if let Some(id_field) = json_id_field {
         let mut row = json!({
-            "id": key.id.as_str(),
+            id_field: key.id.as_str(),
             "created": rfc3339(r.created),
             "accessed": rfc3339(r.accessed),
             "expires": rfc3339(r.expires),

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use cloakroom::{Error, Namespace, RecordWrite, SessionId, SessionKey, SessionStore};
 use futures::TryStreamExt;
+use serde_json::json;
 
 use cloakroom::Registry;
 
@@ -44,6 +45,16 @@ pub(crate) async fn run(args: MigrateArgs, registry: &Registry) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if args.json {
+        let counts = json!({
+            "copied": copied,
+            "skipped": skipped,
+            "replaced": replaced,
+            "vanished": vanished,
+        });
+        println!("{counts}");
+        return Ok(());
+    }
     println!(
         "copied {copied}, replaced {replaced}, skipped {skipped} (already in the target), \
          vanished {vanished} (expired or deleted during the copy)"

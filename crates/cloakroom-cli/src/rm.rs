@@ -1,26 +1,29 @@
 //! `cloakroom rm ID…`.
 
 use anyhow::{bail, Context, Result};
-use cloakroom::SessionKey;
+use serde_json::json;
 
 use cloakroom::Registry;
 
-use crate::cli::open_store;
-use crate::cli::RmArgs;
+use crate::cli::{open_store, Keys, RmArgs};
 
 pub(crate) async fn run(args: RmArgs, registry: &Registry) -> Result<()> {
-    let store = open_store(registry, &args.store.url, "the store").await?;
+    let store = open_store(registry, &args.sessions.store.url, "the store").await?;
+    let keys = Keys::new(&store, &args.sessions)?;
     let mut missing = 0usize;
     for id in &args.ids {
-        let key = SessionKey::new(args.store.namespace.clone(), id.clone());
-        if store
-            .delete(&key)
+        let deleted = store
+            .delete(&keys.key(id))
             .await
-            .with_context(|| format!("deleting {id}"))?
-        {
+            .with_context(|| format!("deleting {id}"))?;
+        if args.json {
+            println!("{}", json!({ "id": id.as_str(), "deleted": deleted }));
+        } else if deleted {
             println!("deleted {id}");
         } else {
             eprintln!("no live session {id}");
+        }
+        if !deleted {
             missing += 1;
         }
     }

@@ -3,18 +3,17 @@
 use anyhow::{anyhow, bail, Context, Result};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use cloakroom::{SessionData, SessionKey};
+use cloakroom::SessionData;
 use serde_json::{json, Map};
 
 use cloakroom::Registry;
 
-use crate::cli::open_store;
-use crate::cli::ShowArgs;
+use crate::cli::{open_store, Keys, ShowArgs};
 use crate::format::{msgpack_to_json, rfc3339};
 
 pub(crate) async fn run(args: ShowArgs, registry: &Registry) -> Result<()> {
-    let store = open_store(registry, &args.store.url, "the store").await?;
-    let key = SessionKey::new(args.store.namespace.clone(), args.id.clone());
+    let store = open_store(registry, &args.sessions.store.url, "the store").await?;
+    let key = Keys::new(&store, &args.sessions)?.key(&args.id);
     let record = store
         .load(&key)
         .await
@@ -29,6 +28,9 @@ pub(crate) async fn run(args: ShowArgs, registry: &Registry) -> Result<()> {
         "expires": rfc3339(record.expires),
         "size": record.data.len(),
     });
+    if args.sessions.hash_ids {
+        out["stored_hash"] = json!(key.id.as_str());
+    }
     let data = match SessionData::decode(&record.data) {
         Ok(data) => data,
         Err(e) => {

@@ -31,7 +31,7 @@ use cloakroom::{Manager, Session, SessionId};
 use tokio::io::{AsyncBufRead, Lines};
 use tokio::sync::watch;
 
-use super::modes::{result, run_workers, TaskStats};
+use super::modes::{fill, join_stats, result, run_workers, Headline, TaskStats};
 use super::payload::HITS;
 use super::report::BenchResult;
 use super::target::{CloakroomTarget, Target};
@@ -248,7 +248,7 @@ async fn take_turns(
 fn report(
     target: &CloakroomTarget,
     processes: usize,
-    mut stats: TaskStats,
+    stats: TaskStats,
     seconds: f64,
     hits: u64,
 ) -> Result<BenchResult> {
@@ -256,17 +256,8 @@ fn report(
         bail!("no lock hand-off was observed");
     }
     let mut r = result(target, "handoff", SIDES, processes);
-    r.cycles = stats.measured;
-    r.seconds = seconds;
-    r.cycles_per_sec = stats.measured as f64 / seconds.max(1e-9);
-    r.p50_us = stats.handoff.quantile(0.50);
-    r.p99_us = stats.handoff.quantile(0.99);
-    r.cycle_p50_us = stats.latency.quantile(0.50);
-    r.cycle_p99_us = stats.latency.quantile(0.99);
-    r.wait_p50_us = stats.wait.quantile(0.50);
-    r.wait_p99_us = stats.wait.quantile(0.99);
-    r.retries = stats.retries;
     r.lost_updates = stats.committed.saturating_sub(hits);
+    fill(&mut r, stats, seconds, Headline::Handoff);
     Ok(r)
 }
 
@@ -308,10 +299,7 @@ pub async fn handoff(target: &Arc<CloakroomTarget>, cfg: &HandoffConfig) -> Resu
             })
         })
         .collect();
-    let mut stats = TaskStats::default();
-    for side in sides {
-        stats.merge(side.await.context("a benchmark task panicked")??);
-    }
+    let stats = join_stats(sides).await?;
     let seconds = origin.elapsed().as_secs_f64();
     let hits = target.hits(&id).await?;
     target.remove(&id).await?;

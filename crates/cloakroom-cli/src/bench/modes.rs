@@ -147,7 +147,18 @@ pub(crate) fn result<T: Target>(target: &T, mode: &str, concurrency: usize, proc
     }
 }
 
-pub(crate) fn fill(r: &mut BenchResult, mut stats: TaskStats, seconds: f64, headline_is_wait: bool) {
+/// Which latency a result's headline p50/p99 are.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Headline {
+    /// The whole cycle (spread, burst).
+    Cycle,
+    /// The open: lock wait + load (contention, processes).
+    Wait,
+    /// The lock hand-off (handoff).
+    Handoff,
+}
+
+pub(crate) fn fill(r: &mut BenchResult, mut stats: TaskStats, seconds: f64, headline: Headline) {
     r.cycles = stats.measured;
     r.seconds = seconds;
     r.cycles_per_sec = stats.measured as f64 / seconds.max(1e-9);
@@ -155,80 +166,80 @@ pub(crate) fn fill(r: &mut BenchResult, mut stats: TaskStats, seconds: f64, head
     r.cycle_p99_us = stats.latency.quantile(0.99);
     r.wait_p50_us = stats.wait.quantile(0.50);
     r.wait_p99_us = stats.wait.quantile(0.99);
-    (r.p50_us, r.p99_us) = if headline_is_wait {
-        (r.wait_p50_us, r.wait_p99_us)
-    } else {
-        (r.cycle_p50_us, r.cycle_p99_us)
+    (r.p50_us, r.p99_us) = match headline {
+        Headline::Cycle => (r.cycle_p50_us, r.cycle_p99_us),
+        Headline::Wait => (r.wait_p50_us, r.wait_p99_us),
+        Headline::Handoff => (stats.handoff.quantile(0.50), stats.handoff.quantile(0.99)),
     };
     r.retries = stats.retries;
 }
 
-/// Spread mode: `concurrency` tasks each run cycles on random sessions of
-/// `ids` for warm-up + duration. Lost updates are counted too: the sum of
-/// all `hits` must grow by exactly the number of committed cycles.
-pub async fn spread<T: Target>(
-    target: &Arc<T>,
-    ids: &Arc<Vec<T::Id>>,
-    concurrency: usize,
-    cfg: &SpreadConfig,
-) -> Result<BenchResult> {
-    if ids.is_empty() {
-        bail!("spread mode needs at least one session");
-    }
-    let before = sum_hits(target.as_ref(), ids)
-        .await
-        .context("reading hits before the run")?;
-    let start = Instant::now();
-    let measure_from = start + cfg.warmup;
-    let end = measure_from + cfg.duration;
-    let tasks: Vec<_> = (0..concurrency.max(1))
-        .map(|_| {
-            let (target, ids) = (Arc::clone(target), Arc::clone(ids));
-            tokio::spawn(async move {
-                let mut stats = TaskStats::default();
-                let mut rng = fastrand::Rng::new();
-                loop {
-                    let now = Instant::now();
-                    if now >= end {
-                        return Ok::<_, anyhow::Error>(stats);
-                    }
-                    let id = &ids[rng.usize(..ids.len())];
-                    cycle_until_done(target.as_ref(), id, &mut stats, now >= measure_from, None).await?;
-                }
-            })
-        })
-        .collect();
+/// Await every task of a mode and merge what they measured.
+pub(crate) async fn join_stats(tasks: Vec<tokio::task::JoinHandle<Result<TaskStats>>>) -> Result<TaskStats> {
     let mut stats = TaskStats::default();
     for task in tasks {
         stats.merge(task.await.context("a benchmark task panicked")??);
     }
-    let after = sum_hits(target.as_ref(), ids)
-        .await
-        .context("reading hits after the run")?;
-    let mut r = result(target.as_ref(), "spread", concurrency, 1);
-    r.sessions = ids.len();
-    r.lost_updates = stats.committed.saturating_sub(after.saturating_sub(before));
-    fill(&mut r, stats, cfg.duration.as_secs_f64(), false);
-    Ok(r)
+    Ok(stats)
 }
 
-/// Burst mode: `concurrency` virtual users, each picking a random session of
-/// `ids`, firing `tabs` concurrent cycles at it (browser tabs, each a task of
-/// its own as a server would run them), waiting for all of them, and again,
-/// for warm-up + duration. A burst that starts inside the measured window is
-/// measured; a cycle's latency runs from the burst's start to its commit,
-/// retries included. Lost updates are counted as in [`spread`].
-pub async fn burst<T: Target>(
+/// What a virtual user does with the random session it picked.
+#[derive(Clone, Copy, Debug)]
+enum Visit {
+    /// One cycle (spread mode).
+    One,
+    /// This many concurrent cycles, each on a task of its own (burst mode).
+    Burst(usize),
+}
+
+impl Visit {
+    /// Do it on `id`, recording into `stats` if `measure`; `now` is when
+    /// this visit started.
+    async fn run<T: Target>(
+        self,
+        target: &Arc<T>,
+        id: &T::Id,
+        stats: &mut TaskStats,
+        measure: bool,
+        now: Instant,
+    ) -> Result<()> {
+        let tabs = match self {
+            Visit::One => return cycle_until_done(target.as_ref(), id, stats, measure, None).await,
+            Visit::Burst(tabs) => tabs,
+        };
+        let fired: Vec<_> = (0..tabs)
+            .map(|_| {
+                let (target, id) = (Arc::clone(target), id.clone());
+                tokio::spawn(async move {
+                    let mut stats = TaskStats::default();
+                    cycle_until_done(target.as_ref(), &id, &mut stats, measure, Some(now)).await?;
+                    Ok::<_, anyhow::Error>(stats)
+                })
+            })
+            .collect();
+        // All of them before any error: no tab outlives its burst.
+        for tab in futures::future::join_all(fired).await {
+            stats.merge(tab.context("a benchmark task panicked")??);
+        }
+        Ok(())
+    }
+}
+
+/// `concurrency` virtual users each loop: pick a random session of `ids`,
+/// `visit` it; for warm-up + duration. A visit that starts inside the
+/// measured window is measured. Lost updates are counted: the sum of all
+/// `hits` must grow by exactly the number of committed cycles.
+async fn random_visits<T: Target>(
     target: &Arc<T>,
     ids: &Arc<Vec<T::Id>>,
     concurrency: usize,
-    tabs: usize,
     cfg: &SpreadConfig,
+    mode: &str,
+    visit: Visit,
 ) -> Result<BenchResult> {
     if ids.is_empty() {
-        bail!("burst mode needs at least one session");
+        bail!("{mode} mode needs at least one session");
     }
-    let tabs = tabs.max(1);
     let before = sum_hits(target.as_ref(), ids)
         .await
         .context("reading hits before the run")?;
@@ -247,38 +258,52 @@ pub async fn burst<T: Target>(
                         return Ok::<_, anyhow::Error>(stats);
                     }
                     let id = &ids[rng.usize(..ids.len())];
-                    let measure = now >= measure_from;
-                    let fired: Vec<_> = (0..tabs)
-                        .map(|_| {
-                            let (target, id) = (Arc::clone(&target), id.clone());
-                            tokio::spawn(async move {
-                                let mut stats = TaskStats::default();
-                                cycle_until_done(target.as_ref(), &id, &mut stats, measure, Some(now))
-                                    .await?;
-                                Ok::<_, anyhow::Error>(stats)
-                            })
-                        })
-                        .collect();
-                    // All of them before any error: no tab outlives its burst.
-                    for tab in futures::future::join_all(fired).await {
-                        stats.merge(tab.context("a benchmark task panicked")??);
-                    }
+                    visit
+                        .run(&target, id, &mut stats, now >= measure_from, now)
+                        .await?;
                 }
             })
         })
         .collect();
-    let mut stats = TaskStats::default();
-    for user in users {
-        stats.merge(user.await.context("a benchmark task panicked")??);
-    }
+    let stats = join_stats(users).await?;
     let after = sum_hits(target.as_ref(), ids)
         .await
         .context("reading hits after the run")?;
-    let mut r = result(target.as_ref(), "burst", concurrency, 1);
+    let mut r = result(target.as_ref(), mode, concurrency, 1);
     r.sessions = ids.len();
-    r.burst = tabs;
     r.lost_updates = stats.committed.saturating_sub(after.saturating_sub(before));
-    fill(&mut r, stats, cfg.duration.as_secs_f64(), false);
+    fill(&mut r, stats, cfg.duration.as_secs_f64(), Headline::Cycle);
+    Ok(r)
+}
+
+/// Spread mode: `concurrency` tasks each run cycles on random sessions of
+/// `ids` for warm-up + duration. Lost updates are counted too: the sum of
+/// all `hits` must grow by exactly the number of committed cycles.
+pub async fn spread<T: Target>(
+    target: &Arc<T>,
+    ids: &Arc<Vec<T::Id>>,
+    concurrency: usize,
+    cfg: &SpreadConfig,
+) -> Result<BenchResult> {
+    random_visits(target, ids, concurrency, cfg, "spread", Visit::One).await
+}
+
+/// Burst mode: `concurrency` virtual users, each picking a random session of
+/// `ids`, firing `tabs` concurrent cycles at it (browser tabs, each a task of
+/// its own as a server would run them), waiting for all of them, and again,
+/// for warm-up + duration. A burst that starts inside the measured window is
+/// measured; a cycle's latency runs from the burst's start to its commit,
+/// retries included. Lost updates are counted as in [`spread`].
+pub async fn burst<T: Target>(
+    target: &Arc<T>,
+    ids: &Arc<Vec<T::Id>>,
+    concurrency: usize,
+    tabs: usize,
+    cfg: &SpreadConfig,
+) -> Result<BenchResult> {
+    let tabs = tabs.max(1);
+    let mut r = random_visits(target, ids, concurrency, cfg, "burst", Visit::Burst(tabs)).await?;
+    r.burst = tabs;
     Ok(r)
 }
 
@@ -302,11 +327,7 @@ pub async fn run_claims<T: Target>(
             })
         })
         .collect();
-    let mut stats = TaskStats::default();
-    for h in handles {
-        stats.merge(h.await.context("a benchmark task panicked")??);
-    }
-    Ok(stats)
+    join_stats(handles).await
 }
 
 /// Contention mode: one session, `tasks` tasks, `cycles` cycles in all.
@@ -319,7 +340,7 @@ pub async fn contention<T: Target>(target: &Arc<T>, tasks: usize, cycles: u64) -
     target.remove(&id).await?;
     let mut r = result(target.as_ref(), "contention", tasks, 1);
     r.lost_updates = stats.committed.saturating_sub(hits);
-    fill(&mut r, stats, seconds, true);
+    fill(&mut r, stats, seconds, Headline::Wait);
     Ok(r)
 }
 
@@ -352,7 +373,7 @@ pub async fn processes<T: Target>(
     target.remove(&id).await?;
     let mut r = result(target.as_ref(), "processes", procs * tasks, procs);
     r.lost_updates = stats.committed.saturating_sub(hits);
-    fill(&mut r, stats, seconds, true);
+    fill(&mut r, stats, seconds, Headline::Wait);
     Ok(r)
 }
 

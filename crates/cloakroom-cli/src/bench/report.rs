@@ -88,24 +88,20 @@ const HEADER: [&str; 10] = [
 
 /// A plain-text table of results.
 pub fn table(results: &[BenchResult]) -> String {
-    let rows: Vec<Vec<String>> = results
-        .iter()
-        .map(|r| {
-            vec![
-                r.library.clone(),
-                r.backend.clone(),
-                r.mode.clone(),
-                r.policy.clone(),
-                concurrency_label(r),
-                format!("{:.0}", r.cycles_per_sec),
-                r.p50_us.to_string(),
-                r.p99_us.to_string(),
-                r.lost_updates.to_string(),
-                r.retries.to_string(),
-            ]
-        })
-        .collect();
-    render(&HEADER.map(String::from), &rows)
+    render(&HEADER.map(String::from), results, |r| {
+        vec![
+            r.library.clone(),
+            r.backend.clone(),
+            r.mode.clone(),
+            r.policy.clone(),
+            concurrency_label(r),
+            format!("{:.0}", r.cycles_per_sec),
+            r.p50_us.to_string(),
+            r.p99_us.to_string(),
+            r.lost_updates.to_string(),
+            r.retries.to_string(),
+        ]
+    })
 }
 
 /// The `C` column: tasks, `processes×tasks` for the processes mode (and
@@ -156,34 +152,30 @@ pub fn comparison(results: &[BenchResult], anchor: &str, baseline: &str) -> Stri
     let fmt_lat = |r: Option<&&BenchResult>| r.map_or("-".into(), |r| format!("{}/{}", r.p50_us, r.p99_us));
     let fmt_rate = |r: Option<&&BenchResult>| r.map_or("-".into(), |r| format!("{:.0}", r.cycles_per_sec));
     let fmt_lost = |r: Option<&&BenchResult>| r.map_or("-".into(), |r| r.lost_updates.to_string());
-    let rows = by_key
-        .iter()
-        .map(|(key, libs)| {
-            let ours = libs.get("cloakroom");
-            let any = libs.values().next().copied();
-            let theirs = libs.get(anchor);
-            let ratio = match (ours, theirs) {
-                (Some(o), Some(t)) if t.cycles_per_sec > 0.0 => {
-                    format!("{:.2}", o.cycles_per_sec / t.cycles_per_sec)
-                }
-                _ => "-".into(),
-            };
-            vec![
-                key.0.clone(),
-                any.map_or(String::new(), |r| r.mode.clone()),
-                any.map_or(String::new(), concurrency_label),
-                fmt_rate(ours),
-                fmt_rate(theirs),
-                ratio,
-                fmt_lat(ours),
-                fmt_lat(theirs),
-                fmt_lost(ours),
-                fmt_lost(theirs),
-                fmt_rate(libs.get(baseline)),
-            ]
-        })
-        .collect::<Vec<_>>();
-    render(&header, &rows)
+    render(&header, &by_key, |(key, libs)| {
+        let ours = libs.get("cloakroom");
+        let any = libs.values().next().copied();
+        let theirs = libs.get(anchor);
+        let ratio = match (ours, theirs) {
+            (Some(o), Some(t)) if t.cycles_per_sec > 0.0 => {
+                format!("{:.2}", o.cycles_per_sec / t.cycles_per_sec)
+            }
+            _ => "-".into(),
+        };
+        vec![
+            key.0.clone(),
+            any.map_or(String::new(), |r| r.mode.clone()),
+            any.map_or(String::new(), concurrency_label),
+            fmt_rate(ours),
+            fmt_rate(theirs),
+            ratio,
+            fmt_lat(ours),
+            fmt_lat(theirs),
+            fmt_lost(ours),
+            fmt_lost(theirs),
+            fmt_rate(libs.get(baseline)),
+        ]
+    })
 }
 
 /// The result of the sweep mode on one store.
@@ -234,34 +226,36 @@ pub fn sweep_table(results: &[SweepResult]) -> String {
     ]
     .map(String::from);
     let mib = |m: Option<f64>| m.map_or("n/a".into(), |m| format!("{m:.1}"));
-    let rows: Vec<Vec<String>> = results
-        .iter()
-        .map(|r| {
-            vec![
-                r.backend.clone(),
-                r.mode.clone(),
-                r.created.to_string(),
-                r.deleted.to_string(),
-                format!("{:.2}", r.seconds),
-                r.deleted_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
-                mib(r.rss_growth_mib),
-                r.remaining.to_string(),
-                r.left_behind.to_string(),
-                if r.expires_natively {
-                    format!("{} expired them itself; nothing to sweep", r.backend)
-                } else {
-                    String::new()
-                },
-            ]
-        })
-        .collect();
-    render(&header, &rows)
+    render(&header, results, |r| {
+        vec![
+            r.backend.clone(),
+            r.mode.clone(),
+            r.created.to_string(),
+            r.deleted.to_string(),
+            format!("{:.2}", r.seconds),
+            r.deleted_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
+            mib(r.rss_growth_mib),
+            r.remaining.to_string(),
+            r.left_behind.to_string(),
+            if r.expires_natively {
+                format!("{} expired them itself; nothing to sweep", r.backend)
+            } else {
+                String::new()
+            },
+        ]
+    })
 }
 
-/// Render as a Markdown table (readable as plain text too).
-fn render(header: &[String], rows: &[Vec<String>]) -> String {
+/// Render `items` as a Markdown table (readable as plain text too), a row
+/// each, its cells given by `row`.
+fn render<T>(
+    header: &[String],
+    items: impl IntoIterator<Item = T>,
+    row: impl FnMut(T) -> Vec<String>,
+) -> String {
+    let rows: Vec<Vec<String>> = items.into_iter().map(row).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -277,7 +271,7 @@ fn render(header: &[String], rows: &[Vec<String>]) -> String {
     let mut out = line(header);
     let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
     out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
-    for row in rows {
+    for row in &rows {
         out.push_str(&line(row));
     }
     out
