@@ -207,6 +207,7 @@ macro_rules! conformance_tests {
             oversize_record_is_refused_and_nothing_written,
             listing_is_complete_with_ten_thousand_sessions,
             hashed_ids_keep_no_bearer_token_in_the_store,
+            sealed_records_keep_no_value_in_clear,
             local_waiters_are_served_in_arrival_order,
             handed_off_waiter_sees_the_previous_holders_data,
             a_busy_local_queue_lets_another_process_in,

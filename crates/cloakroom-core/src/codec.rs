@@ -135,6 +135,12 @@ impl SessionData {
             )));
         };
         if &header[..MAGIC.len()] != MAGIC {
+            if crate::Keyring::is_sealed(bytes) {
+                return Err(corrupt(
+                    "the record is sealed (encrypted at rest): it opens only with the keyring it was sealed with"
+                        .into(),
+                ));
+            }
             return Err(corrupt("missing the CLK header".into()));
         }
         let version = header[MAGIC.len()];

@@ -10,6 +10,8 @@
 //! - [`Manager`] and [`Session`]: what an application uses, under a
 //!   [`Policy`].
 //! - [`MemoryStore`]: the in-process store.
+//! - [`Keyring`] and [`Key`]: opt-in encryption at rest of session data
+//!   (AES-256-GCM, bound to the namespace and stored id), with key rotation.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -39,6 +41,7 @@ mod manager;
 mod memory;
 mod record;
 pub mod registry;
+mod seal;
 mod session;
 mod store;
 pub mod store_url;
@@ -55,6 +58,7 @@ pub use manager::{
 pub use memory::{MemoryLockGuard, MemoryStore};
 pub use record::{check_loaded_is_live, Record, RecordWrite, Timestamp};
 pub use registry::{Opener, Registry};
+pub use seal::{Key, Keyring};
 pub use session::{Committed, ReadOnlySession, Session};
 pub use store::wait_for_lock;
 pub use store::{

@@ -8,10 +8,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{Stream, TryStreamExt};
 
+use crate::codec::SessionData;
 use crate::engine::{EngineConfig, LockEngine};
 use crate::error::{Error, Result};
 use crate::id::{Namespace, SessionId, SessionKey};
 use crate::record::{Record, Timestamp};
+use crate::seal::Keyring;
 use crate::session::{ReadOnlySession, Session};
 use crate::store::{Cursor, SessionStore, SweepBatch};
 use crate::sweeper::Sweeper;
@@ -73,6 +75,17 @@ pub struct SessionConfig {
     /// session cookie. Listeners, listings and the CLI then see the hashed
     /// ids. Switching this on logs every existing session out.
     pub hash_ids: bool,
+    /// Encryption at rest: with a keyring, session data is stored sealed
+    /// with AES-256-GCM under its first key, bound to the namespace and the
+    /// stored id, and read with any of its keys (see [`Keyring`]). The id,
+    /// version and times stay in clear. Records written before a keyring was
+    /// configured are still read (and sealed at their next write; `cloakroom
+    /// rekey` seals them all at once); plain data is never written again. A
+    /// record that does not open — a key missing from the keyring, a record
+    /// moved to another id — makes opening the session fail with
+    /// [`Error::Corrupt`] and leaves the record as it is. Without a keyring,
+    /// a sealed record is [`Error::Corrupt`] too.
+    pub keyring: Option<Keyring>,
 }
 
 impl Default for SessionConfig {
@@ -90,6 +103,7 @@ impl Default for SessionConfig {
             handoff_limit: 256,
             handoff_window: Duration::from_millis(20),
             hash_ids: false,
+            keyring: None,
         }
     }
 }
@@ -227,6 +241,12 @@ impl ManagerBuilder {
         self
     }
 
+    /// Seal session data at rest with `keyring` (see [`SessionConfig::keyring`]).
+    pub fn keyring(mut self, keyring: Keyring) -> Self {
+        self.config.keyring = Some(keyring);
+        self
+    }
+
     /// Add a listener for deletes and expiries.
     pub fn listener(mut self, listener: Arc<dyn SessionListener>) -> Self {
         self.listeners.push(listener);
@@ -322,6 +342,66 @@ impl Manager {
         SessionKey::new(self.inner.namespace.clone(), stored)
     }
 
+    /// The keyring that seals this manager's session data, if any.
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.inner.config.keyring.as_ref()
+    }
+
+    /// The bytes this manager stores for the encoded session `plain` (as
+    /// [`SessionData::encode`] makes it) in the record under store key
+    /// `key`: sealed with the keyring's first key, or `plain` itself without
+    /// a keyring.
+    ///
+    /// `key` is the key as the store sees it ([`Manager::key`] of a session
+    /// id, or an id from a store listing as is), since the seal is bound to
+    /// it. With [`open_for`](Manager::open_for), this is how a tool seals
+    /// every record anew after a key rotation: load, `open_for`, `seal_for`,
+    /// save with the loaded version ([`Keyring::needs_reseal`] tells which
+    /// records need it).
+    ///
+    /// # Panics
+    /// If the OS random number generator fails (see [`Keyring::seal`]).
+    pub fn seal_for(&self, key: &SessionKey, plain: &[u8]) -> Vec<u8> {
+        match &self.inner.config.keyring {
+            Some(keyring) => keyring.seal(key, plain),
+            None => plain.to_vec(),
+        }
+    }
+
+    /// The encoded session (for [`SessionData::decode`]) in the stored
+    /// record data `stored` under store key `key`: opened with any key of the
+    /// keyring, or `stored` itself if it is plain.
+    ///
+    /// [`Error::Corrupt`], saying why, if the record is sealed and does not
+    /// open: with a key not in the keyring, for another id or namespace, or
+    /// with no keyring configured at all.
+    pub fn open_for(&self, key: &SessionKey, stored: &[u8]) -> Result<Vec<u8>> {
+        if !Keyring::is_sealed(stored) {
+            // Plain records stay readable, so that a keyring can be turned on
+            // for an existing store; every write seals them.
+            return Ok(stored.to_vec());
+        }
+        match &self.inner.config.keyring {
+            Some(keyring) => keyring.open(key, stored),
+            None => Err(Error::Corrupt {
+                reason: format!(
+                    "the record is sealed (encrypted at rest, key {}) but this manager has no keyring: \
+                     configure the keyring it was sealed with",
+                    Keyring::sealed_with(stored).as_deref().unwrap_or("unknown")
+                ),
+            }),
+        }
+    }
+
+    /// The session data of the record `stored` under store key `key`.
+    pub(crate) fn decode_stored(&self, key: &SessionKey, stored: &[u8]) -> Result<SessionData> {
+        if Keyring::is_sealed(stored) {
+            SessionData::decode(&self.open_for(key, stored)?)
+        } else {
+            SessionData::decode(stored)
+        }
+    }
+
     /// Open the session `id` for a request, or a new one.
     ///
     /// Under [`Policy::Serialized`] this takes the session's lock (waiting up
@@ -336,8 +416,14 @@ impl Manager {
     /// Open `id` for reading only: no lock is taken and nothing is ever
     /// written. `None` if there is no live session under `id`.
     pub async fn open_read_only(&self, id: &SessionId) -> Result<Option<ReadOnlySession>> {
-        let record = self.inner.store.load(&self.key(id)).await?;
-        record.map(|r| ReadOnlySession::new(id.clone(), &r)).transpose()
+        let key = self.key(id);
+        let record = self.inner.store.load(&key).await?;
+        record
+            .map(|r| {
+                let data = self.decode_stored(&key, &r.data)?;
+                Ok(ReadOnlySession::new(id.clone(), data, &r))
+            })
+            .transpose()
     }
 
     /// Delete session `id` without taking its lock (an administrator's or

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::id::{SessionId, SessionKey};
 use crate::manager::{Manager, Policy};
 use crate::record::{Record, RecordWrite, Timestamp};
+use crate::seal::Keyring;
 use crate::store::{Finish, Finished};
 
 /// What [`Session::commit`] did, so a web layer knows whether the stored
@@ -89,12 +90,12 @@ impl Session {
                 };
                 // On a corrupt record the hold is dropped here, which passes
                 // the turn on without writing.
-                let data = SessionData::decode(&record.data)?;
+                let data = manager.decode_stored(&key, &record.data)?;
                 Ok(Session::stored(manager, id.clone(), data, record, Some(hold)))
             }
             Policy::Optimistic | Policy::Lossy => match manager.store().load(&key).await? {
                 Some(record) => {
-                    let data = SessionData::decode(&record.data)?;
+                    let data = manager.decode_stored(&key, &record.data)?;
                     Ok(Session::stored(manager, id.clone(), data, record, None))
                 }
                 None => Ok(Session::fresh(manager)),
@@ -211,19 +212,30 @@ impl Session {
         self.dirty = true;
     }
 
+    /// The record to write under the session's current id (after
+    /// `cycle_id`, the new one): encoded, sealed for that id if the manager
+    /// has a keyring, and checked against the size limit as stored.
     fn write(&self, now: Timestamp) -> Result<RecordWrite> {
-        let data = self.data.encode();
+        let plain = self.data.encode();
         let limit = self
             .manager
             .config()
             .max_record_bytes
             .min(self.manager.store().capabilities().max_record_bytes);
-        if data.len() > limit {
+        // Sealing adds a fixed overhead, so the stored size is known before
+        // spending the cipher on a record that will be refused.
+        let stored_len = match self.manager.keyring() {
+            Some(_) => plain.len().saturating_add(Keyring::OVERHEAD),
+            None => plain.len(),
+        };
+        if stored_len > limit {
             return Err(Error::TooLarge {
-                size: data.len(),
+                size: stored_len,
                 limit,
             });
         }
+        let data = self.manager.seal_for(&self.manager.key(&self.id), &plain);
+        debug_assert_eq!(data.len(), stored_len);
         let created = self.loaded.as_ref().map_or(now, |r| r.created);
         Ok(RecordWrite {
             data,
@@ -376,13 +388,13 @@ pub struct ReadOnlySession {
 }
 
 impl ReadOnlySession {
-    pub(crate) fn new(id: SessionId, record: &Record) -> Result<Self> {
-        Ok(ReadOnlySession {
+    pub(crate) fn new(id: SessionId, data: SessionData, record: &Record) -> Self {
+        ReadOnlySession {
             id,
-            data: SessionData::decode(&record.data)?,
+            data,
             expires: record.expires,
             version: record.version,
-        })
+        }
     }
 
     /// The session's id.

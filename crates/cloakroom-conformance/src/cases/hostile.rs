@@ -1,11 +1,12 @@
 //! Hostile and broken input: ids that are not ids, values full of
-//! metacharacters, stored bytes that are not a record, oversize sessions.
+//! metacharacters, stored bytes that are not a record, oversize sessions,
+//! and stores that leak (hashed ids, sealed data).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloakroom_core::{list_ids, Error, Namespace, SessionData, SessionId};
+use cloakroom_core::{list_ids, Error, Key, Keyring, Namespace, RecordWrite, SessionData, SessionId};
 use futures::TryStreamExt;
 
 use super::{must, opts};
@@ -233,4 +234,94 @@ pub async fn hashed_ids_keep_no_bearer_token_in_the_store(f: Fixture) {
         "delete by the cookie's id must work"
     );
     assert_eq!(must(f.store.count(&f.namespace).await, "count"), 0);
+}
+
+/// Whether `needle` occurs anywhere in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// With a keyring, the store holds session data only sealed: neither
+/// values nor key names are in clear, the manager reads them back, a
+/// manager with another key gets `Corrupt` (or `Decode`) and changes
+/// nothing, and the record copied to another id does not open there.
+pub async fn sealed_records_keep_no_value_in_clear(f: Fixture) {
+    const MARKER: &str = "cloakroom-sealed-marker-5f0c2a";
+    const FIELD: &str = "marker-field-name";
+    let m = must(
+        f.manager()
+            .keyring(Keyring::new(Key::generate()))
+            .lock_wait(Duration::from_secs(2))
+            .build(),
+        "manager with a keyring",
+    );
+    let mut s = must(m.open(None).await, "open");
+    must(s.insert(FIELD, MARKER), "insert");
+    let id = s.id().clone();
+    must(s.commit().await, "commit");
+
+    let raw = must(f.store.load(&f.key(&id)).await, "load raw").expect("the committed record");
+    assert!(
+        !contains(&raw.data, MARKER.as_bytes()),
+        "the store holds the value in clear"
+    );
+    assert!(
+        !contains(&raw.data, FIELD.as_bytes()),
+        "the store holds the key name in clear"
+    );
+    assert!(Keyring::is_sealed(&raw.data), "the stored data is not sealed");
+
+    let r = must(m.open_read_only(&id).await, "read only").expect("the sealed session");
+    assert_eq!(must(r.get::<String>(FIELD), "get").as_deref(), Some(MARKER));
+    let s = must(m.open(Some(&id)).await, "open sealed");
+    assert_eq!(s.id(), &id, "a sealed session must open as itself");
+    assert_eq!(must(s.get::<String>(FIELD), "get").as_deref(), Some(MARKER));
+    must(s.rollback().await, "rollback");
+
+    // Another key: an error on open, never a fresh session, nothing written.
+    let wrong = must(
+        f.manager()
+            .keyring(Keyring::new(Key::generate()))
+            .lock_wait(Duration::from_secs(2))
+            .build(),
+        "manager with another key",
+    );
+    match wrong.open(Some(&id)).await {
+        Err(Error::Corrupt { .. } | Error::Decode { .. }) => {}
+        other => panic!("opening with another key must be Corrupt, got {other:?}"),
+    }
+    match wrong.open_read_only(&id).await {
+        Err(Error::Corrupt { .. } | Error::Decode { .. }) => {}
+        other => panic!("reading with another key must be Corrupt, got {other:?}"),
+    }
+    let after = must(f.store.load(&f.key(&id)).await, "load after").expect("the record after a wrong key");
+    assert_eq!(after.data, raw.data, "a wrong key changed the stored data");
+    assert_eq!(after.version, raw.version, "a wrong key wrote a version");
+    // The failed open gave the lock back.
+    let s = must(m.open(Some(&id)).await, "open after a wrong key");
+    assert_eq!(must(s.get::<String>(FIELD), "get").as_deref(), Some(MARKER));
+    must(s.rollback().await, "rollback");
+
+    // The same bytes under another id are bound to the first id.
+    let moved = f.new_key();
+    let copy = RecordWrite {
+        data: raw.data.clone(),
+        created: raw.created,
+        accessed: raw.accessed,
+        expires: raw.expires,
+    };
+    must(f.store.create(&moved, copy).await, "create the copy");
+    match m.open(Some(&moved.id)).await {
+        Err(Error::Corrupt { .. } | Error::Decode { .. }) => {}
+        other => panic!("a record moved to another id must not open, got {other:?}"),
+    }
+    match m.open_read_only(&moved.id).await {
+        Err(Error::Corrupt { .. } | Error::Decode { .. }) => {}
+        other => panic!("a record moved to another id must not be read, got {other:?}"),
+    }
+    let g = must(
+        f.store.lock(&moved, opts(30_000, 2_000)).await,
+        "the lock must be free after a moved record failed to open",
+    );
+    must(g.unlock().await, "unlock");
 }

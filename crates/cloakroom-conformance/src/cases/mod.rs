@@ -55,6 +55,7 @@
 //! - [`oversize_record_is_refused_and_nothing_written`] — a record over the limit is `TooLarge` and nothing is written.
 //! - [`listing_is_complete_with_ten_thousand_sessions`] — listing 10,000 sessions page by page yields each exactly once.
 //! - [`hashed_ids_keep_no_bearer_token_in_the_store`] — with `hash_ids` the store holds only SHA-256 of ids, and all works.
+//! - [`sealed_records_keep_no_value_in_clear`] — with a keyring the store holds no value in clear; another key or another id gets `Corrupt` and nothing changes.
 //!
 //! ## `handoff.rs`: the lock engine over the store
 //!
