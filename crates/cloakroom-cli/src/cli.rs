@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use cloakroom::{Manager, Namespace, Registry, SessionId, SessionKey, SessionStore};
+use cloakroom::{Key, Keyring, Manager, Namespace, Registry, SessionId, SessionKey, SessionStore};
 
 use crate::bench::BenchArgs;
 
@@ -51,6 +51,16 @@ pub enum Command {
     /// (`SessionConfig::hash_ids`) stay hashed in the target, so no
     /// `--hash-ids` flag is needed (or taken) here.
     Migrate(MigrateArgs),
+    /// Re-seal every session of a namespace with the first `--key`.
+    ///
+    /// For key rotation and for turning encryption on: every record sealed
+    /// with an older key, or stored in clear, is sealed with the first key
+    /// (records already sealed with it are left alone). Each session is
+    /// re-sealed under its lock, so requests in flight are not disturbed.
+    /// Prints `resealed N, current M, vanished V, unreadable U`; with
+    /// `--json` one object with those fields. Exit status 1 if a record
+    /// could not be opened with any key (their ids are printed on stderr).
+    Rekey(RekeyArgs),
     /// Run the benchmark workload described in the README (spread, burst, contention, processes, handoff, sweep).
     Bench(BenchArgs),
     /// One worker process of `bench --mode processes` (internal).
@@ -90,6 +100,29 @@ pub struct SessionsArgs {
     /// takes `true` or `false`.
     #[arg(long, env = "CLOAKROOM_HASH_IDS", hide_env_values = true)]
     pub(crate) hash_ids: bool,
+    /// The application seals session data (`SessionConfig::keyring`): its
+    /// keys, base64, the current one first, comma-separated or repeated.
+    ///
+    /// `show` opens sealed records with them; `rekey` re-seals every record
+    /// with the first. Give keys through the environment variable rather
+    /// than the command line, where other users of the machine can see them.
+    #[arg(
+        long = "key",
+        env = "CLOAKROOM_KEYS",
+        value_name = "BASE64",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_parser = parse_key
+    )]
+    pub(crate) keys: Vec<KeyArg>,
+}
+
+/// A key given on the command line; its `Debug` shows only the fingerprint.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyArg(Key);
+
+fn parse_key(text: &str) -> Result<KeyArg, String> {
+    Key::from_base64(text).map(KeyArg).map_err(|e| e.to_string())
 }
 
 /// Arguments of `ls`.
@@ -142,6 +175,17 @@ pub struct RmArgs {
 
 pub(crate) fn parse_id(text: &str) -> Result<SessionId, String> {
     SessionId::parse(text).map_err(|e| e.to_string())
+}
+
+/// Arguments of `rekey`.
+#[derive(Debug, Args)]
+pub struct RekeyArgs {
+    #[command(flatten)]
+    pub(crate) sessions: SessionsArgs,
+    /// One JSON object instead of a line of text: `resealed`, `current`,
+    /// `vanished`, `unreadable`.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// Arguments of `gc`.
@@ -210,6 +254,7 @@ pub async fn run_with(cli: Cli, registry: &Registry) -> Result<()> {
         Command::Rm(a) => crate::rm::run(a, registry).await,
         Command::Gc(a) => crate::gc::run(a, registry).await,
         Command::Migrate(a) => crate::migrate::run(a, registry).await,
+        Command::Rekey(a) => crate::rekey::run(a, registry).await,
         Command::Bench(a) => crate::bench::run_cli(a, registry).await,
         Command::BenchWorker(a) => crate::bench::run_cli_worker(a, registry).await,
     }
@@ -252,11 +297,21 @@ pub(crate) struct Keys(Manager);
 
 impl Keys {
     pub(crate) fn new(store: &Arc<dyn SessionStore>, sessions: &SessionsArgs) -> Result<Self> {
-        Manager::builder(Arc::clone(store), sessions.store.namespace.clone())
-            .hash_ids(sessions.hash_ids)
-            .build()
-            .map(Keys)
-            .context("preparing the id mapping")
+        let mut builder =
+            Manager::builder(Arc::clone(store), sessions.store.namespace.clone()).hash_ids(sessions.hash_ids);
+        if let Some((first, old)) = sessions.keys.split_first() {
+            let keyring = old.iter().fold(Keyring::new(first.0.clone()), |ring, key| {
+                ring.with_old(key.0.clone())
+            });
+            builder = builder.keyring(keyring);
+        }
+        builder.build().map(Keys).context("preparing the id mapping")
+    }
+
+    /// The manager that maps ids and opens and seals records as the
+    /// application's does.
+    pub(crate) fn manager(&self) -> &Manager {
+        &self.0
     }
 
     /// The store key of `id`.

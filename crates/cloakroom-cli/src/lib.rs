@@ -13,6 +13,7 @@ mod gc;
 mod ls;
 mod migrate;
 mod progress;
+mod rekey;
 mod rm;
 mod show;
 

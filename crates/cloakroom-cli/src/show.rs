@@ -13,7 +13,8 @@ use crate::format::{msgpack_to_json, rfc3339};
 
 pub(crate) async fn run(args: ShowArgs, registry: &Registry) -> Result<()> {
     let store = open_store(registry, &args.sessions.store.url, "the store").await?;
-    let key = Keys::new(&store, &args.sessions)?.key(&args.id);
+    let keys = Keys::new(&store, &args.sessions)?;
+    let key = keys.key(&args.id);
     let record = store
         .load(&key)
         .await
@@ -31,7 +32,8 @@ pub(crate) async fn run(args: ShowArgs, registry: &Registry) -> Result<()> {
     if args.sessions.hash_ids {
         out["stored_hash"] = json!(key.id.as_str());
     }
-    let data = match SessionData::decode(&record.data) {
+    let opened = keys.manager().open_for(&key, &record.data);
+    let data = match opened.and_then(|plain| SessionData::decode(&plain)) {
         Ok(data) => data,
         Err(e) => {
             // Show what is there, then fail: a corrupt record is a finding, not a crash.

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloakroom::{
-    Manager, Namespace, RecordWrite, SessionData, SessionId, SessionKey, SessionStore, Timestamp,
+    Key, Keyring, Manager, Namespace, RecordWrite, SessionData, SessionId, SessionKey, SessionStore,
+    Timestamp,
 };
 use cloakroom_conformance::support::{self, Server, TempDir};
 use futures::{StreamExt, TryStreamExt};
@@ -22,6 +23,7 @@ fn cloakroom_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
         .args(args)
         .env_remove("CLOAKROOM_STORE")
         .env_remove("CLOAKROOM_HASH_IDS")
+        .env_remove("CLOAKROOM_KEYS")
         .envs(env.iter().copied())
         .output()
         .expect("run the cloakroom binary")
@@ -456,6 +458,108 @@ async fn hashed_ids_are_found_by_the_cookie_id_with_hash_ids_only() {
     let lines = rm_json(&db.url, &ns, &["--hash-ids", b, a], 1);
     assert_eq!(lines, [(b.to_owned(), true), (a.to_owned(), false)]);
     assert_eq!(store.count(&ns).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rekey_reseals_old_and_plain_records_with_the_first_key() {
+    let (db, store, ns) = sqlite_store().await;
+    let (old, new) = (Key::generate(), Key::generate());
+    let manager = |keyring: Option<Keyring>| {
+        let builder = Manager::builder(Arc::clone(&store), ns.clone());
+        match keyring {
+            Some(ring) => builder.keyring(ring),
+            None => builder,
+        }
+        .build()
+        .unwrap()
+    };
+    // Two sessions sealed with the old key, one written before encryption.
+    let mut ids = Vec::new();
+    for keyring in [
+        Some(Keyring::new(old.clone())),
+        Some(Keyring::new(old.clone())),
+        None,
+    ] {
+        let mut session = manager(keyring).open(None).await.unwrap();
+        session.insert("marker", "pelican-under-glass").unwrap();
+        ids.push(session.id().clone());
+        session.commit().await.unwrap();
+    }
+    let keys = format!("{},{}", new.to_base64(), old.to_base64());
+    let env = [("CLOAKROOM_KEYS", keys.as_str())];
+    let rekey = || {
+        let o = cloakroom_with_env(
+            &["rekey", "--store", &db.url, "--namespace", ns.as_str(), "--json"],
+            &env,
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        json_line(&o)
+    };
+    assert_eq!(
+        rekey(),
+        json!({"resealed": 3, "current": 0, "vanished": 0, "unreadable": 0})
+    );
+    assert_eq!(
+        rekey(),
+        json!({"resealed": 0, "current": 3, "vanished": 0, "unreadable": 0}),
+        "idempotent"
+    );
+
+    // Everything opens with the new key alone now, and nothing is in clear.
+    let reader = manager(Some(Keyring::new(new.clone())));
+    for id in &ids {
+        let raw = store.load(&reader.key(id)).await.unwrap().unwrap().data;
+        assert!(
+            !raw.windows(7).any(|w| w == b"pelican"),
+            "a value is stored in clear"
+        );
+        let session = reader.open_read_only(id).await.unwrap().unwrap();
+        assert_eq!(
+            session.get::<String>("marker").unwrap().as_deref(),
+            Some("pelican-under-glass")
+        );
+        let only_new = [("CLOAKROOM_KEYS", new.to_base64())];
+        let env: Vec<(&str, &str)> = only_new.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let o = cloakroom_with_env(
+            &[
+                "show",
+                "--store",
+                &db.url,
+                "--namespace",
+                ns.as_str(),
+                id.as_str(),
+            ],
+            &env,
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(
+            serde_json::from_str::<Value>(&stdout(&o)).unwrap()["data"]["marker"],
+            json!("pelican-under-glass")
+        );
+    }
+    // Without the key, show reports the record as unreadable and exits 1.
+    let o = in_ns("show", &db.url, &ns, &[ids[0].as_str()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("sealed"), "{}", stderr(&o));
+
+    // A key that opens nothing: rekey lists the sessions and fails.
+    let wrong = Key::generate().to_base64();
+    let o = cloakroom_with_env(
+        &["rekey", "--store", &db.url, "--namespace", ns.as_str(), "--json"],
+        &[("CLOAKROOM_KEYS", wrong.as_str())],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(json_line(&o)["unreadable"], json!(3));
+    // A malformed key is a usage error, and rekey without keys says what it needs.
+    assert_eq!(
+        in_ns("rekey", &db.url, &ns, &["--key", "not-a-key"])
+            .status
+            .code(),
+        Some(2)
+    );
+    let o = in_ns("rekey", &db.url, &ns, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--key"), "{}", stderr(&o));
 }
 
 #[test]

@@ -7,6 +7,12 @@
 //! that does not answer skips the test with the command that starts it —
 //! unless `CLOAKROOM_REQUIRE_BACKENDS=1` (as in CI), where it fails.
 //!
+//! Every server comes twice: in plain text ([`Server::ALL`]; the SQL ones
+//! with TLS turned off in the URL, so that plain text stays tested when the
+//! driver could encrypt) and over TLS ([`Server::TLS`]), verified against
+//! the test CA that `scripts/tls-servers.sh` makes in `CLOAKROOM_TLS_DIR`
+//! (default `/tmp/cloakroom-tls`, see [`tls_ca`]).
+//!
 //! ```ignore
 //! use cloakroom_conformance::support::{connect, Server};
 //!
@@ -37,15 +43,34 @@ pub enum Server {
     Redis,
     /// A Redis Cluster, `CLOAKROOM_REDIS_CLUSTER_URL`.
     RedisCluster,
+    /// PostgreSQL over TLS, verified (`verify-full`) against the test CA,
+    /// `CLOAKROOM_POSTGRES_TLS_URL`.
+    PostgresTls,
+    /// MySQL or MariaDB over TLS, verified (`VERIFY_IDENTITY`) against the
+    /// test CA, `CLOAKROOM_MYSQL_TLS_URL`.
+    MysqlTls,
+    /// One TLS-only Redis node (port 6380), `CLOAKROOM_REDIS_TLS_URL`.
+    RedisTls,
+    /// A TLS-only Redis Cluster (ports 7100-7102),
+    /// `CLOAKROOM_REDIS_CLUSTER_TLS_URL`.
+    RedisClusterTls,
 }
 
 impl Server {
-    /// Every server, for suites that run against each.
+    /// Every server in plain text, for suites that run against each.
     pub const ALL: [Server; 4] = [
         Server::Postgres,
         Server::Mysql,
         Server::Redis,
         Server::RedisCluster,
+    ];
+
+    /// The same servers over TLS (the `tls` features' suites).
+    pub const TLS: [Server; 4] = [
+        Server::PostgresTls,
+        Server::MysqlTls,
+        Server::RedisTls,
+        Server::RedisClusterTls,
     ];
 
     /// A short name for messages (`"postgres"`).
@@ -55,6 +80,10 @@ impl Server {
             Server::Mysql => "mysql",
             Server::Redis => "redis",
             Server::RedisCluster => "redis cluster",
+            Server::PostgresTls => "postgres (tls)",
+            Server::MysqlTls => "mysql (tls)",
+            Server::RedisTls => "redis (tls)",
+            Server::RedisClusterTls => "redis cluster (tls)",
         }
     }
 
@@ -65,16 +94,41 @@ impl Server {
             Server::Mysql => "CLOAKROOM_MYSQL_URL",
             Server::Redis => "CLOAKROOM_REDIS_URL",
             Server::RedisCluster => "CLOAKROOM_REDIS_CLUSTER_URL",
+            Server::PostgresTls => "CLOAKROOM_POSTGRES_TLS_URL",
+            Server::MysqlTls => "CLOAKROOM_MYSQL_TLS_URL",
+            Server::RedisTls => "CLOAKROOM_REDIS_TLS_URL",
+            Server::RedisClusterTls => "CLOAKROOM_REDIS_CLUSTER_TLS_URL",
         }
     }
 
-    /// The URL used when the variable is not set.
-    pub fn default_url(self) -> &'static str {
+    /// Whether this is one of the TLS servers.
+    pub fn is_tls(self) -> bool {
+        Server::TLS.contains(&self)
+    }
+
+    /// The URL used when the variable is not set. The plain SQL servers'
+    /// turn TLS off (both servers also accept TLS, and the driver would
+    /// otherwise use it when compiled with it); the TLS servers' trust the
+    /// test CA, [`tls_ca`], and check that the certificate names the host.
+    pub fn default_url(self) -> String {
+        let ca = query_value(&tls_ca().to_string_lossy());
         match self {
-            Server::Postgres => "postgres://postgres@127.0.0.1:5432/test",
-            Server::Mysql => "mysql://root@127.0.0.1:3306/test",
-            Server::Redis => "redis://127.0.0.1:6379",
-            Server::RedisCluster => "redis+cluster://127.0.0.1:7000",
+            Server::Postgres => "postgres://postgres@127.0.0.1:5432/test?sslmode=disable".into(),
+            Server::Mysql => "mysql://root@127.0.0.1:3306/test?ssl-mode=DISABLED".into(),
+            Server::Redis => "redis://127.0.0.1:6379".into(),
+            Server::RedisCluster => "redis+cluster://127.0.0.1:7000".into(),
+            Server::PostgresTls => {
+                format!("postgres://postgres@localhost:5432/test?sslmode=verify-full&sslrootcert={ca}")
+            }
+            Server::MysqlTls => {
+                format!("mysql://root@localhost:3306/test?ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}")
+            }
+            Server::RedisTls => format!("rediss://localhost:6380?tls_ca={ca}"),
+            // The Cluster's nodes announce themselves by IP address, which
+            // the certificate names too.
+            Server::RedisClusterTls => {
+                format!("rediss+cluster://127.0.0.1:7100,127.0.0.1:7101,127.0.0.1:7102?tls_ca={ca}")
+            }
         }
     }
 
@@ -83,7 +137,7 @@ impl Server {
         std::env::var(self.env_var())
             .ok()
             .filter(|url| !url.is_empty())
-            .unwrap_or_else(|| self.default_url().to_owned())
+            .unwrap_or_else(|| self.default_url())
     }
 
     /// The command that starts the server on a developer machine.
@@ -93,6 +147,8 @@ impl Server {
             Server::Mysql => "start-stop-daemon --start --background --exec /usr/sbin/mariadbd",
             Server::Redis => "redis-server --daemonize yes --save ''",
             Server::RedisCluster => "scripts/redis-cluster.sh start",
+            Server::PostgresTls | Server::MysqlTls | Server::RedisTls => "scripts/tls-servers.sh start",
+            Server::RedisClusterTls => "scripts/tls-servers.sh certs && scripts/redis-cluster.sh start tls",
         }
     }
 
@@ -100,6 +156,35 @@ impl Server {
     pub fn unreachable(self, reason: impl fmt::Display) -> Unreachable {
         Unreachable::new(self.name(), reason.to_string(), self.start_with())
     }
+}
+
+/// The directory of the test certificates: `CLOAKROOM_TLS_DIR`, or
+/// `/tmp/cloakroom-tls` (where `scripts/tls-servers.sh` writes them).
+pub fn tls_dir() -> std::path::PathBuf {
+    std::env::var_os("CLOAKROOM_TLS_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| "/tmp/cloakroom-tls".into(), Into::into)
+}
+
+/// The test CA every TLS server's certificate is signed by
+/// (`ca.pem` in [`tls_dir`]); the certificate names `localhost` and
+/// `127.0.0.1`.
+pub fn tls_ca() -> std::path::PathBuf {
+    tls_dir().join("ca.pem")
+}
+
+/// `text` percent-encoded for a URL query value (a path, say).
+fn query_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
 }
 
 /// Whether unreachable backends fail instead of being skipped
@@ -269,15 +354,20 @@ mod tests {
 
     #[test]
     fn every_server_has_a_distinct_variable_and_a_parseable_default() {
-        let mut vars: Vec<_> = Server::ALL.iter().map(|s| s.env_var()).collect();
+        let all: Vec<Server> = Server::ALL.into_iter().chain(Server::TLS).collect();
+        let mut vars: Vec<_> = all.iter().map(|s| s.env_var()).collect();
+        vars.sort();
         vars.dedup();
-        assert_eq!(vars.len(), Server::ALL.len());
-        for server in Server::ALL {
-            assert!(
-                cloakroom_core::StoreUrl::parse(server.default_url()).is_ok(),
-                "{server:?}"
-            );
+        assert_eq!(vars.len(), 8);
+        for server in all {
+            let url = cloakroom_core::StoreUrl::parse(&server.default_url()).unwrap();
+            assert_eq!(server.is_tls(), Server::TLS.contains(&server));
+            if server.is_tls() {
+                let ca = tls_ca().to_string_lossy().into_owned();
+                assert!(url.query().iter().any(|(_, v)| *v == ca), "{server:?}: {url}");
+            }
         }
+        assert_eq!(query_value("/a b&c/ca.pem"), "/a%20b%26c/ca.pem");
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! ```text
 //! redis://[user[:password]@]host[:port][/db][?option=value&…]
 //! redis+cluster://[user[:password]@]host:port[,host:port…][?option=value&…]
+//! rediss://…  rediss+cluster://…          (the same over TLS, feature `tls`)
 //! ```
 //!
 //! | option | default | meaning |
@@ -35,10 +36,32 @@
 //! | `connections` | 4 | multiplexed connections, 1 to 64 (waiters' blocking connections come on top) |
 //! | `cluster` | `false` | use the Cluster client for a `redis://` URL (as `redis+cluster://` does) |
 //! | `protocol` | `resp2` | passed on to redis-rs (`resp2` or `resp3`) |
+//! | `tls_ca` | webpki roots | `rediss://` only: PEM file of the CA(s) to trust instead of the built-in roots |
 //!
-//! Any other key is an error naming it. `rediss://` and `rediss+cluster://`
-//! are refused as unsupported: TLS is not compiled in. The same options can
-//! be set in code with [`RedisOptions`].
+//! Any other key is an error naming it. The same options can be set in code
+//! with [`RedisOptions`].
+//!
+//! # TLS
+//!
+//! With the `tls` Cargo feature (rustls with the ring provider; nothing to
+//! build with OpenSSL), `rediss://host:port` reaches one node and
+//! `rediss+cluster://h1:p1,h2:p2` a Cluster over TLS, every connection
+//! included (the waiters' blocking ones, and the Cluster nodes the client
+//! learns of, which must serve TLS too: `tls-cluster yes`). The server's
+//! certificate is verified against the built-in webpki (Mozilla) roots, or
+//! against the CA file of `tls_ca=/path/ca.pem` instead, and must name the
+//! host of the URL (a DNS name or an IP address). The CA file is read when
+//! the store connects; one that cannot be read is an
+//! [`Error::Config`](cloakroom_core::Error::Config) naming it, and a server
+//! whose certificate does not verify makes the store
+//! [`Unavailable`](cloakroom_core::Error::Unavailable) with the reason.
+//! Without the feature, `rediss://` is
+//! [`Error::Unsupported`](cloakroom_core::Error::Unsupported) naming it: a
+//! TLS URL never connects in plain text.
+//!
+//! If the process has no default rustls `CryptoProvider` when the first
+//! TLS connection is made, ring's is installed as the default (redis-rs
+//! builds its TLS configuration with the default provider).
 //!
 //! Opening a store does no I/O: the first operation connects, and
 //! [`migrate`](cloakroom_core::SessionStore::migrate) is how to check that
@@ -65,6 +88,7 @@ mod reply;
 mod scripts;
 mod shared;
 mod store;
+mod tls;
 mod wait;
 
 use std::sync::Arc;
@@ -75,9 +99,9 @@ pub use keys::{SessionKeys, DEFAULT_PREFIX};
 pub use options::{RedisOptions, DEFAULT_CONNECTIONS};
 pub use store::RedisStore;
 
-/// Opens `redis://`, `redis+cluster://` (and refuses `rediss://`,
-/// `rediss+cluster://` as unsupported) URLs for a
-/// [`Registry`](cloakroom_core::Registry).
+/// Opens `redis://`, `redis+cluster://`, and with the `tls` feature
+/// `rediss://`, `rediss+cluster://` URLs (without it, those are refused as
+/// unsupported) for a [`Registry`](cloakroom_core::Registry).
 pub const OPENER: Opener = Opener {
     schemes: &["redis", "redis+cluster", "rediss", "rediss+cluster"],
     open,
@@ -103,10 +127,13 @@ mod tests {
         assert_eq!(store.capabilities().max_record_bytes, 9);
         assert!(store.capabilities().expires_natively);
         assert!(registry.open("redis+cluster://127.0.0.1:1,127.0.0.1:2").is_ok());
-        assert!(matches!(
-            registry.open("rediss://127.0.0.1"),
-            Err(Error::Unsupported(_))
-        ));
+        let tls = registry.open("rediss://127.0.0.1:1?tls_ca=/nowhere/ca.pem");
+        if cfg!(feature = "tls") {
+            // The CA is read on connect, not here.
+            assert!(tls.is_ok());
+        } else {
+            assert!(matches!(tls, Err(Error::Unsupported(_))));
+        }
         assert!(
             matches!(registry.open("redis://127.0.0.1?colour=red"), Err(Error::Config(m)) if m.contains("colour"))
         );

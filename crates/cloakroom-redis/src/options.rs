@@ -1,7 +1,9 @@
 //! [`RedisOptions`]: where the server is and how the store uses it, from a
-//! `redis://` / `redis+cluster://` URL or built in code.
+//! `redis://` / `redis+cluster://` (or, with the `tls` feature, `rediss://` /
+//! `rediss+cluster://`) URL or built in code.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 use cloakroom_core::{Error, Result, StoreUrl, DEFAULT_MAX_RECORD_BYTES};
 use serde::Deserialize;
@@ -34,6 +36,19 @@ const DRIVER_KEYS: &[&str] = &["protocol"];
 /// # drop(options);
 /// ```
 ///
+/// TLS (feature `tls`): node URLs with the `rediss://` scheme, and
+/// [`tls_ca`](Self::tls_ca) for a private CA:
+///
+/// ```
+/// # #[cfg(feature = "tls")] {
+/// use cloakroom_redis::RedisOptions;
+///
+/// let options = RedisOptions::new("rediss://cache.internal:6380").tls_ca("/etc/ssl/private-ca.pem");
+/// assert!(options.is_tls());
+/// # options.validate().unwrap();
+/// # }
+/// ```
+///
 /// Out-of-range values are caught by [`validate`](Self::validate), which
 /// [`from_url`](Self::from_url) and [`RedisStore::new`](crate::RedisStore::new)
 /// both call, so a value is refused the same way wherever it came from.
@@ -56,6 +71,10 @@ pub struct RedisOptions {
     pub connections: usize,
     /// Connect with the Cluster client (follows slot moves).
     pub cluster: bool,
+    /// The CA (PEM file, one or more certificates) that TLS connections
+    /// trust instead of the built-in webpki (Mozilla) roots. Read when the
+    /// store connects, not when it is built. Only with `rediss://` nodes.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl RedisOptions {
@@ -67,12 +86,13 @@ impl RedisOptions {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             connections: DEFAULT_CONNECTIONS,
             cluster: false,
+            tls_ca: None,
         }
     }
 
     /// One node, reached at a redis-rs connection URL
-    /// (`redis://[user:pass@]host:port[/db]`). With [`cluster(true)`](Self::cluster)
-    /// the node is a Cluster seed instead.
+    /// (`redis://[user:pass@]host:port[/db]`, or `rediss://…` for TLS). With
+    /// [`cluster(true)`](Self::cluster) the node is a Cluster seed instead.
     pub fn new(url: impl Into<String>) -> Self {
         RedisOptions {
             nodes: vec![url.into()],
@@ -80,7 +100,8 @@ impl RedisOptions {
         }
     }
 
-    /// A Redis Cluster, reached through these seed node URLs.
+    /// A Redis Cluster, reached through these seed node URLs (all
+    /// `redis://`, or all `rediss://` for TLS).
     pub fn new_cluster<I, S>(nodes: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -96,21 +117,27 @@ impl RedisOptions {
     /// Read a store URL (see the crate docs):
     /// `redis://[user:pass@]host[:port][/db][?options]` for one node,
     /// `redis+cluster://[user:pass@]host:port[,host:port…][?options]` (or
-    /// `redis://…?cluster=true`) for a Cluster. `protocol` is passed on to
-    /// redis-rs; any other key that is not an option is an error naming it.
-    /// `rediss://` is [`Error::Unsupported`]: TLS is not compiled in.
+    /// `redis://…?cluster=true`) for a Cluster; `rediss://` and
+    /// `rediss+cluster://` are the same over TLS (`tls_ca=/path/ca.pem` for a
+    /// private CA). `protocol` is passed on to redis-rs; any other key that is
+    /// not an option is an error naming it. Without the `tls` feature,
+    /// `rediss://` is [`Error::Unsupported`], never a plain-text connection.
     pub fn from_url(url: &StoreUrl) -> Result<Self> {
         let bad = |why: &str| Error::Config(format!("{} store URL: {why}", url.scheme()));
-        let cluster_scheme = match url.scheme() {
-            "redis" => false,
-            "redis+cluster" => true,
-            "rediss" | "rediss+cluster" => {
-                return Err(Error::Unsupported(
-                    "TLS redis urls (rediss://) are not compiled in".into(),
+        let (cluster_scheme, node_scheme) = match url.scheme() {
+            "redis" => (false, "redis"),
+            "redis+cluster" => (true, "redis"),
+            "rediss" => (false, "rediss"),
+            "rediss+cluster" => (true, "rediss"),
+            _ => {
+                return Err(bad(
+                    "the scheme must be redis://, redis+cluster://, rediss:// or rediss+cluster://",
                 ))
             }
-            _ => return Err(bad("the scheme must be redis:// or redis+cluster://")),
         };
+        if node_scheme == "rediss" {
+            tls_compiled_in(url.scheme())?;
+        }
         if url.hosts().is_empty() {
             return Err(bad("missing host"));
         }
@@ -131,7 +158,7 @@ impl RedisOptions {
         options.nodes = url
             .hosts()
             .iter()
-            .map(|host| format!("redis://{userinfo}{host}{path}{query}"))
+            .map(|host| format!("{node_scheme}://{userinfo}{host}{path}{query}"))
             .collect();
         options.validate()?;
         Ok(options)
@@ -162,9 +189,28 @@ impl RedisOptions {
         self
     }
 
+    /// Trust the CA certificates in the PEM file at `path` (instead of the
+    /// built-in webpki roots) for TLS connections. The file is read when the
+    /// store connects; one that cannot be read then is [`Error::Config`]
+    /// naming it.
+    pub fn tls_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca = Some(path.into());
+        self
+    }
+
     /// The redis-rs URLs of the server or of the Cluster seed nodes.
     pub fn nodes(&self) -> &[String] {
         &self.nodes
+    }
+
+    /// Whether the store connects over TLS (`rediss://` nodes).
+    pub fn is_tls(&self) -> bool {
+        self.nodes.first().is_some_and(|node| is_tls_node(node))
+    }
+
+    /// The CA file TLS connections trust, if not the built-in roots.
+    pub(crate) fn tls_ca_path(&self) -> Option<&Path> {
+        self.tls_ca.as_deref()
     }
 
     /// Check every option; out-of-range values are [`Error::Config`].
@@ -175,6 +221,20 @@ impl RedisOptions {
         }
         if self.nodes.len() > 1 && !self.cluster {
             return bad("several nodes need redis+cluster:// (or cluster=true)".into());
+        }
+        let tls = self.is_tls();
+        if self.nodes.iter().any(|node| is_tls_node(node) != tls) {
+            return bad("the nodes are either all rediss:// (TLS) or all redis://".into());
+        }
+        if tls {
+            tls_compiled_in("rediss")?;
+        }
+        match &self.tls_ca {
+            Some(_) if !tls => {
+                return bad("tls_ca is for TLS connections: use rediss:// (or rediss+cluster://)".into())
+            }
+            Some(path) if path.as_os_str().is_empty() => return bad("tls_ca is an empty path".into()),
+            _ => {}
         }
         if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
             return bad(format!(
@@ -196,7 +256,27 @@ impl fmt::Debug for RedisOptions {
             .field("max_record_bytes", &self.max_record_bytes)
             .field("connections", &self.connections)
             .field("cluster", &self.cluster)
+            .field("tls_ca", &self.tls_ca)
             .finish()
+    }
+}
+
+/// Whether a redis-rs node URL asks for TLS.
+fn is_tls_node(node: &str) -> bool {
+    node.get(..9)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss://"))
+}
+
+/// `Ok` if TLS is compiled in; otherwise the [`Error::Unsupported`] that
+/// names the feature, so that a TLS URL never connects in plain text.
+fn tls_compiled_in(scheme: &str) -> Result<()> {
+    if cfg!(feature = "tls") {
+        Ok(())
+    } else {
+        Err(Error::Unsupported(format!(
+            "{scheme}:// is Redis over TLS, which this build leaves out: turn on the `tls` \
+             Cargo feature (of cloakroom, or of cloakroom-redis)"
+        )))
     }
 }
 
@@ -278,9 +358,55 @@ mod tests {
                 other => panic!("{url}: expected a Config error, got {other:?}"),
             }
         }
-        for url in ["rediss://a", "rediss+cluster://a:1,b:2"] {
-            assert!(matches!(parse(url), Err(Error::Unsupported(_))), "{url}");
+        assert!(
+            matches!(parse("redis://a?tls_ca=/ca.pem"), Err(Error::Config(m)) if m.contains("rediss://"))
+        );
+    }
+
+    /// Without the feature, a TLS URL or node is refused, naming the
+    /// feature; it never falls back to plain text.
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_urls_name_the_missing_feature() {
+        for url in ["rediss://a", "rediss+cluster://a:1,b:2", "REDISS://a"] {
+            match parse(url) {
+                Err(Error::Unsupported(m)) => assert!(m.contains("`tls`"), "{url}: {m}"),
+                other => panic!("{url}: {other:?}"),
+            }
         }
+        let built = RedisOptions::new("rediss://a").validate().unwrap_err();
+        assert!(
+            matches!(&built, Error::Unsupported(m) if m.contains("`tls`")),
+            "{built:?}"
+        );
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_urls_keep_their_scheme_and_ca() {
+        let o = parse("rediss://u:p@localhost:6380/2?tls_ca=/etc/ca.pem&prefix=x:").unwrap();
+        assert!(o.is_tls() && !o.cluster);
+        assert_eq!(o.nodes(), ["rediss://u:p@localhost:6380/2"]);
+        assert_eq!(o.tls_ca_path(), Some(Path::new("/etc/ca.pem")));
+        let o = parse("rediss+cluster://127.0.0.1:7100,127.0.0.1:7101?tls_ca=%2Ftmp%2Fca.pem").unwrap();
+        assert!(o.is_tls() && o.cluster);
+        assert_eq!(o.nodes(), ["rediss://127.0.0.1:7100", "rediss://127.0.0.1:7101"]);
+        assert_eq!(o.tls_ca_path(), Some(Path::new("/tmp/ca.pem")));
+        // The system of roots: no tls_ca.
+        let o = parse("rediss://h").unwrap();
+        assert!(o.is_tls() && o.tls_ca.is_none());
+        assert!(!parse("redis://h").unwrap().is_tls());
+        // Mixed schemes are refused.
+        let mixed = RedisOptions::new_cluster(["rediss://a:1", "redis://b:2"]).validate();
+        assert!(matches!(mixed, Err(Error::Config(m)) if m.contains("all rediss://")));
+        // The builder's CA takes a non-TLS node no more than the URL does.
+        let plain = RedisOptions::new("redis://a").tls_ca("/ca.pem").validate();
+        assert!(matches!(plain, Err(Error::Config(m)) if m.contains("rediss://")));
+        RedisOptions::new("rediss://a")
+            .tls_ca("/ca.pem")
+            .validate()
+            .unwrap();
+        assert!(matches!(parse("rediss://a?tls_ca="), Err(Error::Config(m)) if m.contains("tls_ca")));
     }
 
     #[test]

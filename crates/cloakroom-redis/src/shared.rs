@@ -49,16 +49,20 @@ impl SharedConn {
     /// Connect to the server or the Cluster `options` name.
     pub async fn connect(options: &RedisOptions) -> Result<SharedConn> {
         if options.cluster {
-            let client = ClusterClientBuilder::new(options.nodes().to_vec())
+            let builder = ClusterClientBuilder::new(options.nodes().to_vec())
                 .connection_timeout(CONNECT_TIMEOUT)
-                .response_timeout(RESPONSE_TIMEOUT)
+                .response_timeout(RESPONSE_TIMEOUT);
+            let client = crate::tls::cluster(builder, options)?
                 .build()
                 .map_err(map_redis)?;
-            let conn = client.get_async_connection().await.map_err(map_redis)?;
+            let conn = client
+                .get_async_connection()
+                .await
+                .map_err(|e| connect_error(options, e))?;
             Ok(SharedConn::Cluster(conn))
         } else {
             let url = options.nodes().first().map(String::as_str).unwrap_or_default();
-            let client = redis::Client::open(url).map_err(map_redis)?;
+            let client = crate::tls::client(url, options.tls_ca_path())?;
             let manager_config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
                 .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -66,7 +70,7 @@ impl SharedConn {
                 .set_max_delay(Duration::from_millis(500));
             let conn = ConnectionManager::new_with_config(client, manager_config)
                 .await
-                .map_err(map_redis)?;
+                .map_err(|e| connect_error(options, e))?;
             Ok(SharedConn::Single(conn))
         }
     }
@@ -111,6 +115,18 @@ impl SharedConn {
             .map_err(map_redis)?;
         parse_cluster_slots(&reply).ok_or_else(|| unexpected_reply("CLUSTER SLOTS", &reply))
     }
+}
+
+/// A failed connect as a cloakroom error. A TLS client that hears nothing
+/// back within the connect timeout has most likely sent its handshake to a
+/// plain-text port (a plain Redis waits for a line that never comes): say so.
+fn connect_error(options: &RedisOptions, err: redis::RedisError) -> cloakroom_core::Error {
+    if options.is_tls() && err.is_timeout() {
+        return cloakroom_core::Error::unavailable(format!(
+            "{err}: no TLS handshake within {CONNECT_TIMEOUT:?}; is the server serving TLS on that port?"
+        ));
+    }
+    map_redis(err)
 }
 
 fn parse_cluster_slots(reply: &Value) -> Option<Vec<SlotRange>> {

@@ -180,6 +180,7 @@ impl ListPosition {
 impl SessionStore for RedisStore {
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(LockKind::Lease)
+            .named("redis")
             .multi_process()
             .durable(true)
             .max_record_bytes(self.inner.options.max_record_bytes)

@@ -13,6 +13,7 @@
 //! precise deadline is our own timer; the server timeout is a backstop.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -47,6 +48,10 @@ pub(crate) struct WaiterPool {
     single_url: String,
     /// `user:pass@` (or empty) for the URLs of Cluster nodes.
     userinfo: String,
+    /// `redis` or `rediss` (TLS), for the URLs of Cluster nodes.
+    scheme: &'static str,
+    /// The CA that TLS connections trust, if not the built-in roots.
+    tls_ca: Option<PathBuf>,
     clients: Mutex<HashMap<String, redis::Client>>,
     idle: Mutex<HashMap<String, Vec<MultiplexedConnection>>>,
     /// Cluster slot map, refreshed when empty or when a node answers MOVED.
@@ -59,6 +64,8 @@ impl WaiterPool {
         WaiterPool {
             cluster: options.cluster,
             userinfo: userinfo(&single_url),
+            scheme: if options.is_tls() { "rediss" } else { "redis" },
+            tls_ca: options.tls_ca_path().map(Into::into),
             single_url,
             clients: Mutex::default(),
             idle: Mutex::default(),
@@ -145,20 +152,22 @@ impl WaiterPool {
         if let Some(conn) = self.lock_idle().get_mut(node).and_then(Vec::pop) {
             return Ok((conn, true));
         }
-        let client = {
-            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-            match clients.get(node) {
-                Some(client) => client.clone(),
-                None => {
-                    let url = if self.cluster {
-                        format!("redis://{}{node}/", self.userinfo)
-                    } else {
-                        self.single_url.clone()
-                    };
-                    let client = redis::Client::open(url).map_err(map_redis)?;
-                    clients.insert(node.to_owned(), client.clone());
-                    client
-                }
+        let known = self.lock_clients().get(node).cloned();
+        let client = match known {
+            Some(client) => client,
+            None => {
+                let url = if self.cluster {
+                    format!("{}://{}{node}/", self.scheme, self.userinfo)
+                } else {
+                    self.single_url.clone()
+                };
+                // Over TLS like the store's other connections (reading the CA
+                // file, so not under the lock).
+                let client = crate::tls::client(&url, self.tls_ca.as_deref())?;
+                self.lock_clients()
+                    .entry(node.to_owned())
+                    .or_insert(client)
+                    .clone()
             }
         };
         // No response timeout: a BLPOP is meant to sit there; our own timer
@@ -185,6 +194,10 @@ impl WaiterPool {
     // poisoned lock is taken over.
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<MultiplexedConnection>>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_clients(&self) -> std::sync::MutexGuard<'_, HashMap<String, redis::Client>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_slots(&self) -> std::sync::MutexGuard<'_, Vec<SlotRange>> {

@@ -80,6 +80,43 @@
 //!   `sslmode`, `sslca`, `sslcert`, `sslkey`), `charset`, `collation`,
 //!   `statement-cache-capacity`, `socket`, `timezone` (or `time-zone`).
 //!
+//! # TLS
+//!
+//! With the `tls` Cargo feature (sqlx's rustls with the ring provider and
+//! the webpki (Mozilla) roots; nothing to build with OpenSSL), the driver's
+//! own TLS options work as users of `psql` and `mysql` know them:
+//!
+//! | server | option | values |
+//! |---|---|---|
+//! | Postgres | `sslmode` | `disable`, `prefer` (sqlx's default), `require`, `verify-ca`, `verify-full` |
+//! | Postgres | `sslrootcert` | PEM file of the CA(s) to trust besides the webpki roots |
+//! | MySQL | `ssl-mode` | `DISABLED`, `PREFERRED` (sqlx's default), `REQUIRED`, `VERIFY_CA`, `VERIFY_IDENTITY` |
+//! | MySQL | `ssl-ca` | PEM file of the CA(s) to trust besides the webpki roots |
+//!
+//! ```text
+//! postgres://app@db.internal/app?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem
+//! mysql://app@db.internal/app?ssl-mode=VERIFY_IDENTITY&ssl-ca=/etc/ssl/db-ca.pem
+//! ```
+//!
+//! Only `verify-full` / `VERIFY_IDENTITY` check both the certificate chain
+//! and that the certificate names the host of the URL; `verify-ca` /
+//! `VERIFY_CA` check the chain only, and `require` / `REQUIRED` encrypt
+//! without checking who answers. `prefer` / `PREFERRED`, the default,
+//! encrypt when the server offers TLS, without checking either. The files
+//! are read when a connection is made; one that cannot be read then is an
+//! [`Error::Config`](cloakroom_core::Error::Config) naming it, and a server
+//! whose certificate does not verify makes the store
+//! [`Unavailable`](cloakroom_core::Error::Unavailable) with the reason.
+//! Client certificates (`sslcert`/`sslkey`, `ssl-cert`/`ssl-key`) are
+//! passed on as well.
+//!
+//! Without the feature, a mode that insists on TLS (`require` and the
+//! `verify-*` modes, `REQUIRED` and `VERIFY_*`, from the URL or from
+//! `PGSSLMODE`) is an
+//! [`Error::Unsupported`](cloakroom_core::Error::Unsupported) naming the
+//! feature when the store is built, never a plain-text connection;
+//! `prefer` / `PREFERRED` then connect in plain text.
+//!
 //! [`PostgresStore::from_url`] and [`MysqlStore::from_url`] read such a URL;
 //! [`PostgresStore::new`] and [`MysqlStore::new`] take [`SqlOptions`] built
 //! in code. Both are synchronous and do no I/O: stores connect **lazily**,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloakroom_core::{Error, Opener, Result, SessionKey, SessionStore, StoreUrl};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlSslMode};
 use sqlx::pool::PoolConnection;
 use sqlx::{MySql, Pool};
 
@@ -20,7 +20,7 @@ use crate::backend::Backend;
 use crate::connection::{BoxFuture, Driver, RecordRow};
 use crate::error::{mysql_code, Failure};
 use crate::guard::public_guard;
-use crate::options::SqlOptions;
+use crate::options::{tls_compiled_in, SqlOptions};
 use crate::statements::{Dialect, Statements};
 use crate::store::{key_params, public_store};
 
@@ -73,10 +73,20 @@ impl Backend for Mysql {
         Dialect::MySql
     }
 
+    /// A mode that insists on TLS is `Error::Unsupported` without the `tls`
+    /// feature.
     fn connect_options(driver_url: &str) -> Result<MySqlConnectOptions> {
-        driver_url
+        let options: MySqlConnectOptions = driver_url
             .parse()
-            .map_err(|e| Error::Config(format!("invalid MySQL URL: {e}")))
+            .map_err(|e| Error::Config(format!("invalid MySQL URL: {e}")))?;
+        let mode = options.get_ssl_mode();
+        if matches!(
+            mode,
+            MySqlSslMode::Required | MySqlSslMode::VerifyCa | MySqlSslMode::VerifyIdentity
+        ) {
+            tls_compiled_in(Dialect::MySql, &format!("ssl-mode {mode:?}"))?;
+        }
+        Ok(options)
     }
 
     fn pool(connect: &MySqlConnectOptions, options: &SqlOptions) -> Pool<Self::DB> {

@@ -4,6 +4,7 @@
 //! options.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use cloakroom_core::{Error, Result, StoreUrl, DEFAULT_MAX_RECORD_BYTES};
@@ -207,6 +208,13 @@ impl SqlOptions {
                 dialect.driver_keys().join(", ")
             )));
         }
+        if let Some((key, value)) = url
+            .query()
+            .iter()
+            .find(|(key, value)| matches!(key.as_str(), "sslmode" | "ssl-mode") && demands_tls(value))
+        {
+            tls_compiled_in(dialect, &format!("{key}={value}"))?;
+        }
         if self.max_connections == 0 {
             return Err(Error::Config("max_connections must be at least 1".into()));
         }
@@ -218,6 +226,79 @@ impl SqlOptions {
             ));
         }
         Ok(dialect)
+    }
+}
+
+impl SqlOptions {
+    /// The certificate and key files the driver URL names (`sslrootcert`,
+    /// `ssl-ca`, `sslcert`, `sslkey`, …), with the key that names each.
+    /// The driver reads them when it connects.
+    pub(crate) fn tls_files(&self) -> Vec<(String, PathBuf)> {
+        let Ok(url) = StoreUrl::parse(&self.driver_url) else {
+            return Vec::new();
+        };
+        url.query()
+            .iter()
+            .filter(|(key, value)| TLS_FILE_KEYS.contains(&key.as_str()) && !value.is_empty())
+            .map(|(key, value)| (key.clone(), PathBuf::from(value)))
+            .collect()
+    }
+
+    /// The first TLS file of the driver URL that cannot be read now, as the
+    /// [`Error::Config`] that names it. The driver's own error for such a
+    /// file is an I/O error without the path; a store calls this when a
+    /// connection fails with an I/O error, to tell that case apart.
+    pub(crate) fn unreadable_tls_file(&self) -> Option<Error> {
+        self.tls_files().into_iter().find_map(|(key, path)| {
+            std::fs::File::open(&path).err().map(|e| {
+                Error::Config(format!(
+                    "{key}={}: the TLS file cannot be read: {e}",
+                    path.display()
+                ))
+            })
+        })
+    }
+}
+
+/// The driver URL keys whose values are certificate or key files.
+const TLS_FILE_KEYS: &[&str] = &[
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+];
+
+/// Whether an `sslmode`/`ssl-mode` value insists on TLS (Postgres'
+/// `require`, `verify-ca`, `verify-full`; MySQL's `REQUIRED`, `VERIFY_CA`,
+/// `VERIFY_IDENTITY`). `disable`/`DISABLED`, `allow`, `prefer`/`PREFERRED`
+/// do not: they connect in plain text when TLS is not to be had. Values the
+/// driver does not know are its to refuse.
+pub(crate) fn demands_tls(mode: &str) -> bool {
+    matches!(
+        mode.to_ascii_lowercase().as_str(),
+        "require" | "verify-ca" | "verify-full" | "required" | "verify_ca" | "verify_identity"
+    )
+}
+
+/// `Ok` if TLS is compiled in; otherwise the [`Error::Unsupported`] naming
+/// the feature, so that a connection that must be encrypted is never made
+/// in plain text. `what` is the setting that asked for TLS.
+pub(crate) fn tls_compiled_in(dialect: Dialect, what: &str) -> Result<()> {
+    if cfg!(feature = "tls") {
+        Ok(())
+    } else {
+        Err(Error::Unsupported(format!(
+            "{} over TLS ({what}) is left out of this build: turn on the `tls` Cargo feature \
+             (of cloakroom, or of cloakroom-sql)",
+            match dialect {
+                Dialect::Postgres => "Postgres",
+                Dialect::MySql => "MySQL",
+            }
+        )))
     }
 }
 
@@ -421,7 +502,7 @@ mod tests {
 
     #[test]
     fn the_builder_is_held_to_the_same_rules() {
-        let ok = SqlOptions::new("postgres://h/db?sslmode=require");
+        let ok = SqlOptions::new("postgres://h/db?sslmode=prefer");
         assert_eq!(ok.validate().unwrap(), Dialect::Postgres);
         for bad in [
             SqlOptions::new("postgres://h/db?table=x"),
@@ -434,6 +515,75 @@ mod tests {
                 matches!(bad.validate(), Err(Error::Config(_))),
                 "accepted {bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn tls_modes_and_files_are_the_drivers() {
+        for mode in [
+            "require",
+            "verify-ca",
+            "verify-full",
+            "REQUIRED",
+            "VERIFY_CA",
+            "verify_identity",
+        ] {
+            assert!(demands_tls(mode), "{mode}");
+        }
+        for mode in ["disable", "allow", "prefer", "DISABLED", "PREFERRED", ""] {
+            assert!(!demands_tls(mode), "{mode}");
+        }
+        // Without the feature, the strict modes are refused (below).
+        let (pg, my) = if cfg!(feature = "tls") {
+            ("verify-full", "VERIFY_IDENTITY")
+        } else {
+            ("prefer", "PREFERRED")
+        };
+        let o = parse(&format!(
+            "postgres://h/db?sslmode={pg}&sslrootcert=/etc/ca.pem&table=t"
+        ))
+        .unwrap();
+        assert_eq!(
+            o.driver_url,
+            format!("postgres://h/db?sslmode={pg}&sslrootcert=/etc/ca.pem")
+        );
+        assert_eq!(
+            o.tls_files(),
+            [("sslrootcert".to_owned(), PathBuf::from("/etc/ca.pem"))]
+        );
+        let o = parse(&format!("mysql://h/db?ssl-mode={my}&ssl-ca=/nonexistent/ca.pem")).unwrap();
+        assert_eq!(
+            o.driver_url,
+            format!("mysql://h/db?ssl-mode={my}&ssl-ca=/nonexistent/ca.pem")
+        );
+        match o.unreadable_tls_file() {
+            Some(Error::Config(m)) => assert!(m.contains("ssl-ca=/nonexistent/ca.pem"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(SqlOptions::new("mysql://h/db").unreadable_tls_file().is_none());
+    }
+
+    /// Without the feature, a URL that insists on TLS is refused, naming
+    /// the feature; it never connects in plain text. Modes that allow plain
+    /// text are accepted.
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_modes_name_the_missing_feature() {
+        for url in [
+            "postgres://h/db?sslmode=require",
+            "postgresql://h/db?ssl-mode=verify-full&sslrootcert=/ca.pem",
+            "mysql://h/db?ssl-mode=REQUIRED",
+            "mariadb://h/db?sslmode=verify_identity",
+        ] {
+            match parse(url) {
+                Err(Error::Unsupported(m)) => assert!(m.contains("`tls`"), "{url}: {m}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        let built = SqlOptions::new("postgres://h/db?sslmode=verify-ca").validate();
+        assert!(matches!(built, Err(Error::Unsupported(_))), "{built:?}");
+        for url in ["postgres://h/db?sslmode=prefer", "mysql://h/db?ssl-mode=DISABLED"] {
+            assert!(parse(url).is_ok(), "{url}");
         }
     }
 

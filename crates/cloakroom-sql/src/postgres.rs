@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use cloakroom_core::{Error, Opener, Result, SessionKey, SessionStore, StoreUrl};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::Pool;
 
 use crate::backend::Backend;
 use crate::connection::{BoxFuture, Driver, RecordRow};
 use crate::error::{postgres_code, Failure};
 use crate::guard::public_guard;
-use crate::options::SqlOptions;
+use crate::options::{tls_compiled_in, SqlOptions};
 use crate::statements::{Dialect, Statements};
 use crate::store::{key_params, public_store};
 
@@ -67,10 +67,20 @@ impl Backend for Postgres {
 
     /// Also reads the `PG*` environment variables and, without a password,
     /// the password file (`~/.pgpass`), as libpq does.
+    /// `PGSSLMODE` included: a mode that insists on TLS is
+    /// `Error::Unsupported` without the `tls` feature.
     fn connect_options(driver_url: &str) -> Result<PgConnectOptions> {
-        driver_url
+        let options: PgConnectOptions = driver_url
             .parse()
-            .map_err(|e| Error::Config(format!("invalid Postgres URL: {e}")))
+            .map_err(|e| Error::Config(format!("invalid Postgres URL: {e}")))?;
+        let mode = options.get_ssl_mode();
+        if matches!(
+            mode,
+            PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+        ) {
+            tls_compiled_in(Dialect::Postgres, &format!("sslmode {mode:?}"))?;
+        }
+        Ok(options)
     }
 
     fn pool(connect: &PgConnectOptions, options: &SqlOptions) -> Pool<Self::DB> {

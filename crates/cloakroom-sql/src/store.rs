@@ -105,6 +105,13 @@ impl<B: Backend> RowLockStore<B> {
     }
 
     pub(crate) fn map_err(&self, e: sqlx::Error) -> Error {
+        // The driver reads the URL's certificate files when it connects, and
+        // reports one it cannot read as a bare I/O error: name the file.
+        if matches!(e, sqlx::Error::Io(_)) {
+            if let Some(config) = self.inner.options.unreadable_tls_file() {
+                return config;
+            }
+        }
         let failure = self.classify(&e);
         to_error(e, failure)
     }
@@ -153,6 +160,7 @@ impl<B: Backend> RowLockStore<B> {
 impl<B: Backend> SessionStore for RowLockStore<B> {
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(LockKind::RowLock)
+            .named(B::NAME)
             .multi_process()
             .durable(true)
             .max_record_bytes(self.inner.options.max_record_bytes)

@@ -166,6 +166,12 @@ async fn reachable<S: SqlStore>() -> bool {
     skip_or_fail(open.await).is_some()
 }
 
+/// `url` with `key=value` added to its query (the test URLs may have one).
+fn with_option(url: &str, pair: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{pair}")
+}
+
 async fn store_with<S: SqlStore>(options: SqlOptions) -> S {
     let store = S::new(options).unwrap();
     store.migrate().await.expect("server reachable");
@@ -197,15 +203,14 @@ fn opts(lease_ms: u64, wait_ms: u64) -> LockOptions {
 
 async fn hostile_table_names_are_rejected_and_values_round_trip<S: SqlStore>() {
     for bad in ["t; DROP TABLE x; --", "t'--", "t\"", "a.b", "x y"] {
-        let url = format!(
-            "{}?table={}",
-            S::SERVER.url(),
-            bad.replace(' ', "%20").replace(';', "%3B")
+        let url = with_option(
+            &S::SERVER.url(),
+            &format!("table={}", bad.replace(' ', "%20").replace(';', "%3B")),
         );
         let err = S::from_url(&url).unwrap_err();
         assert!(matches!(err, Error::Config(_)), "{bad:?} gave {err:?}");
     }
-    let good = S::from_url(&format!("{}?table={TABLE}", S::SERVER.url())).unwrap();
+    let good = S::from_url(&with_option(&S::SERVER.url(), &format!("table={TABLE}"))).unwrap();
     assert_eq!(good.options().table.as_str(), TABLE);
 
     let store = store::<S>().await;
