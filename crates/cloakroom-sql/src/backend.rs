@@ -79,3 +79,12 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + Sized + 'static {
         lease: Duration,
     ) -> BoxFuture<'a, std::result::Result<(), sqlx::Error>>;
 }
+
+/// sqlx logs every statement slower than a second as a WARN "slow
+/// statement". A session lock is a statement that waits for another
+/// request's row lock, so under contention every waiter would warn, burying
+/// real problems. Slow statements are logged at DEBUG instead; errors are
+/// returned, not logged, so none is hidden.
+pub(crate) fn quiet_lock_waits<O: sqlx::ConnectOptions>(options: O) -> O {
+    options.log_slow_statements(log::LevelFilter::Debug, std::time::Duration::from_secs(1))
+}

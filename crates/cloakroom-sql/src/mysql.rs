@@ -60,10 +60,12 @@ impl Backend for Mysql {
     type Connect = MySqlConnectOptions;
     const NAME: &'static str = "mysql";
     const CLIENT_LEASE_WATCHDOG: bool = true;
-    // The lock's wait setting is put back so that unlocked statements on this
-    // pooled connection wait as long as the server's default says.
-    const COMMIT: &'static str = "COMMIT; SET SESSION innodb_lock_wait_timeout = DEFAULT";
-    const ROLLBACK: &'static str = "ROLLBACK; SET SESSION innodb_lock_wait_timeout = DEFAULT";
+    // The lock's wait and idle settings are put back so that unlocked
+    // statements on this pooled connection behave as the server's defaults say.
+    const COMMIT: &'static str =
+        "COMMIT; SET SESSION innodb_lock_wait_timeout = DEFAULT, SESSION wait_timeout = DEFAULT";
+    const ROLLBACK: &'static str =
+        "ROLLBACK; SET SESSION innodb_lock_wait_timeout = DEFAULT, SESSION wait_timeout = DEFAULT";
     // Whole seconds; COMMIT and ROLLBACK above put the default back.
     const SWEEP_BEGIN: &'static str =
         "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; SET SESSION innodb_lock_wait_timeout = 1; BEGIN";
@@ -86,7 +88,7 @@ impl Backend for Mysql {
         ) {
             tls_compiled_in(Dialect::MySql, &format!("ssl-mode {mode:?}"))?;
         }
-        Ok(options)
+        Ok(crate::backend::quiet_lock_waits(options))
     }
 
     fn pool(connect: &MySqlConnectOptions, options: &SqlOptions) -> Pool<Self::DB> {
@@ -108,12 +110,18 @@ impl Backend for Mysql {
         mysql_code(err)
     }
 
-    fn begin_lock(left: Duration, _lease: Duration) -> String {
-        // Whole seconds only; 0 (MariaDB) means "do not wait".
+    fn begin_lock(left: Duration, lease: Duration) -> String {
+        // Whole seconds only; 0 (MariaDB) means "do not wait". The idle
+        // limit is the server's half of the lease: the guard's watchdog
+        // rolls a lapsed holder back, but a holder that is frozen (a
+        // stopped process or VM) runs no watchdog, and InnoDB would keep its
+        // row lock for as long as the connection lives. The server closes a
+        // connection idle for `wait_timeout`, ending the transaction.
         format!(
             "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; \
-             SET SESSION innodb_lock_wait_timeout = {}; BEGIN",
-            left.as_secs()
+             SET SESSION innodb_lock_wait_timeout = {}, SESSION wait_timeout = {}; BEGIN",
+            left.as_secs(),
+            idle_limit(lease)
         )
     }
 
@@ -170,12 +178,23 @@ impl Backend for Mysql {
     }
 
     fn renew<'a>(
-        _conn: &'a mut PoolConnection<Self::DB>,
-        _lease: Duration,
+        conn: &'a mut PoolConnection<Self::DB>,
+        lease: Duration,
     ) -> BoxFuture<'a, std::result::Result<(), sqlx::Error>> {
-        // The lease lives in the guard's watchdog; nothing to tell the server.
-        Box::pin(async { Ok(()) })
+        // Any statement restarts the server's idle timer; this one also
+        // sets it to the new lease (the watchdog has the client's half).
+        Box::pin(async move {
+            let script = format!("SET SESSION wait_timeout = {}", idle_limit(lease));
+            MySql::run_script(conn, &script).await
+        })
     }
+}
+
+/// The server's idle limit for a lock held for `lease`: whole seconds,
+/// rounded up, so that the server never ends a transaction before the
+/// holder's own deadline.
+fn idle_limit(lease: Duration) -> u64 {
+    lease.as_millis().div_ceil(1000).max(1) as u64
 }
 
 /// Insert the lock placeholder for a missing session; the inserting

@@ -80,7 +80,7 @@ impl Backend for Postgres {
         ) {
             tls_compiled_in(Dialect::Postgres, &format!("sslmode {mode:?}"))?;
         }
-        Ok(options)
+        Ok(crate::backend::quiet_lock_waits(options))
     }
 
     fn pool(connect: &PgConnectOptions, options: &SqlOptions) -> Pool<Self::DB> {
