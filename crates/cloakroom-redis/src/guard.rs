@@ -11,8 +11,10 @@ use redis::{ScriptInvocation, Value};
 
 use crate::error::{map_redis, unexpected_reply};
 use crate::keys::SessionKeys;
+use crate::owner::{owner_is_gone, OWNER_TTL};
 use crate::reply::{self, LockReply, Status, RECORD_FIELDS};
 use crate::scripts::SCRIPTS;
+use crate::shared::SharedConn;
 use crate::store::RedisStore;
 use crate::wait::Woken;
 
@@ -46,10 +48,12 @@ const WAITING_TTL_MS: u64 = 2 * MAX_BLOCK.as_millis() as u64;
 pub(crate) async fn try_lock(store: &RedisStore, key: &SessionKey, options: LockOptions) -> Result<Acquired> {
     let give_up_at = Instant::now() + options.wait;
     let keys = store.keys().session(key);
-    let token = new_token()?;
+    let token = store.owner().token()?;
     let lease_ms = millis(options.lease);
     let mut conn = store.conn().await?;
     let mut waiting = false;
+    // When to next ask whether the holder is still running (see `owner`).
+    let mut ask_about_holder_at = Instant::now();
     loop {
         let mut attempt = redis::pipe();
         if waiting {
@@ -102,7 +106,18 @@ pub(crate) async fn try_lock(store: &RedisStore, key: &SessionKey, options: Lock
                     released: false,
                 })));
             }
-            Ok(LockReply::Held { pttl }) => pttl,
+            Ok(LockReply::Held { pttl }) => {
+                // Only if the lease would keep us waiting longer than a
+                // stopped holder takes to be noticed, and then every quarter
+                // of an owner's lifetime while we wait.
+                if pttl > OWNER_TTL.as_millis() as i64 && Instant::now() >= ask_about_holder_at {
+                    ask_about_holder_at = Instant::now() + OWNER_TTL / 4;
+                    if take_over_if_stopped(store, &mut conn, &keys).await? {
+                        continue;
+                    }
+                }
+                pttl
+            }
             Err(err) => {
                 // We may hold the lock with a record we cannot read:
                 // do not keep it.
@@ -122,6 +137,14 @@ pub(crate) async fn try_lock(store: &RedisStore, key: &SessionKey, options: Lock
         // Wake on release, when the holder's lease runs out, or at our
         // deadline, whichever comes first.
         let mut block = (give_up_at - now).min(MAX_BLOCK);
+        if pttl > OWNER_TTL.as_millis() as i64 {
+            // Wake up to ask about the holder again.
+            block = block.min(
+                ask_about_holder_at
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1)),
+            );
+        }
         match u64::try_from(pttl) {
             Ok(ms) => block = block.min(Duration::from_millis(ms)),
             // -2: the lock vanished since the SET NX; try again at once.
@@ -138,17 +161,35 @@ pub(crate) async fn try_lock(store: &RedisStore, key: &SessionKey, options: Lock
     }
 }
 
-fn new_token() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| Error::backend(format!("no randomness for a lock token: {e}")))?;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut token = String::with_capacity(32);
-    for b in bytes {
-        token.push(char::from(HEX[usize::from(b >> 4)]));
-        token.push(char::from(HEX[usize::from(b & 0xf)]));
+/// If the lock's holder has stopped saying it is alive (see `owner`),
+/// delete its lock so the next attempt takes it. `true` if the lock is (or
+/// was meanwhile) gone.
+async fn take_over_if_stopped(store: &RedisStore, conn: &mut SharedConn, keys: &SessionKeys) -> Result<bool> {
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(&keys.lock)
+        .query_async(conn)
+        .await
+        .map_err(map_redis)?;
+    let Some(holder) = holder else {
+        return Ok(true);
+    };
+    let Some(owner_key) = store.owner().other_owner_key(store.keys(), &holder) else {
+        return Ok(false);
+    };
+    if !owner_is_gone(conn, &owner_key).await? {
+        return Ok(false);
     }
-    Ok(token)
+    let deleted: i64 = SCRIPTS
+        .take_over
+        .key(&keys.lock)
+        .arg(&holder)
+        .invoke_async(conn)
+        .await
+        .map_err(map_redis)?;
+    if deleted == 1 {
+        tracing::info!("took over the lock of a session whose holder stopped");
+    }
+    Ok(true)
 }
 
 fn millis(d: Duration) -> u64 {
@@ -430,23 +471,5 @@ impl Drop for RedisLockGuard {
         if !self.released {
             release_detached(&self.store, self.keys.clone(), self.lease.token.clone());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_32_lowercase_hex_digits_and_differ() {
-        let a = new_token().unwrap();
-        let b = new_token().unwrap();
-        assert_eq!(a.len(), 32);
-        assert!(
-            a.bytes()
-                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
-            "{a}"
-        );
-        assert_ne!(a, b);
     }
 }

@@ -84,6 +84,7 @@ mod error;
 mod guard;
 mod keys;
 mod options;
+mod owner;
 mod reply;
 mod scripts;
 mod shared;

@@ -39,6 +39,8 @@ pub(crate) struct Scripts {
     pub touch: Script,
     /// Unlocked delete.
     pub delete: Script,
+    /// Delete a stopped holder's lock if it still holds it (see `owner`).
+    pub take_over: Script,
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -48,4 +50,5 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     save: with_common(include_str!("lua/save.lua")),
     touch: with_common(include_str!("lua/touch.lua")),
     delete: with_common(include_str!("lua/delete.lua")),
+    take_over: Script::new(include_str!("lua/take_over.lua")),
 });

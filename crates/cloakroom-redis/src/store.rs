@@ -15,6 +15,7 @@ use crate::error::{map_redis, unexpected_reply};
 use crate::guard;
 use crate::keys::{KeyLayout, SessionKeys};
 use crate::options::RedisOptions;
+use crate::owner::Owner;
 use crate::reply::{self, Status, RECORD_FIELDS};
 use crate::scripts::SCRIPTS;
 use crate::shared::{masters, SharedConn, SlotRange};
@@ -42,6 +43,8 @@ struct Inner {
     conns: OnceCell<Vec<SharedConn>>,
     next_conn: AtomicUsize,
     waiters: WaiterPool,
+    /// Says this store is alive, so waiters can tell a stopped holder.
+    owner: Arc<Owner>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -61,6 +64,7 @@ impl RedisStore {
         options.validate()?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
+                owner: Arc::new(Owner::new(&KeyLayout::new(&options.prefix)?)?),
                 keys: KeyLayout::new(&options.prefix)?,
                 conns: OnceCell::new(),
                 next_conn: AtomicUsize::new(0),
@@ -95,7 +99,18 @@ impl RedisStore {
         let conns = self
             .inner
             .conns
-            .get_or_try_init(|| connect(&self.inner.options))
+            .get_or_try_init(|| async {
+                let conns = connect(&self.inner.options).await?;
+                // Alive before the first lock names this owner, so no
+                // waiter can take it for a stopped one.
+                let mut first = conns
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| Error::backend("redis: no connection"))?;
+                self.inner.owner.beat(&mut first).await?;
+                Arc::clone(&self.inner.owner).keep_beating(first, Arc::downgrade(&self.inner));
+                Ok::<_, Error>(conns)
+            })
             .await?;
         let turn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         conns
@@ -106,6 +121,10 @@ impl RedisStore {
 
     pub(crate) fn keys(&self) -> &KeyLayout {
         &self.inner.keys
+    }
+
+    pub(crate) fn owner(&self) -> &Owner {
+        &self.inner.owner
     }
 
     pub(crate) fn waiters(&self) -> &WaiterPool {
