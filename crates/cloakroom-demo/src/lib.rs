@@ -2,18 +2,30 @@
 //! five or six stories in tabs at once, some pages slow, and every hit must
 //! count.
 //!
+//! The page (`GET /`) also runs the *six tabs* experiment in the visitor's
+//! browser: many concurrent requests at a counter, once in a session under
+//! the `Serialized` policy (cloakroom's lock) and once in a `Lossy` one (no
+//! lock) on the same store, side by side — what a visitor would lose
+//! without cloakroom.
+//!
 //! | route | session use |
 //! |---|---|
-//! | `GET /` | counts a hit (locks the visitor's session), shows count and id prefix |
+//! | `GET /` | counts a hit (locks the visitor's session), shows count and id prefix, and the experiment |
 //! | `GET /slow` | reads the count, sleeps 300 ms holding the lock, writes count + 1 |
 //! | `GET /hits` | JSON `{hits, user, session}`, read-only: never locks, never writes |
 //! | `POST /login` | cycles the session id (fixation defence), remembers a user name |
 //! | `POST /logout` | deletes the session and clears the cookie |
 //! | `GET /panic` | changes the session, then panics: nothing saved, lock released |
 //! | `GET /health` | never touches the session: no store call at all |
+//! | `POST /count` | experiment counter, `Serialized`: reads, waits [`COUNT_GAP`], writes + 1; JSON `{hits}` |
+//! | `GET /count` | the counter, read-only; JSON `{hits}` |
+//! | `POST /count/reset` | sets the counter to 0 (creating the session if needed); JSON `{hits}` |
+//! | `POST /lossy/count`, `GET /lossy/count`, `POST /lossy/count/reset` | the same in the `Lossy` namespace ([`LOSSY_PREFIX`], cookie [`LOSSY_COOKIE`]) |
+//! | `GET /assets/…` | the page's stylesheet and script; no session |
 //! | `GET /metrics` | cloakroom's metrics in Prometheus text (see [`with_metrics`]); no session |
 #![warn(clippy::unwrap_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Form;
@@ -21,7 +33,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cloakroom::{Manager, Namespace, SessionStore};
+use cloakroom::{Manager, Namespace, Policy, SessionStore};
 use cloakroom_tower::{LazySession, SessionError, SessionLayer, SessionReader};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
@@ -40,31 +52,128 @@ pub const DEFAULT_STORE: &str = "memory:";
 /// How long `/slow` holds the session.
 pub const SLOW_PAGE: Duration = Duration::from_millis(300);
 
+/// How long the experiment's counter waits between reading the count and
+/// writing it back, standing in for the work a real handler does there.
+/// It is what makes the race visible: without a lock, every request that
+/// reads during another's gap writes back a count that misses it.
+pub const COUNT_GAP: Duration = Duration::from_millis(3);
+
 /// How many characters of the id the pages show: enough to tell sessions
 /// apart, too few to steal one (the id is a bearer credential).
 pub const ID_PREFIX_LEN: usize = 8;
 
-/// The demo's namespace in the store.
-pub fn namespace() -> Namespace {
-    match Namespace::new("demo") {
+/// Where the unlocked (`Lossy`) experiment counter is served.
+pub const LOSSY_PREFIX: &str = "/lossy";
+
+/// The cookie of the `Lossy` sessions: a name of its own (and the path
+/// [`LOSSY_PREFIX`]), so it never overwrites the visitor's session cookie.
+pub const LOSSY_COOKIE: &str = "id-lossy";
+
+/// The session key of the experiment's counter.
+const COUNT_KEY: &str = "count";
+
+fn static_namespace(name: &str) -> Namespace {
+    match Namespace::new(name) {
         Ok(ns) => ns,
-        // A literal that the strict parse accepts; checked by a test.
-        Err(e) => panic!("the demo namespace is invalid: {e}"),
+        // Literals that the strict parse accepts; checked by a test.
+        Err(e) => panic!("the demo namespace {name:?} is invalid: {e}"),
     }
 }
 
+/// The demo's namespace in the store.
+pub fn namespace() -> Namespace {
+    static_namespace("demo")
+}
+
+/// The namespace of the experiment's unlocked sessions.
+pub fn lossy_namespace() -> Namespace {
+    static_namespace("demo-lossy")
+}
+
 /// The demo's manager over `store`, with the default `Serialized` policy.
-pub fn manager(store: std::sync::Arc<dyn SessionStore>) -> cloakroom::Result<Manager> {
+pub fn manager(store: Arc<dyn SessionStore>) -> cloakroom::Result<Manager> {
     Manager::new(store, namespace())
 }
 
-/// The demo's routes behind `layer`.
+/// The experiment's other manager over the same `store`: `Policy::Lossy`,
+/// no lock, the last save wins.
+pub fn lossy_manager(store: Arc<dyn SessionStore>) -> cloakroom::Result<Manager> {
+    Manager::builder(store, lossy_namespace())
+        .policy(Policy::Lossy)
+        .build()
+}
+
+/// The demo's two session layers: the visitor's session (every route but
+/// the unlocked counter) and the experiment's unlocked one under
+/// [`LOSSY_PREFIX`], with its own cookie ([`LOSSY_COOKIE`], path
+/// [`LOSSY_PREFIX`]).
+#[derive(Clone, Debug)]
+pub struct Sessions {
+    main: SessionLayer,
+    lossy: SessionLayer,
+    store: Labels,
+}
+
+/// What the page says about the managers.
+#[derive(Clone, Debug)]
+struct Labels {
+    backend: &'static str,
+    main_policy: String,
+    main_namespace: String,
+    lossy_policy: String,
+    lossy_namespace: String,
+}
+
+impl Sessions {
+    /// Layers over `main` (the visitor's sessions; the demo uses [`manager`])
+    /// and `lossy` (the unlocked counter; the demo uses [`lossy_manager`]),
+    /// with the secure cookie defaults. Both should share one store: the
+    /// page names the backend of `main`'s.
+    pub fn new(main: Manager, lossy: Manager) -> Sessions {
+        let store = Labels {
+            backend: main.store().capabilities().name,
+            main_policy: format!("{:?}", main.config().policy),
+            main_namespace: main.namespace().as_str().to_owned(),
+            lossy_policy: format!("{:?}", lossy.config().policy),
+            lossy_namespace: lossy.namespace().as_str().to_owned(),
+        };
+        Sessions {
+            main: SessionLayer::new(main),
+            lossy: SessionLayer::new(lossy)
+                .cookie_name(LOSSY_COOKIE)
+                .cookie_path(LOSSY_PREFIX),
+            store,
+        }
+    }
+
+    /// Both cookies' `Secure` flag (default on).
+    pub fn secure(self, on: bool) -> Sessions {
+        Sessions {
+            main: self.main.secure(on),
+            lossy: self.lossy.secure(on),
+            store: self.store,
+        }
+    }
+
+    /// Change the visitor's session layer (cookie settings, lock-timeout
+    /// answer, …); the unlocked counter's stays as it is.
+    pub fn map_main(self, f: impl FnOnce(SessionLayer) -> SessionLayer) -> Sessions {
+        Sessions {
+            main: f(self.main),
+            ..self
+        }
+    }
+}
+
+/// The demo's routes, the visitor's behind the main session layer and the
+/// unlocked counter behind the lossy one.
 ///
-/// The panic catcher sits *outside* the session layer: a panic unwinds
+/// The panic catcher sits *outside* the session layers: a panic unwinds
 /// through the session layer first (dropping the open session, which
 /// releases its lock and writes nothing), and only then becomes a `500`.
-pub fn app(layer: SessionLayer) -> Router {
-    Router::new()
+pub fn app(sessions: Sessions) -> Router {
+    let labels = Arc::new(sessions.store);
+    let visitor = Router::new()
         .route("/", get(index))
         .route("/slow", get(slow))
         .route("/hits", get(hits))
@@ -72,8 +181,23 @@ pub fn app(layer: SessionLayer) -> Router {
         .route("/logout", post(logout))
         .route("/panic", get(panic_holding_session))
         .route("/health", get(health))
-        .layer(layer)
+        .merge(counter())
+        .layer(axum::Extension(labels))
+        .layer(sessions.main);
+    let lossy = counter().layer(sessions.lossy);
+    Router::new()
+        .merge(visitor)
+        .nest(LOSSY_PREFIX, lossy)
+        .route("/assets/demo.css", get(stylesheet))
+        .route("/assets/experiment.js", get(script))
         .layer(CatchPanicLayer::new())
+}
+
+/// The experiment's counter routes, for either session layer.
+fn counter() -> Router {
+    Router::new()
+        .route("/count", get(read_count).post(bump_count))
+        .route("/count/reset", post(reset_count))
 }
 
 /// `routes` plus `GET /metrics`: every metric recorded through `handle`
@@ -106,45 +230,133 @@ pub struct HitsReport {
     pub session: Option<String>,
 }
 
+/// What the experiment's counter answers (`/count`, `/lossy/count`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountReport {
+    /// The counter's value after this request (0 without a session).
+    pub hits: u64,
+}
+
 fn prefix(id: &cloakroom::SessionId) -> String {
     id.as_str().chars().take(ID_PREFIX_LEN).collect()
 }
 
-/// Read, bump and write the hit counter. The lock taken by the first `get`
-/// is held until the layer commits, so the read and the write cannot
-/// interleave with another tab's.
-async fn count_hit(session: &LazySession, hold: Duration) -> Result<u64, SessionError> {
-    let hits: u64 = session.get("hits").await?.unwrap_or(0) + 1;
+/// "1 hit", "5 hits".
+pub fn hits_text(hits: u64) -> String {
+    if hits == 1 {
+        "1 hit".to_owned()
+    } else {
+        format!("{hits} hits")
+    }
+}
+
+/// Read, bump and write the counter under `key`. Under `Serialized` the
+/// lock taken by the first `get` is held until the layer commits, so the
+/// read and the write cannot interleave with another tab's; under `Lossy`
+/// they can, and a tab that read during another's `hold` overwrites its
+/// update.
+async fn bump(session: &LazySession, key: &str, hold: Duration) -> Result<u64, SessionError> {
+    let hits: u64 = session.get(key).await?.unwrap_or(0) + 1;
     if !hold.is_zero() {
         tokio::time::sleep(hold).await;
     }
-    session.insert("hits", &hits).await?;
+    session.insert(key, &hits).await?;
     Ok(hits)
 }
 
-async fn index(session: LazySession) -> Result<Html<String>, SessionError> {
-    let hits = count_hit(&session, Duration::ZERO).await?;
+const PAGE: &str = include_str!("page/index.html");
+const STYLESHEET: &str = include_str!("page/demo.css");
+const SCRIPT: &str = include_str!("page/experiment.js");
+
+async fn index(
+    session: LazySession,
+    axum::Extension(labels): axum::Extension<Arc<Labels>>,
+) -> Result<Html<String>, SessionError> {
+    let hits = bump(&session, "hits", Duration::ZERO).await?;
     let user: Option<String> = session.get("user").await?;
     let id = prefix(&session.id().await?);
     let who = match &user {
         Some(u) => format!(
-            "logged in as <b>{}</b> <form method=post action=/logout><button>log out</button></form>",
+            "<form method=post action=/logout class=who>logged in as <b id=user-name>{}</b> \
+             <button id=logout>log out</button></form>",
             html_escape(u)
         ),
-        None => "<form method=post action=/login><input name=user placeholder=name> \
-                 <button>log in</button></form>"
+        None => "<form method=post action=/login class=who><label for=user>Your name</label> \
+                 <input id=user name=user maxlength=64 autocomplete=username> \
+                 <button id=login>log in</button></form>"
             .to_owned(),
     };
-    Ok(Html(format!(
-        "<!doctype html><title>cloakroom demo</title>\
-         <h1>{hits} hits</h1><p>session <code>{id}…</code></p><p>{who}</p>\
-         <p><a href=/>again</a> · <a href=/slow>slow page</a> · <a href=/hits>json</a></p>"
-    )))
+    let page = render(PAGE, |key| match key {
+        "hits" => Some(hits_text(hits)),
+        "session" => Some(html_escape(&id)),
+        "who" => Some(who.clone()),
+        "backend" => Some(html_escape(labels.backend)),
+        "main_policy" => Some(html_escape(&labels.main_policy)),
+        "main_namespace" => Some(html_escape(&labels.main_namespace)),
+        "lossy_policy" => Some(html_escape(&labels.lossy_policy)),
+        "lossy_namespace" => Some(html_escape(&labels.lossy_namespace)),
+        "lossy_prefix" => Some(LOSSY_PREFIX.to_owned()),
+        "gap_ms" => Some(COUNT_GAP.as_millis().to_string()),
+        _ => None,
+    });
+    Ok(Html(page))
+}
+
+/// Fill `{{name}}` placeholders in one pass: a value is never scanned for
+/// further placeholders, so a user name cannot inject one. An unknown name
+/// stays as written.
+fn render(template: &str, value: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(template.len() + 256);
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 2..];
+        match after.find("}}") {
+            Some(close) => {
+                let key = &after[..close];
+                match value(key) {
+                    Some(v) => out.push_str(&v),
+                    None => {
+                        out.push_str("{{");
+                        out.push_str(key);
+                        out.push_str("}}");
+                    }
+                }
+                rest = &after[close + 2..];
+            }
+            None => {
+                out.push_str(&rest[open..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+async fn stylesheet() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        STYLESHEET,
+    )
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        SCRIPT,
+    )
 }
 
 async fn slow(session: LazySession) -> Result<String, SessionError> {
-    let hits = count_hit(&session, SLOW_PAGE).await?;
-    Ok(format!("{hits} hits (slow page)\n"))
+    let hits = bump(&session, "hits", SLOW_PAGE).await?;
+    Ok(format!("{} (slow page)\n", hits_text(hits)))
 }
 
 async fn hits(reader: SessionReader) -> Result<Json<HitsReport>, SessionError> {
@@ -153,6 +365,25 @@ async fn hits(reader: SessionReader) -> Result<Json<HitsReport>, SessionError> {
         user: reader.get("user").await?,
         session: reader.id().await?.as_ref().map(prefix),
     }))
+}
+
+async fn bump_count(session: LazySession) -> Result<Json<CountReport>, SessionError> {
+    let hits = bump(&session, COUNT_KEY, COUNT_GAP).await?;
+    Ok(Json(CountReport { hits }))
+}
+
+async fn read_count(reader: SessionReader) -> Result<Json<CountReport>, SessionError> {
+    Ok(Json(CountReport {
+        hits: reader.get(COUNT_KEY).await?.unwrap_or(0),
+    }))
+}
+
+/// Start a run from zero. This also creates the session (and sends its
+/// cookie) if there is none yet, so the run's concurrent requests all
+/// carry one id instead of each making a session of its own.
+async fn reset_count(session: LazySession) -> Result<Json<CountReport>, SessionError> {
+    session.insert(COUNT_KEY, &0u64).await?;
+    Ok(Json(CountReport { hits: 0 }))
 }
 
 /// The login form.
@@ -208,8 +439,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn namespace_literal_is_valid() {
+    fn namespace_literals_are_valid() {
         assert_eq!(namespace().as_str(), "demo");
+        assert_eq!(lossy_namespace().as_str(), "demo-lossy");
+    }
+
+    #[test]
+    fn hits_are_pluralised() {
+        assert_eq!(hits_text(0), "0 hits");
+        assert_eq!(hits_text(1), "1 hit");
+        assert_eq!(hits_text(5), "5 hits");
+    }
+
+    #[test]
+    fn placeholders_are_filled_once() {
+        let value = |key: &str| match key {
+            "user" => Some("{{secret}}".to_owned()),
+            "secret" => Some("leaked".to_owned()),
+            _ => None,
+        };
+        assert_eq!(render("hi {{user}}!", value), "hi {{secret}}!");
+        assert_eq!(render("{{unknown}} {{", value), "{{unknown}} {{");
+        assert_eq!(render("no placeholders", value), "no placeholders");
+    }
+
+    #[test]
+    fn the_page_has_no_unfilled_placeholder() {
+        let keys = [
+            "hits",
+            "session",
+            "who",
+            "backend",
+            "main_policy",
+            "main_namespace",
+            "lossy_policy",
+            "lossy_namespace",
+            "lossy_prefix",
+            "gap_ms",
+        ];
+        let page = render(PAGE, |key| keys.contains(&key).then(|| "x".to_owned()));
+        assert!(!page.contains("{{"), "{page}");
     }
 
     #[test]

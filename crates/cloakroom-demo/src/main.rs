@@ -7,8 +7,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cloakroom_demo::{app, manager, with_metrics, DEFAULT_STORE};
-use cloakroom_tower::SessionLayer;
+use cloakroom_demo::{app, lossy_manager, manager, with_metrics, Sessions, DEFAULT_STORE};
 
 const USAGE: &str = "usage: cloakroom-demo [--listen ADDR] [--store URL] [--insecure-cookie]
 
@@ -87,22 +86,29 @@ async fn run(args: Args) -> Result<(), String> {
     let store = cloakroom::open(&args.store)
         .await
         .map_err(|e| format!("opening the {scheme} store: {e}"))?;
-    let manager = manager(store).map_err(|e| e.to_string())?;
+    let manager = manager(std::sync::Arc::clone(&store)).map_err(|e| e.to_string())?;
+    // The experiment's unlocked counter: same store, its own namespace.
+    let lossy = lossy_manager(store).map_err(|e| e.to_string())?;
     // Expired sessions are never served, but their rows stay until swept.
-    let sweeper = manager.spawn_sweeper(Duration::from_secs(600));
+    let sweepers = [
+        manager.spawn_sweeper(Duration::from_secs(600)),
+        lossy.spawn_sweeper(Duration::from_secs(600)),
+    ];
 
-    let layer = SessionLayer::new(manager).secure(args.secure_cookie);
+    let sessions = Sessions::new(manager, lossy).secure(args.secure_cookie);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("binding {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(store = %scheme, "cloakroom demo on http://{addr}/");
-    let served = axum::serve(listener, with_metrics(app(layer), metrics))
+    let served = axum::serve(listener, with_metrics(app(sessions), metrics))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
         .map_err(|e| e.to_string());
-    sweeper.shutdown().await;
+    for sweeper in sweepers {
+        sweeper.shutdown().await;
+    }
     served
 }

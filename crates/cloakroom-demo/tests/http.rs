@@ -13,7 +13,7 @@ macro_rules! backend_suite {
         mod $backend {
             backend_suite!(@case $url; six_tabs, lookers_leave_no_rows, unused_session_costs_nothing,
                 panic_releases_the_lock, cookie_attributes, malformed_cookies_get_a_fresh_session,
-                login_cycles_the_id, logout_clears_the_cookie);
+                login_cycles_the_id, logout_clears_the_cookie, experiment_counters);
         }
     };
     (@case $url:expr; $($case:ident),*) => {
@@ -75,5 +75,27 @@ async fn without_the_lock_tabs_lose_hits() {
     assert!(
         lost > 0,
         "the unlocked control lost no hit: the six-tab test could not tell"
+    );
+}
+
+/// The page's experiment has something to show: on the stores a visitor of
+/// the demo starts with, the unlocked counter loses updates under the same
+/// load that the locked one counts exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment_without_the_lock_loses_updates_in_memory() {
+    let lost = suite::experiment_counters("memory:").await;
+    assert!(
+        lost > 0,
+        "the lossy counter lost nothing: the experiment shows no difference"
+    );
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment_without_the_lock_loses_updates_on_sqlite() {
+    let lost = suite::experiment_counters(&support::sqlite_store_url()).await;
+    assert!(
+        lost > 0,
+        "the lossy counter lost nothing: the experiment shows no difference"
     );
 }

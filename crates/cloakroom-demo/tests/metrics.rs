@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloakroom::{Manager, Namespace, SessionId};
-use cloakroom_demo::{app, with_metrics};
-use cloakroom_tower::SessionLayer;
+use cloakroom_demo::{app, lossy_manager, with_metrics, Sessions};
 
 const TABS: usize = 6;
 const LOADS: usize = 5;
@@ -34,10 +33,10 @@ async fn metrics_count_lock_waits_and_timeouts() {
         .lock_wait(Duration::from_millis(100))
         .build()
         .unwrap();
-    let layer = SessionLayer::new(manager).secure(false);
+    let sessions = Sessions::new(manager, lossy_manager(Arc::clone(&store)).unwrap()).secure(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, with_metrics(app(layer), handle)).await });
+    tokio::spawn(async move { axum::serve(listener, with_metrics(app(sessions), handle)).await });
     let base = format!("http://{addr}");
     let browser = reqwest::Client::builder().cookie_store(true).build().unwrap();
 

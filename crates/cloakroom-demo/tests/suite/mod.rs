@@ -237,7 +237,7 @@ pub async fn malformed_cookies_get_a_fresh_session(store_url: &str) {
             "{what}: an offered unknown id must not be adopted"
         );
         assert!(
-            r.text().await.unwrap().contains("<h1>1 hits</h1>"),
+            r.text().await.unwrap().contains("<strong id=hits>1 hit</strong>"),
             "{what}: not a fresh session"
         );
         let calls = app.store.calls();
@@ -253,7 +253,11 @@ pub async fn malformed_cookies_get_a_fresh_session(store_url: &str) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.text().await.unwrap().contains("<h1>2 hits</h1>"));
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("<strong id=hits>2 hits</strong>"));
     // 1 MB: above the HTTP server's header limit, refused before any session
     // code runs (431), and the server carries on.
     let r = client
@@ -356,4 +360,91 @@ pub async fn tabs_without_lock(store_url: &str) -> u64 {
     let hits = app.hits(&browser).await.hits;
     println!("without the lock: {hits} of {} hits counted", TABS * PER_TAB);
     (TABS * PER_TAB) as u64 - hits
+}
+
+/// The page's experiment over HTTP: `TABS` × `PER_TAB` concurrent POSTs at
+/// the locked counter, then at the unlocked one. The locked count is exact
+/// (and every response saw a different count); the unlocked one runs in a
+/// session of its own, under its own cookie. Returns how many updates the
+/// unlocked counter lost.
+pub async fn experiment_counters(store_url: &str) -> u64 {
+    const TABS: usize = 6;
+    const PER_TAB: usize = 20;
+    const TOTAL: u64 = (TABS * PER_TAB) as u64;
+    let app = TestApp::start(store_url).await;
+    let browser = app.browser();
+
+    // Reset first: it creates each session and sets its cookie, so the
+    // concurrent requests share one id.
+    let r = browser.post(app.url("/count/reset")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let main_cookie = set_cookie(&r).expect("the reset creates the visitor's session");
+    let r = browser.post(app.url("/lossy/count/reset")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let lossy_cookie = r
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("id-lossy="))
+        .map(str::to_owned)
+        .expect("the lossy reset sets the id-lossy cookie");
+    assert!(
+        lossy_cookie.to_ascii_lowercase().contains("path=/lossy"),
+        "{lossy_cookie}"
+    );
+    assert_ne!(
+        cookie_value(&main_cookie),
+        lossy_cookie
+            .split(';')
+            .next()
+            .unwrap()
+            .trim_start_matches("id-lossy="),
+        "two sessions, two ids"
+    );
+
+    let mut runs = Vec::new();
+    for path in ["/count", "/lossy/count"] {
+        let started = Instant::now();
+        let tabs: Vec<_> = (0..TABS)
+            .map(|_| {
+                let (browser, url) = (browser.clone(), app.url(path));
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    for _ in 0..PER_TAB {
+                        let r = browser.post(&url).send().await.unwrap();
+                        assert_eq!(r.status(), 200, "POST {url}");
+                        seen.push(r.json::<cloakroom_demo::CountReport>().await.unwrap().hits);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for tab in tabs {
+            seen.extend(tab.await.unwrap());
+        }
+        let elapsed = started.elapsed();
+        let r = browser.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let final_count = r.json::<cloakroom_demo::CountReport>().await.unwrap().hits;
+        println!("experiment on {store_url}: {TOTAL} × POST {path} in {elapsed:?} -> count {final_count}");
+        runs.push((seen, final_count));
+    }
+    let (mut locked_seen, locked) = runs.remove(0);
+    let (_, lossy) = runs.remove(0);
+    assert_eq!(locked, TOTAL, "the locked counter lost or doubled an update");
+    locked_seen.sort_unstable();
+    assert_eq!(
+        locked_seen,
+        (1..=TOTAL).collect::<Vec<_>>(),
+        "each locked request saw the count one higher than another"
+    );
+    assert!((1..=TOTAL).contains(&lossy), "lossy count {lossy}");
+    // The counters did not touch the page's hit count, and each namespace
+    // holds the one session of this visitor.
+    assert_eq!(app.hits(&browser).await.hits, 0);
+    assert_eq!(app.rows().await, 1);
+    assert_eq!(app.store.inner.count(app.lossy.namespace()).await.unwrap(), 1);
+    TOTAL - lossy
 }

@@ -12,6 +12,7 @@ use cloakroom::{
     ManagerBuilder, Namespace, Record, RecordWrite, SessionId, SessionKey, SessionStore, SweepBatch, Then,
     Timestamp,
 };
+use cloakroom_demo::Sessions;
 use cloakroom_tower::SessionLayer;
 
 /// Delegates every call to the real store and counts it by method name.
@@ -161,6 +162,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub store: Arc<CountingStore>,
     pub manager: Manager,
+    /// The experiment's unlocked counter (`/lossy/…`), same store.
+    pub lossy: Manager,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -191,7 +194,11 @@ impl TestApp {
         let manager = tune(Manager::builder(store.clone(), fresh_namespace()))
             .build()
             .unwrap();
-        let app = cloakroom_demo::app(layer(SessionLayer::new(manager.clone())));
+        let lossy = Manager::builder(store.clone(), fresh_namespace())
+            .policy(cloakroom::Policy::Lossy)
+            .build()
+            .unwrap();
+        let app = cloakroom_demo::app(Sessions::new(manager.clone(), lossy.clone()).map_main(layer));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -201,6 +208,7 @@ impl TestApp {
             addr,
             store,
             manager,
+            lossy,
             server,
         }
     }
