@@ -37,34 +37,20 @@ backend_suite!(sqlite, Some(crate::support::sqlite_store_url()));
 #[cfg(feature = "postgres")]
 backend_suite!(
     postgres,
-    crate::support::server_url(
-        "postgres",
-        "CLOAKROOM_POSTGRES_URL",
-        "postgres://postgres@127.0.0.1:5432/test",
-        "pg_ctlcluster <version> main start"
-    )
-    .await
+    crate::support::server_url(cloakroom_conformance::support::Server::Postgres).await
 );
 #[cfg(feature = "mysql")]
 backend_suite!(
     mysql,
-    crate::support::server_url(
-        "mysql",
-        "CLOAKROOM_MYSQL_URL",
-        "mysql://root@127.0.0.1:3306/test",
-        "start-stop-daemon --start --background --exec /usr/sbin/mariadbd"
-    )
-    .await
+    crate::support::server_url(cloakroom_conformance::support::Server::Mysql).await
 );
 backend_suite!(
     redis,
-    crate::support::server_url(
-        "redis",
-        "CLOAKROOM_REDIS_URL",
-        "redis://127.0.0.1:6379",
-        "redis-server --daemonize yes"
-    )
-    .await
+    crate::support::server_url(cloakroom_conformance::support::Server::Redis).await
+);
+backend_suite!(
+    redis_cluster,
+    crate::support::server_url(cloakroom_conformance::support::Server::RedisCluster).await
 );
 
 /// The control: the same tabs without a lock lose hits, so `six_tabs`

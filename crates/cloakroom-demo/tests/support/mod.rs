@@ -12,6 +12,7 @@ use cloakroom::{
     ManagerBuilder, Namespace, Record, RecordWrite, SessionId, SessionKey, SessionStore, SweepBatch, Then,
     Timestamp,
 };
+use cloakroom_conformance::support::{skip_or_fail, Server};
 use cloakroom_demo::Sessions;
 use cloakroom_tower::SessionLayer;
 
@@ -275,11 +276,6 @@ pub fn cookie_value(set_cookie: &str) -> String {
         .to_owned()
 }
 
-/// Whether unreachable backends fail instead of being skipped (CI sets it).
-pub fn backends_required() -> bool {
-    std::env::var("CLOAKROOM_REQUIRE_BACKENDS").is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
 /// A fresh directory for a file store, as a `file:///` URL.
 pub fn file_store_url() -> String {
     let dir = std::env::temp_dir().join(format!(
@@ -300,19 +296,10 @@ pub fn sqlite_store_url() -> String {
     format!("sqlite://{}", dir.join("sessions.db").display())
 }
 
-/// The URL of a server backend from `var` (or `default`), if the server
-/// answers; otherwise skip with the command that starts it, or fail when
-/// backends are required.
-pub async fn server_url(backend: &str, var: &str, default: &str, start_with: &str) -> Option<String> {
-    let url = std::env::var(var).unwrap_or_else(|_| default.to_owned());
-    match cloakroom::open(&url).await {
-        Ok(_) => Some(url),
-        Err(e) if backends_required() => {
-            panic!("{backend} is required (CLOAKROOM_REQUIRE_BACKENDS is set) but unreachable: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: {backend} unreachable ({e}); start it with: {start_with}");
-            None
-        }
-    }
+/// The test URL of `server` if it answers, or `None` after a `SKIPPED`
+/// line (a panic when backends are required).
+pub async fn server_url(server: Server) -> Option<String> {
+    let url = server.url();
+    let opened = cloakroom::open(&url).await.map_err(|e| server.unreachable(e));
+    skip_or_fail(opened).map(|_| url)
 }
