@@ -54,6 +54,7 @@ impl Liveness {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let file = options.open(&path).map_err(|e| owner_error(&path, e))?;
+        clear_dead_owners(&dir);
         file.try_lock().map_err(|e| match e {
             TryLockError::Error(e) => owner_error(&path, e),
             TryLockError::WouldBlock => {
@@ -73,8 +74,9 @@ impl Liveness {
     }
 
     /// Whether the store that wrote `token` is known to be gone: its owner
-    /// file exists and nobody holds its lock. The file is removed then, so
-    /// only one waiter concludes it.
+    /// file exists and nobody holds its lock. Every waiter that asks gets
+    /// the same answer; the takeover itself is fenced by the token, so only
+    /// one of them wins each session.
     pub fn holder_is_dead(&self, token: &str) -> bool {
         let Some((owner, _)) = token.split_once('.') else {
             return false;
@@ -92,21 +94,33 @@ impl Liveness {
         let Ok(file) = File::open(&path) else {
             return false;
         };
-        match file.try_lock() {
-            Ok(()) => {
-                // Removed while locked, so a process starting meanwhile
-                // cannot be taken for this dead one.
-                let _ = std::fs::remove_file(&path);
-                true
-            }
-            Err(_) => false,
-        }
+        // The file stays: the dead process may hold other sessions, whose
+        // waiters must come to the same answer. `claim` clears old ones.
+        file.try_lock().is_ok()
     }
 }
 
 impl Drop for Liveness {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.dir.join(&self.owner));
+    }
+}
+
+/// Owner files of processes that died more than a day ago: longer than any
+/// lease, so none of their locks can still stand. Best effort.
+fn clear_dead_owners(dir: &Path) {
+    const LONG_DEAD: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| modified.elapsed().is_ok_and(|age| age > LONG_DEAD));
+        if old && File::open(entry.path()).is_ok_and(|f| f.try_lock().is_ok()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -119,7 +133,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_live_owner_is_alive_and_a_closed_one_is_dead_once() {
+    fn a_live_owner_is_alive_and_a_dead_one_is_dead_to_every_waiter() {
         let dir = std::env::temp_dir().join(format!(
             "cloakroom-liveness-{}",
             &SessionId::generate().as_str()[..12]
@@ -148,7 +162,10 @@ mod tests {
             one.holder_is_dead(&token),
             "nobody holds the file: its owner is gone"
         );
-        assert!(!one.holder_is_dead(&token), "only the first waiter concludes it");
+        assert!(
+            one.holder_is_dead(&token),
+            "every waiter, for every session the dead process held, concludes the same"
+        );
         for bad in [
             "no-dot",
             "../../etc.x",

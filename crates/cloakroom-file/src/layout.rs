@@ -2,10 +2,16 @@
 //!
 //! ```text
 //! <root>/<namespace>/<shard>/<id>          the record (see `format`)
-//! <root>/<namespace>/<shard>/<id>.lock     the session lock (flock), see `guard`
+//! <root>/<namespace>/<shard>/<id>.lock     the session lock: a lease, see `lease`
 //! <root>/<namespace>/<shard>/.mutex        short write sections of the shard
 //! <root>/<namespace>/<shard>/.<id>.*.tmp   a record being written
+//! <root>-owners/<owner>                    one per open store, see `liveness`
 //! ```
+//!
+//! Every name in a shard directory is created, replaced and removed only
+//! under the shard's mutex (see `record_file::ShardMutex`); only reads of
+//! records go without it. That is what lets a sweep remove a shard directory
+//! that has emptied: under the mutex nothing else can be adding to it.
 //!
 //! `shard` is the first two characters of the id: 4,096 directories, so a
 //! million sessions make about 250 files per directory, and walking the shards
@@ -130,11 +136,20 @@ pub(crate) fn shards_from(namespace_dir: &Path, after: Option<&SessionId>) -> io
 pub(crate) struct ShardEntries {
     /// Ids with a record file.
     pub records: Vec<SessionId>,
-    /// Ids with a lock file but no record file (a lock taken on a session
-    /// that was never saved, or deleted without cleanup).
-    pub orphan_locks: Vec<SessionId>,
+    /// Ids with a lock file, whether or not they have a record.
+    pub locks: Vec<SessionId>,
     /// Leftover temporary files (a writer that crashed mid-write).
     pub temps: Vec<OsString>,
+    /// Names that are not ours (nor the shard mutex): never touched, and
+    /// they keep the directory from being removed.
+    pub foreign: usize,
+}
+
+impl ShardEntries {
+    /// Nothing but (at most) the shard mutex is left.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.locks.is_empty() && self.temps.is_empty() && self.foreign == 0
+    }
 }
 
 /// Read one shard directory. Names that are not ours are ignored.
@@ -145,27 +160,27 @@ pub(crate) fn read_shard(shard: &Path) -> io::Result<ShardEntries> {
         Err(e) => return Err(e),
     };
     let mut out = ShardEntries::default();
-    let mut locks = Vec::new();
     for entry in entries {
         let os_name = entry?.file_name();
-        let Some(name) = os_name.to_str() else { continue };
+        let Some(name) = os_name.to_str() else {
+            out.foreign += 1;
+            continue;
+        };
         if let Ok(id) = SessionId::parse(name) {
             out.records.push(id);
         } else if let Some(id) = name
             .strip_suffix(LOCK_SUFFIX)
             .and_then(|s| SessionId::parse(s).ok())
         {
-            locks.push(id);
-        } else if name.starts_with('.') && name.ends_with(TEMP_SUFFIX) && name != MUTEX_NAME {
+            out.locks.push(id);
+        } else if name.starts_with('.') && name.ends_with(TEMP_SUFFIX) {
             out.temps.push(os_name);
+        } else if name != MUTEX_NAME {
+            out.foreign += 1;
         }
     }
     out.records.sort_unstable();
-    locks.sort_unstable();
-    out.orphan_locks = locks
-        .into_iter()
-        .filter(|id| out.records.binary_search(id).is_err())
-        .collect();
+    out.locks.sort_unstable();
     Ok(out)
 }
 

@@ -7,10 +7,14 @@
 //!   file, fsync, rename, fsync of the directory when
 //!   [`FileOptions::durable`] is on (the default). A reader never sees a
 //!   partial file, and a damaged one is [`Error::Corrupt`], never a panic.
-//! - Per-session locks are `flock`s on a separate `<id>.lock` file (a rename
-//!   replaces the record's inode, so a lock on the record itself would not
-//!   survive a write), with a lease enforced by the guard; a SIGKILLed
-//!   holder's lock is free at once.
+//! - Per-session locks are leases written in a separate `<id>.lock` file:
+//!   the holder's token and the end of its lease, set and checked under a
+//!   short per-shard `flock` that is never held across a request. A holder
+//!   that freezes (a stopped process or VM) loses the session when its lease
+//!   runs out, and its later writes fail with `LeaseLost`; a holder that is
+//!   killed is taken over at once, because its store's owner file in
+//!   `<root>-owners/` is no longer locked (see
+//!   [`cloakroom_core::liveness`]).
 //! - All file work runs on tokio's blocking pool, never on the async workers.
 //!
 //! ```no_run
@@ -39,7 +43,11 @@
 //! [`FileStore::new`].
 //!
 //! The file system must be local and case-sensitive (`flock` over NFS is not
-//! reliable, and ids differing only in case are distinct sessions).
+//! reliable, and ids differing only in case are distinct sessions). The
+//! directory holding the root must be writable too, for `<root>-owners/`;
+//! without it the store works, but a killed holder's lock waits for its
+//! lease. Lease ends are wall-clock milliseconds: processes sharing a store
+//! share the host's clock.
 //!
 //! [`Error::Corrupt`]: cloakroom_core::Error::Corrupt
 #![warn(clippy::unwrap_used)]
@@ -48,6 +56,7 @@ mod error;
 mod format;
 mod guard;
 mod layout;
+mod lease;
 mod options;
 mod record_file;
 mod scan;

@@ -4,7 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use cloakroom_core::{Error, Record, RecordWrite, Result, SessionId, SessionKey, Timestamp};
@@ -93,41 +93,101 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_error)
 }
 
+/// Attempts to take a shard mutex whose file keeps being removed under us
+/// (a sweep removing the emptied shard between our open and our lock,
+/// again and again) before giving up.
+const MAX_MUTEX_ATTEMPTS: usize = 64;
+
 /// The write mutex of one shard directory, held while a writer reads the
-/// current record, checks it and replaces it, so that compare-and-set, the
-/// fenced writes of lock holders and the sweep's check-then-delete are atomic
-/// against every other writer in every process. Held for one read and one
-/// write at most, never across a request; released when dropped (closing
-/// the file drops the `flock`).
+/// current record (and the session's lock file), checks them and replaces
+/// them, so that compare-and-set, lock claims, the fenced writes of lock
+/// holders and the sweep's check-then-delete are atomic against every other
+/// writer in every process. Held for a few reads and one write at most,
+/// never across a request; released when dropped (closing the file drops
+/// the `flock`).
+///
+/// Every name in the shard directory is created or removed under it, which
+/// is what lets a sweep remove an emptied shard: it unlinks the mutex file
+/// *while holding it*, then the directory. Whoever opened the old file and
+/// then won its `flock` sees that the file is no longer the one at the path
+/// and starts over, recreating the directory if it is gone; nobody holds a
+/// mutex on an unlinked file believing it guards the shard.
 #[derive(Debug)]
 pub(crate) struct ShardMutex {
     _file: File,
 }
 
 impl ShardMutex {
-    /// Wait for the mutex of the shard directory `shard`, creating it if needed.
+    /// Wait for the mutex of the shard directory `shard`, creating the
+    /// directory and the mutex file if needed.
     pub(crate) fn lock(shard: &Path) -> Result<Self> {
+        Self::acquire(shard, true)?.ok_or_else(|| Error::backend("shard mutex not created"))
+    }
+
+    /// Wait for the mutex of `shard` if the directory exists; `None` if it
+    /// does not, for callers that have nothing to do in a missing shard (a
+    /// missing shard holds no record and no lock).
+    pub(crate) fn lock_existing(shard: &Path) -> Result<Option<Self>> {
+        Self::acquire(shard, false)
+    }
+
+    fn acquire(shard: &Path, create: bool) -> Result<Option<Self>> {
         let path = mutex_path(shard);
-        let open = || {
-            OpenOptions::new()
+        for _ in 0..MAX_MUTEX_ATTEMPTS {
+            let opened = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
-                .open(&path)
-        };
-        let file = match open() {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                create_dirs(shard).map_err(io_error)?;
-                open().map_err(io_error)?
+                .open(&path);
+            let file = match opened {
+                Ok(file) => file,
+                // The shard directory is missing (never made, or swept).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if !create {
+                        return Ok(None);
+                    }
+                    create_dirs(shard).map_err(io_error)?;
+                    continue;
+                }
+                Err(e) => return Err(io_error(e)),
+            };
+            // Blocking is fine here: holders keep it for a few reads and
+            // one write.
+            file.lock().map_err(io_error)?;
+            let ours = file.metadata().map_err(io_error)?;
+            match fs::symlink_metadata(&path) {
+                Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {
+                    return Ok(Some(ShardMutex { _file: file }));
+                }
+                // Unlinked by a sweep (and maybe recreated) since our open.
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error(e)),
             }
-            Err(e) => return Err(io_error(e)),
-        };
-        // Blocking is fine here: holders keep it for one read and one write.
-        file.lock().map_err(io_error)?;
-        Ok(ShardMutex { _file: file })
+        }
+        Err(Error::backend(format!(
+            "the mutex of {} kept being removed under us",
+            shard.display()
+        )))
+    }
+
+    /// Remove the shard directory if nothing but this mutex is left in it:
+    /// the mutex file first (while we hold it), then the directory. Whoever
+    /// creates a name in the shard meanwhile makes the directory non-empty
+    /// and the removal a no-op; whoever waited for the old mutex starts over
+    /// (see the type's docs). Best effort: a failure leaves an empty shard.
+    pub(crate) fn remove_shard_if_empty(self, shard: &Path) {
+        match crate::layout::read_shard(shard) {
+            Ok(entries) if entries.is_empty() => {}
+            _ => return,
+        }
+        if fs::remove_file(mutex_path(shard)).is_ok() {
+            // Fails harmlessly (not empty) if a new mutex file appeared.
+            let _ = fs::remove_dir(shard);
+        }
+        drop(self);
     }
 }
 
@@ -172,13 +232,20 @@ impl Inner {
     /// record is deleted too (and counts as not live): logging out must work.
     pub(crate) fn remove(&self, key: &SessionKey) -> Result<bool> {
         let paths = self.layout.session(key);
-        let _mutex = ShardMutex::lock(&paths.shard)?;
+        let Some(_mutex) = ShardMutex::lock_existing(&paths.shard)? else {
+            return Ok(false);
+        };
+        self.remove_locked(&paths)
+    }
+
+    /// [`remove`](Self::remove), with the shard mutex already held.
+    pub(crate) fn remove_locked(&self, paths: &SessionPaths) -> Result<bool> {
         let was_live = match read_header(&paths.data) {
             Ok(h) => h.is_some_and(|h| h.is_live_at(Timestamp::now())),
             Err(Error::Corrupt { .. }) => false,
             Err(e) => return Err(e),
         };
-        remove_record(&paths, self.durable())?;
+        remove_record(paths, self.durable())?;
         Ok(was_live)
     }
 }

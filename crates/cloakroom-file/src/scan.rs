@@ -10,8 +10,8 @@ use cloakroom_core::{
 };
 
 use crate::error::io_error;
-use crate::guard::try_lock_session;
 use crate::layout::{self, ShardEntries};
+use crate::lease::{read_lease, remove_lease};
 use crate::record_file::{self, ShardMutex};
 use crate::store::Inner;
 
@@ -62,6 +62,7 @@ impl Inner {
         let mut last: Option<SessionId> = None;
         for shard in layout::shards_from(&ns_dir, after.as_ref()).map_err(io_error)? {
             let entries = layout::read_shard(&ns_dir.join(&shard)).map_err(io_error)?;
+            let deleted_before = deleted.len();
             for id in entries
                 .records
                 .iter()
@@ -80,15 +81,16 @@ impl Inner {
                     deleted.push(id.clone());
                 }
             }
-            self.collect_garbage(namespace, &ns_dir.join(&shard), entries);
+            let records_left = entries.records.len() > deleted.len() - deleted_before;
+            self.collect_garbage(namespace, &ns_dir.join(&shard), entries, records_left);
         }
         Ok(SweepBatch { deleted, next: None })
     }
 
     /// Delete one record if it is expired at `now` and nobody holds its lock.
-    /// The check is repeated under the lock and the shard mutex, so a touch
-    /// or save that renewed the session between the first look and the
-    /// delete wins, and the session is not deleted from under it.
+    /// The check is repeated under the shard mutex, so a touch or save that
+    /// renewed the session between the first look and the delete wins, and
+    /// the session is not deleted from under it.
     fn sweep_one(&self, key: &SessionKey, now: Timestamp) -> Result<bool> {
         let paths = self.layout.session(key);
         match record_file::read_header(&paths.data) {
@@ -101,42 +103,56 @@ impl Inner {
             }
             Err(e) => return Err(e),
         }
-        let Some(held) = try_lock_session(&paths, true)? else {
-            return Ok(false); // in use by a request: not ours to delete
+        let Some(_mutex) = ShardMutex::lock_existing(&paths.shard)? else {
+            return Ok(false);
         };
-        let deleted = (|| {
-            let _mutex = ShardMutex::lock(&paths.shard)?;
-            match record_file::read_header(&paths.data) {
-                Ok(Some(h)) if !h.is_live_at(now) => record_file::remove_record(&paths, self.durable()),
-                Ok(_) | Err(Error::Corrupt { .. }) => Ok(false),
-                Err(e) => Err(e),
-            }
-        })();
-        self.release(key, held);
-        deleted
+        if read_lease(&paths.lock)?.is_some_and(|l| l.is_live_at(Timestamp::now())) {
+            return Ok(false); // in use by a request: not ours to delete
+        }
+        match record_file::read_header(&paths.data) {
+            Ok(Some(h)) if !h.is_live_at(now) => {}
+            Ok(_) | Err(Error::Corrupt { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let deleted = record_file::remove_record(&paths, self.durable())?;
+        // The lease that ran out goes with the record (best effort: the
+        // garbage collection of the shard tries again).
+        let _ = remove_lease(&paths.lock);
+        Ok(deleted)
     }
 
-    /// Best-effort cleanup of a fully swept shard: lock files of sessions
-    /// without a record, and temporary files of writers that crashed.
-    /// Failures only leave a small file behind, so they are not reported.
-    fn collect_garbage(&self, namespace: &Namespace, shard: &Path, entries: ShardEntries) {
-        for id in entries.orphan_locks {
-            let key = SessionKey::new(namespace.clone(), id);
-            let paths = self.layout.session(&key);
-            if let Ok(Some(held)) = try_lock_session(&paths, false) {
-                self.release(&key, held);
-            }
+    /// Best-effort cleanup of a fully swept shard, under its mutex: lock
+    /// files whose lease ran out (holders that died or froze), temporary
+    /// files of writers that crashed, and then the shard directory itself
+    /// if nothing is left in it. Failures only leave a small file or an
+    /// empty directory behind, so they are not reported.
+    fn collect_garbage(
+        &self,
+        namespace: &Namespace,
+        shard: &Path,
+        entries: ShardEntries,
+        records_left: bool,
+    ) {
+        if entries.locks.is_empty() && entries.temps.is_empty() && records_left {
+            return; // nothing to collect, and the shard is in use
         }
-        if entries.temps.is_empty() {
+        let Ok(Some(mutex)) = ShardMutex::lock_existing(shard) else {
             return;
+        };
+        let now = Timestamp::now();
+        for id in entries.locks {
+            let key = SessionKey::new(namespace.clone(), id);
+            let lock = self.layout.session(&key).lock;
+            if !matches!(read_lease(&lock), Ok(Some(l)) if l.is_live_at(now)) {
+                let _ = remove_lease(&lock);
+            }
         }
         // Temporaries are only written under the shard mutex, so while we hold
         // it every temporary listed before is a dead writer's.
-        if let Ok(_mutex) = ShardMutex::lock(shard) {
-            for name in entries.temps {
-                let _ = std::fs::remove_file(shard.join(name));
-            }
+        for name in entries.temps {
+            let _ = std::fs::remove_file(shard.join(name));
         }
+        mutex.remove_shard_if_empty(shard);
     }
 }
 

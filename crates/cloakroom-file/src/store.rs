@@ -3,19 +3,21 @@
 //! Every write takes the shard's write mutex for one read-check-replace,
 //! which makes compare-and-set and "saves never resurrect" atomic across
 //! processes; reads take nothing, because records are only ever replaced
-//! whole by rename. Session locks (held across a request) are separate
-//! `flock`s, taken by the guard.
+//! whole by rename. Session locks are leases written in lock files (see
+//! `lease`), claimed and checked under the same shard mutex.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use cloakroom_core::liveness::Liveness;
 use cloakroom_core::{
     Acquired, Capabilities, Cursor, Error, IdPage, LockKind, LockOptions, Namespace, Record, RecordWrite,
-    Result, SessionKey, SessionStore, StoreUrl, SweepBatch, Timestamp,
+    Result, SessionId, SessionKey, SessionStore, StoreUrl, SweepBatch, Timestamp,
 };
 
 use crate::error::{io_error, worker_error};
-use crate::guard::FileLockGuard;
 use crate::layout::{self, Layout};
 use crate::options::FileOptions;
 use crate::record_file::{self, ShardMutex};
@@ -24,7 +26,8 @@ use crate::record_file::{self, ShardMutex};
 /// on one host. Cloning shares the same store.
 ///
 /// Capabilities: multi-process, durable when [`FileOptions::durable`] is on,
-/// [`LockKind::FileLock`].
+/// [`LockKind::Lease`] (a lease recorded in a lock file beside the record,
+/// see the crate docs).
 #[derive(Clone, Debug)]
 pub struct FileStore {
     pub(crate) inner: Arc<Inner>,
@@ -34,6 +37,21 @@ pub struct FileStore {
 pub(crate) struct Inner {
     pub(crate) layout: Layout,
     pub(crate) options: FileOptions,
+    /// This store's owner file, claimed on the first lock.
+    owner: Mutex<Owner>,
+}
+
+/// How long a store whose owner file could not be made waits before
+/// trying again (meanwhile its locks carry no owner, and only their lease
+/// frees them if this process dies).
+const OWNER_RETRY: Duration = Duration::from_secs(60);
+
+/// The state of a store's owner file (see [`Liveness`]).
+#[derive(Debug)]
+enum Owner {
+    Unclaimed,
+    Claimed(Arc<Liveness>),
+    Failed(Instant),
 }
 
 impl FileStore {
@@ -47,6 +65,7 @@ impl FileStore {
             inner: Arc::new(Inner {
                 layout: Layout::new(options.root.clone()),
                 options,
+                owner: Mutex::new(Owner::Unclaimed),
             }),
         })
     }
@@ -87,12 +106,55 @@ impl Inner {
     pub(crate) fn durable(&self) -> bool {
         self.options.durable
     }
+
+    /// This store's owner file, claimed on first use in `<root>-owners/`
+    /// (see [`Liveness`]); `None` if it cannot be made (a parent directory
+    /// we may not write to): then a killed holder's locks are freed by
+    /// their lease only, and a warning says so. Blocking.
+    pub(crate) fn liveness(&self) -> Option<Arc<Liveness>> {
+        let mut owner = self.owner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*owner {
+            Owner::Claimed(liveness) => return Some(liveness.clone()),
+            Owner::Failed(at) if at.elapsed() < OWNER_RETRY => return None,
+            _ => {}
+        }
+        // Without a trailing slash, so the owners sit beside the root.
+        let root: PathBuf = self.layout.root().components().collect();
+        let claimed = layout::create_dirs(&root)
+            .map_err(io_error)
+            .and_then(|()| Liveness::claim(&root));
+        match claimed {
+            Ok(liveness) => {
+                let liveness = Arc::new(liveness);
+                *owner = Owner::Claimed(liveness.clone());
+                Some(liveness)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    root = %root.display(),
+                    error = %e,
+                    "file store cannot make its owner file: the locks of a killed process will wait for their lease"
+                );
+                *owner = Owner::Failed(Instant::now());
+                None
+            }
+        }
+    }
+
+    /// A new lock token: owned by this store's owner file when there is one.
+    pub(crate) fn new_token(&self, liveness: Option<&Liveness>) -> String {
+        match liveness {
+            Some(liveness) => liveness.new_token(),
+            // No owner: a token no waiter can take for a dead owner's.
+            None => SessionId::generate().as_str().to_owned(),
+        }
+    }
 }
 
 #[async_trait]
 impl SessionStore for FileStore {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(LockKind::FileLock)
+        Capabilities::new(LockKind::Lease)
             .named("file")
             .multi_process()
             .durable(self.inner.options.durable)
@@ -138,7 +200,9 @@ impl SessionStore for FileStore {
         let key = key.clone();
         self.blocking(move |inner| {
             let paths = inner.layout.session(&key);
-            let _mutex = ShardMutex::lock(&paths.shard)?;
+            let Some(_mutex) = ShardMutex::lock_existing(&paths.shard)? else {
+                return Err(Error::Gone);
+            };
             let current = record_file::read_record(&paths.data)?;
             let Some(live) = current.filter(|r| r.is_live_at(Timestamp::now())) else {
                 return Err(Error::Gone);
@@ -165,7 +229,9 @@ impl SessionStore for FileStore {
         let key = key.clone();
         self.blocking(move |inner| {
             let paths = inner.layout.session(&key);
-            let _mutex = ShardMutex::lock(&paths.shard)?;
+            let Some(_mutex) = ShardMutex::lock_existing(&paths.shard)? else {
+                return Ok(false);
+            };
             match record_file::read_record(&paths.data)?.filter(|r| r.is_live_at(Timestamp::now())) {
                 Some(live) => inner.retouch(&key, live, accessed, expires).map(|_| true),
                 None => Ok(false),
@@ -174,24 +240,13 @@ impl SessionStore for FileStore {
         .await
     }
 
-    /// `flock` has no timed wait, so this is one non-blocking attempt; the
-    /// core's backoff does the waiting (waiters of one process queue in the
-    /// lock engine and never get here together).
+    /// One claim of the session's lease, answered at once (nothing signals
+    /// a release across processes): a held lock is `Busy` with the
+    /// holder's remaining lease, and core's backoff does the waiting
+    /// (waiters of one process queue in the lock engine and never get here
+    /// together).
     async fn try_lock(&self, key: &SessionKey, options: LockOptions) -> Result<Acquired> {
-        let attempt_key = key.clone();
-        let acquired = self
-            .blocking(move |inner| inner.try_lock_and_load(&attempt_key))
-            .await?;
-        Ok(match acquired {
-            Some((held, record)) => Acquired::Locked(Box::new(FileLockGuard::new(
-                self.inner.clone(),
-                key.clone(),
-                held,
-                record,
-                options.lease,
-            ))),
-            None => Acquired::BUSY,
-        })
+        crate::guard::try_lock(&self.inner, key, options).await
     }
 
     async fn list_ids(&self, namespace: &Namespace, cursor: Option<Cursor>, limit: usize) -> Result<IdPage> {

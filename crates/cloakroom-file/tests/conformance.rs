@@ -29,8 +29,10 @@ fn temp_root() -> Result<Arc<TempDir>, Unreachable> {
 
 async fn store_in(root: &Arc<TempDir>) -> Result<Arc<dyn SessionStore>, Unreachable> {
     // Durability off: fsync costs only time here, and atomicity (what the
-    // suite checks) does not depend on it.
-    let store = FileStore::new(FileOptions::new(root.path()).durable(false)).map_err(unreachable)?;
+    // suite checks) does not depend on it. One level down, so that the
+    // owner files beside the root (`<root>-owners/`) are in the temp dir.
+    let store =
+        FileStore::new(FileOptions::new(root.path().join("sessions")).durable(false)).map_err(unreachable)?;
     store.migrate().await.map_err(unreachable)?;
     Ok(Arc::new(InTempDir::new(store, root.clone())))
 }

@@ -6,17 +6,33 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cloakroom_conformance::support::TempDir;
 use cloakroom_core::{
-    Cursor, Error, Finish, Finished, LockOptions, Namespace, RecordWrite, SessionId, SessionKey,
-    SessionStore, Then, Timestamp,
+    Acquired, Cursor, Error, Finish, Finished, LockKind, LockOptions, Namespace, RecordWrite, SessionId,
+    SessionKey, SessionStore, Then, Timestamp,
 };
 use cloakroom_file::{FileOptions, FileStore};
 
-fn temp() -> TempDir {
-    TempDir::new("file-store").unwrap()
+/// A store root in a fresh temporary directory: one level down, so that
+/// the owner files the store keeps beside its root (`<root>-owners/`) are
+/// inside the temporary directory too.
+struct Root {
+    _dir: TempDir,
+    path: PathBuf,
+}
+
+impl Root {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn temp() -> Root {
+    let dir = TempDir::new("file-store").unwrap();
+    let path = dir.path().join("sessions");
+    Root { _dir: dir, path }
 }
 
 /// A store without fsync: atomicity, which these tests check, does not
@@ -115,11 +131,19 @@ async fn traversal_attempts_create_nothing_outside_the_root() {
     let g = store.lock(&key("app"), opts(5_000, 1_000)).await.unwrap();
     g.save_and_unlock(write(b"y")).await.unwrap();
 
+    // Besides the root: only this store's owner file, in `<root>-owners/`.
+    let owners = outer.path().join("root-owners");
     let everything = walk(outer.path());
     assert!(!everything.is_empty());
     for path in &everything {
-        assert!(path.starts_with(&root), "{} is outside the root", path.display());
+        assert!(
+            path.starts_with(&root) || path.starts_with(&owners),
+            "{} is outside the root",
+            path.display()
+        );
     }
+    let owner_files: Vec<_> = fs::read_dir(&owners).unwrap().collect();
+    assert_eq!(owner_files.len(), 1, "{owner_files:?}");
     assert!(data_path(&root, &k).is_file());
 }
 
@@ -277,17 +301,11 @@ async fn lock_files_do_not_pile_up() {
         g.unlock().await.unwrap();
     }
     assert_eq!(count_locks(), 0);
-    // A saved session keeps its lock file while it exists ...
+    // Nor does one on a saved session: the lease is gone with the release.
     let k = key("app");
     let g = store.lock(&k, opts(5_000, 500)).await.unwrap();
-    g.save_and_unlock(expired(b"soon gone")).await.unwrap();
     assert_eq!(count_locks(), 1);
-    // ... and the sweep that deletes it removes that too.
-    let batch = store
-        .sweep_expired(&k.namespace, Timestamp::now(), None, 10)
-        .await
-        .unwrap();
-    assert_eq!(batch.deleted.len(), 1);
+    g.save_and_unlock(expired(b"soon gone")).await.unwrap();
     assert_eq!(count_locks(), 0);
     // A guard dropped without unlocking (a cancelled request) is cleaned up
     // in the background.
@@ -299,6 +317,22 @@ async fn lock_files_do_not_pile_up() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(count_locks(), 0);
+    // A holder that never came back (forgotten here, as a frozen or killed
+    // process would) leaves a lease that the sweep removes once it ran out,
+    // with or without a record.
+    std::mem::forget(store.lock(&key("app"), opts(50, 500)).await.unwrap());
+    let saved = key("app");
+    store.create(&saved, write(b"live")).await.unwrap();
+    std::mem::forget(store.lock(&saved, opts(50, 500)).await.unwrap());
+    assert_eq!(count_locks(), 2);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let batch = store
+        .sweep_expired(&k.namespace, Timestamp::now(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(batch.deleted, vec![k.id.clone()]);
+    assert_eq!(count_locks(), 0);
+    assert_eq!(store.load(&saved).await.unwrap().unwrap().data, b"live");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -521,4 +555,264 @@ async fn opening_from_a_url_does_no_io() {
         FileStore::new(FileOptions::new("relative/dir")),
         Err(Error::Config(_))
     ));
+}
+
+/// An id that falls in the shard directory `shard` (two id characters), so
+/// that tests can pile sessions into a few shards.
+fn id_in_shard(shard: &str) -> SessionId {
+    let random = SessionId::generate();
+    SessionId::parse(&format!("{shard}{}", &random.as_str()[2..])).unwrap()
+}
+
+fn lock_path(root: &Path, key: &SessionKey) -> PathBuf {
+    let mut path = data_path(root, key).into_os_string();
+    path.push(".lock");
+    PathBuf::from(path)
+}
+
+/// The lock is a lease on disk, not something a process holds: another
+/// store (another process) is told how long the lease has left, gets the
+/// session once it ran out and not before, and the holder that slept
+/// through its lease (a frozen process) writes nothing afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_lease_goes_to_the_next_store_and_fences_the_late_holder() {
+    let dir = temp();
+    let (first, second) = (fast_store(dir.path()), fast_store(dir.path()));
+    assert_eq!(first.capabilities().lock, LockKind::Lease);
+    let k = key("app");
+    first.create(&k, write(b"v1")).await.unwrap();
+
+    let lease = Duration::from_millis(400);
+    let mut late = first
+        .lock(&k, LockOptions::new(lease, Duration::ZERO))
+        .await
+        .unwrap();
+    let locked = Instant::now();
+    match second.try_lock(&k, opts(30_000, 0)).await.unwrap() {
+        Acquired::Busy { retry_in: Some(left) } => assert!(left <= lease && left > lease / 2, "{left:?}"),
+        other => panic!("a held lease must be busy with its time left: {other:?}"),
+    }
+    let mut next = second.lock(&k, opts(30_000, 5_000)).await.unwrap();
+    let took_over = locked.elapsed();
+    assert!(
+        took_over >= lease - Duration::from_millis(50),
+        "taken after {took_over:?}"
+    );
+    assert!(
+        took_over < lease + Duration::from_secs(2),
+        "taken after {took_over:?}"
+    );
+    assert_eq!(next.record().map(|r| r.version), Some(1));
+    assert_eq!(
+        next.finish(Finish::Save(write(b"v2")), Then::Keep).await.unwrap(),
+        Finished::Saved { version: 2 }
+    );
+
+    assert!(matches!(late.renew(lease).await, Err(Error::LeaseLost)));
+    assert!(matches!(
+        late.finish(Finish::Save(write(b"late")), Then::Release).await,
+        Err(Error::LeaseLost)
+    ));
+    assert!(matches!(
+        late.finish(Finish::Delete, Then::Release).await,
+        Err(Error::LeaseLost)
+    ));
+    drop(late);
+    // The late holder neither wrote nor released the new holder's lock.
+    let seen = first.load(&k).await.unwrap().unwrap();
+    assert_eq!((seen.version, seen.data.as_slice()), (2, &b"v2"[..]));
+    assert!(matches!(
+        first.lock(&k, opts(30_000, 100)).await,
+        Err(Error::LockTimeout { .. })
+    ));
+    next.renew(Duration::from_secs(30)).await.unwrap();
+    next.unlock().await.unwrap();
+    first
+        .lock(&k, opts(30_000, 0))
+        .await
+        .unwrap()
+        .unlock()
+        .await
+        .unwrap();
+}
+
+/// A lease whose holder's store is gone (its owner file exists and nobody
+/// holds its `flock`: the process was killed) is taken over at once,
+/// whatever the lease says; one whose store is alive is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_holders_lease_is_taken_over_at_once() {
+    let dir = temp();
+    let store = fast_store(dir.path());
+    let k = key("app");
+    store.create(&k, write(b"v1")).await.unwrap();
+    let owners = {
+        let mut path = dir.path().as_os_str().to_owned();
+        path.push("-owners");
+        PathBuf::from(path)
+    };
+    // The owner file of a process that died without removing it.
+    fs::create_dir_all(&owners).unwrap();
+    fs::write(owners.join("DEADDEADDEADDEAD"), b"").unwrap();
+    let until = Timestamp::now().saturating_add(Duration::from_secs(600));
+    let dead = format!(
+        "DEADDEADDEADDEAD.{} {}\n",
+        SessionId::generate(),
+        until.as_millis()
+    );
+    fs::write(lock_path(dir.path(), &k), dead).unwrap();
+
+    let started = Instant::now();
+    let g = store
+        .lock(&k, opts(30_000, 0))
+        .await
+        .expect("a dead holder's lock is free");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(g.record().map(|r| r.version), Some(1));
+    g.unlock().await.unwrap();
+
+    // A live store's lease is respected for as long as it lasts.
+    let other = fast_store(dir.path());
+    let held = other.lock(&k, opts(60_000, 0)).await.unwrap();
+    assert!(matches!(
+        store.try_lock(&k, opts(30_000, 0)).await.unwrap(),
+        Acquired::Busy { retry_in: Some(_) }
+    ));
+    held.unlock().await.unwrap();
+}
+
+/// A lock file that holds no lease (torn by a crash mid-write, or written
+/// by someone else) does not lock the session, and is never trusted as a
+/// token of ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_lock_file_locks_nothing() {
+    let dir = temp();
+    let store = fast_store(dir.path());
+    let k = key("app");
+    store.create(&k, write(b"v1")).await.unwrap();
+    for junk in [&b""[..], b"half-a-tok", b"\xff\xfe 12\n", &[b'x'; 10_000][..]] {
+        fs::write(lock_path(dir.path(), &k), junk).unwrap();
+        let g = store.lock(&k, opts(30_000, 0)).await.unwrap();
+        g.save_and_unlock(write(b"again")).await.unwrap();
+    }
+    assert_eq!(store.load(&k).await.unwrap().unwrap().version, 5);
+}
+
+/// Sweeps remove shard directories that emptied, with their mutex and lock
+/// files, while other tasks (on other stores, as other processes would be)
+/// keep creating, locking and deleting sessions in the same few shards: no
+/// create fails, each one is loadable once acknowledged, those kept are all
+/// there at the end, and once everything is deleted a sweep leaves no
+/// shard directory behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sweeps_remove_empty_shards_without_losing_concurrent_creates() {
+    const SHARDS: [&str; 2] = ["Aa", "Bb"];
+    let dir = temp();
+    let ns = Namespace::new("app").unwrap();
+    let sweeper_store = fast_store(dir.path());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sweeper = {
+        let (store, ns, stop) = (sweeper_store.clone(), ns.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut sweeps = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let mut cursor = None;
+                loop {
+                    let batch = store
+                        .sweep_expired(&ns, Timestamp::now(), cursor, 1_000)
+                        .await
+                        .unwrap();
+                    cursor = batch.next;
+                    if cursor.is_none() {
+                        break;
+                    }
+                }
+                sweeps += 1;
+            }
+            sweeps
+        })
+    };
+    let mut tasks = Vec::new();
+    for t in 0..8usize {
+        let store = fast_store(dir.path());
+        let ns = ns.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..200usize {
+                let shard = SHARDS[(t + round) % SHARDS.len()];
+                let k = SessionKey::new(ns.clone(), id_in_shard(shard));
+                match round % 3 {
+                    // Created, there, deleted: the shard empties again.
+                    0 => {
+                        store.create(&k, write(b"brief")).await.unwrap();
+                        assert!(store.load(&k).await.unwrap().is_some(), "{k} lost");
+                        assert!(store.delete(&k).await.unwrap(), "{k} lost");
+                    }
+                    // Expired: the sweep deletes it.
+                    1 => {
+                        store.create(&k, expired(b"old")).await.unwrap();
+                    }
+                    // A lock on a new session: a lock file comes and goes.
+                    _ => {
+                        let g = store.lock(&k, opts(30_000, 5_000)).await.unwrap();
+                        g.save_and_unlock(write(b"locked")).await.unwrap();
+                        assert!(store.load(&k).await.unwrap().is_some(), "{k} lost");
+                        assert!(store.delete(&k).await.unwrap(), "{k} lost");
+                    }
+                }
+            }
+            // The last creates stay, while the others still churn.
+            let mut kept = Vec::new();
+            for shard in SHARDS {
+                let k = SessionKey::new(ns.clone(), id_in_shard(shard));
+                store.create(&k, write(b"keep")).await.unwrap();
+                kept.push(k);
+            }
+            kept
+        }));
+    }
+    let mut kept = Vec::new();
+    for task in tasks {
+        kept.extend(task.await.unwrap());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sweeps = sweeper.await.unwrap();
+    assert!(sweeps > 1, "the sweeper ran only {sweeps} times");
+
+    let store = fast_store(dir.path());
+    for k in &kept {
+        assert!(store.load(k).await.unwrap().is_some(), "{k} was lost");
+    }
+    assert_eq!(store.count(&ns).await.unwrap(), kept.len() as u64);
+    for k in &kept {
+        assert!(store.delete(k).await.unwrap());
+    }
+    let batch = store
+        .sweep_expired(&ns, Timestamp::now(), None, 10_000)
+        .await
+        .unwrap();
+    assert!(batch.next.is_none());
+    let left: Vec<_> = fs::read_dir(dir.path().join("app"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "shard directories left: {left:?}");
+}
+
+/// A claim dropped while it runs (a cancelled request waiting for its
+/// lock) leaves the session free, not locked for a whole lease by nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_claim_leaves_the_session_free() {
+    let dir = temp();
+    let store = fast_store(dir.path());
+    for _ in 0..20 {
+        let k = key("app");
+        {
+            let mut claim = store.try_lock(&k, opts(60_000, 0));
+            let _ = std::future::poll_fn(|cx| Poll::Ready(claim.as_mut().poll(cx))).await;
+        }
+        let g = store
+            .lock(&k, opts(60_000, 2_000))
+            .await
+            .expect("a cancelled claim must not keep the session locked");
+        g.unlock().await.unwrap();
+    }
 }

@@ -8,12 +8,18 @@
 //!     opens the session (taking its lock, lease renewed in the background),
 //!     increments the counter without committing, prints "locked", and waits
 //!     to be killed mid-request.
+//! cloakroom-worker hold-then-save <store-url> <namespace> <id> <lease-ms> <value>
+//!     opens the session (taking its lock, lease renewed in the background),
+//!     sets the counter to <value> without committing, prints "locked", and
+//!     waits for a line on stdin (meanwhile the test may freeze it with
+//!     SIGSTOP); then commits and prints "saved", or "failed <Kind>" with
+//!     the error's kind (`LeaseLost`), and exits 0 either way.
 //! cloakroom-worker churn <store-url> <namespace> <id>
 //!     saves the session over and over with records of varying size,
 //!     printing "churning" first, until it is killed mid-save.
 //! ```
 
-use std::io::Write as _;
+use std::io::{BufRead as _, Write as _};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,6 +92,24 @@ async fn run(args: &[String]) -> BoxResult<()> {
             drop(s);
             Ok(())
         }
+        [cmd, url, ns, id, lease_ms, value] if cmd == "hold-then-save" => {
+            let id = SessionId::parse(id)?;
+            let value: u64 = value.parse()?;
+            let manager = manager(url, ns, Duration::from_millis(lease_ms.parse()?)).await?;
+            let mut s = manager.open(Some(&id)).await?;
+            s.insert(HITS, &value)?;
+            println!("locked");
+            std::io::stdout().flush()?;
+            // Mid-request until told to save: a blocking read on a worker
+            // thread of its own, so the runtime (and the lease renewal) runs.
+            tokio::task::spawn_blocking(|| std::io::stdin().lock().read_line(&mut String::new())).await??;
+            match s.commit().await {
+                Ok(_) => println!("saved"),
+                Err(e) => println!("failed {}", error_kind(&e)),
+            }
+            std::io::stdout().flush()?;
+            Ok(())
+        }
         [cmd, url, ns, id] if cmd == "churn" => {
             // Save ever-changing records of varying size as fast as possible,
             // to be SIGKILLed at a random moment mid-save.
@@ -105,6 +129,16 @@ async fn run(args: &[String]) -> BoxResult<()> {
             }
             Ok(())
         }
-        _ => Err("usage: cloakroom-worker increment URL NS ID TASKS CYCLES | hold URL NS ID LEASE_MS | churn URL NS ID".into()),
+        _ => Err("usage: cloakroom-worker increment URL NS ID TASKS CYCLES | hold URL NS ID LEASE_MS | hold-then-save URL NS ID LEASE_MS VALUE | churn URL NS ID".into()),
     }
+}
+
+/// The name of an error's variant (`LeaseLost`, `Unavailable`, …).
+fn error_kind(e: &cloakroom::Error) -> String {
+    let debug = format!("{e:?}");
+    debug
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
