@@ -48,8 +48,13 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// A session expires this long after creation, however busy.
     pub absolute_timeout: Option<Duration>,
-    /// Lease of a session lock; renewed while the session is held, so a long
-    /// request keeps it and a crashed one frees it after at most this long.
+    /// Lease of a session lock; renewed every third of it while the session
+    /// is held, so a long request keeps it. A killed holder's lock is taken
+    /// over at once on every built-in backend; the lease is what frees the
+    /// lock of a holder that is frozen (a stopped process or VM) or cut off
+    /// but still looks alive. 10 s by default: short enough that a visitor
+    /// behind such a holder is not kept long, long enough that renewals
+    /// (one store write per held session every 3.3 s) stay rare.
     pub lease: Duration,
     /// Whether an open session renews its lease in the background.
     pub renew_lease: bool,
@@ -94,7 +99,7 @@ impl Default for SessionConfig {
             policy: Policy::Serialized,
             idle_timeout: Duration::from_secs(24 * 3600),
             absolute_timeout: None,
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(10),
             renew_lease: true,
             lock_wait: Duration::from_secs(10),
             touch_interval: Duration::from_secs(60),
