@@ -6,21 +6,49 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use cloakroom_core::{Result, SessionKey};
-use sqlx::pool::PoolConnection;
+use cloakroom_core::{Error, Result, SessionKey};
+use sqlx::pool::{PoolConnection, PoolOptions};
 use sqlx::Pool;
 
 use crate::connection::{BoxFuture, Driver, RecordRow};
 use crate::error::Failure;
-use crate::options::SqlOptions;
+use crate::options::{tls_compiled_in, SqlOptions};
 use crate::statements::{Dialect, Statements};
+
+/// The connect options of backend `B`'s driver.
+pub(crate) type ConnectOptionsOf<B> =
+    <<<B as Backend>::DB as sqlx::Database>::Connection as sqlx::Connection>::Options;
+
+/// Read `B`'s driver URL, without connecting (an invalid one is
+/// `Error::Config`).
+pub(crate) fn connect_options<B: Backend>(driver_url: &str) -> Result<ConnectOptionsOf<B>> {
+    let options: ConnectOptionsOf<B> = driver_url
+        .parse()
+        .map_err(|e| Error::Config(format!("invalid {} URL: {e}", B::dialect().name())))?;
+    if let Some(mode) = B::tls_demanded(&options) {
+        tls_compiled_in(B::dialect(), &mode)?;
+    }
+    Ok(quiet_lock_waits(options))
+}
+
+/// A pool of `B` that connects on demand. It starts the pool's maintenance
+/// task, so it is called inside the Tokio runtime, on first use.
+pub(crate) fn pool<B: Backend>(connect: &ConnectOptionsOf<B>, options: &SqlOptions) -> Pool<B::DB> {
+    let pool = PoolOptions::<B::DB>::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(options.acquire_timeout)
+        .idle_timeout(options.idle_timeout);
+    let pool = match B::SETUP {
+        Some(setup) => pool.after_connect(move |conn, _meta| B::DB::run_script(conn, setup)),
+        None => pool,
+    };
+    pool.connect_lazy_with(connect.clone())
+}
 
 /// One database the row-lock store runs on.
 pub(crate) trait Backend: Send + Sync + fmt::Debug + Sized + 'static {
     /// The sqlx database.
     type DB: Driver;
-    /// The driver's connect options, read from the driver URL.
-    type Connect: Clone + Send + Sync + 'static;
 
     /// Name used in messages.
     const NAME: &'static str;
@@ -43,13 +71,13 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + Sized + 'static {
     /// The server's SQL dialect and URL schemes.
     fn dialect() -> Dialect;
 
-    /// Read the driver URL, without connecting (an invalid one is
-    /// `Error::Config`).
-    fn connect_options(driver_url: &str) -> Result<Self::Connect>;
+    /// Statements every new connection runs first, if any.
+    const SETUP: Option<&'static str>;
 
-    /// A pool that connects on demand. It starts the pool's maintenance
-    /// task, so it is called inside the Tokio runtime, on first use.
-    fn pool(connect: &Self::Connect, options: &SqlOptions) -> Pool<Self::DB>;
+    /// The TLS mode the connect options insist on (`sslmode VerifyFull`),
+    /// if they insist on one: without the `tls` feature that is
+    /// `Error::Unsupported`, never a silent plain-text connection.
+    fn tls_demanded(options: &ConnectOptionsOf<Self>) -> Option<String>;
 
     /// What an error the server sent means to the store.
     fn classify_database(err: &dyn sqlx::error::DatabaseError) -> Failure;
@@ -85,6 +113,6 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + Sized + 'static {
 /// request's row lock, so under contention every waiter would warn, burying
 /// real problems. Slow statements are logged at DEBUG instead; errors are
 /// returned, not logged, so none is hidden.
-pub(crate) fn quiet_lock_waits<O: sqlx::ConnectOptions>(options: O) -> O {
+fn quiet_lock_waits<O: sqlx::ConnectOptions>(options: O) -> O {
     options.log_slow_statements(log::LevelFilter::Debug, std::time::Duration::from_secs(1))
 }

@@ -11,16 +11,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloakroom_core::{Error, Opener, Result, SessionKey, SessionStore, StoreUrl};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlSslMode};
+use cloakroom_core::{Opener, Result, SessionKey, SessionStore, StoreUrl};
+use sqlx::mysql::{MySqlConnectOptions, MySqlSslMode};
 use sqlx::pool::PoolConnection;
-use sqlx::{MySql, Pool};
+use sqlx::MySql;
 
 use crate::backend::Backend;
 use crate::connection::{BoxFuture, Driver, RecordRow};
 use crate::error::{mysql_code, Failure};
 use crate::guard::public_guard;
-use crate::options::{tls_compiled_in, SqlOptions};
+use crate::options::SqlOptions;
 use crate::statements::{Dialect, Statements};
 use crate::store::{key_params, public_store};
 
@@ -57,7 +57,6 @@ pub(crate) struct Mysql;
 
 impl Backend for Mysql {
     type DB = MySql;
-    type Connect = MySqlConnectOptions;
     const NAME: &'static str = "mysql";
     const CLIENT_LEASE_WATCHDOG: bool = true;
     // The lock's wait and idle settings are put back so that unlocked
@@ -70,40 +69,21 @@ impl Backend for Mysql {
     const SWEEP_BEGIN: &'static str =
         "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; SET SESSION innodb_lock_wait_timeout = 1; BEGIN";
     const CONNECTION_ID: &'static str = "SELECT CAST(CONNECTION_ID() AS SIGNED)";
+    // Unlocked writes too: at READ COMMITTED an UPDATE does not wait on rows
+    // that do not match it, nor take gap locks.
+    const SETUP: Option<&'static str> = Some("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
 
     fn dialect() -> Dialect {
         Dialect::MySql
     }
 
-    /// A mode that insists on TLS is `Error::Unsupported` without the `tls`
-    /// feature.
-    fn connect_options(driver_url: &str) -> Result<MySqlConnectOptions> {
-        let options: MySqlConnectOptions = driver_url
-            .parse()
-            .map_err(|e| Error::Config(format!("invalid MySQL URL: {e}")))?;
+    fn tls_demanded(options: &MySqlConnectOptions) -> Option<String> {
         let mode = options.get_ssl_mode();
-        if matches!(
+        matches!(
             mode,
             MySqlSslMode::Required | MySqlSslMode::VerifyCa | MySqlSslMode::VerifyIdentity
-        ) {
-            tls_compiled_in(Dialect::MySql, &format!("ssl-mode {mode:?}"))?;
-        }
-        Ok(crate::backend::quiet_lock_waits(options))
-    }
-
-    fn pool(connect: &MySqlConnectOptions, options: &SqlOptions) -> Pool<Self::DB> {
-        MySqlPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
-            .idle_timeout(options.idle_timeout)
-            // Unlocked writes too: at READ COMMITTED an UPDATE does not wait
-            // on rows that do not match it, nor take gap locks.
-            .after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    MySql::run_script(conn, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await
-                })
-            })
-            .connect_lazy_with(connect.clone())
+        )
+        .then(|| format!("ssl-mode {mode:?}"))
     }
 
     fn classify_database(err: &dyn sqlx::error::DatabaseError) -> Failure {

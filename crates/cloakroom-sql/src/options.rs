@@ -294,10 +294,7 @@ pub(crate) fn tls_compiled_in(dialect: Dialect, what: &str) -> Result<()> {
         Err(Error::Unsupported(format!(
             "{} over TLS ({what}) is left out of this build: turn on the `tls` Cargo feature \
              (of cloakroom, or of cloakroom-sql)",
-            match dialect {
-                Dialect::Postgres => "Postgres",
-                Dialect::MySql => "MySQL",
-            }
+            dialect.name()
         )))
     }
 }
@@ -391,6 +388,14 @@ impl Dialect {
             Some(Dialect::MySql)
         } else {
             None
+        }
+    }
+
+    /// The server's name in messages.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "Postgres",
+            Dialect::MySql => "MySQL",
         }
     }
 

@@ -7,16 +7,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloakroom_core::{Error, Opener, Result, SessionKey, SessionStore, StoreUrl};
+use cloakroom_core::{Opener, Result, SessionKey, SessionStore, StoreUrl};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
-use sqlx::Pool;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 use crate::backend::Backend;
 use crate::connection::{BoxFuture, Driver, RecordRow};
 use crate::error::{postgres_code, Failure};
 use crate::guard::public_guard;
-use crate::options::{tls_compiled_in, SqlOptions};
+use crate::options::SqlOptions;
 use crate::statements::{Dialect, Statements};
 use crate::store::{key_params, public_store};
 
@@ -53,42 +52,27 @@ pub(crate) struct Postgres;
 
 impl Backend for Postgres {
     type DB = sqlx::Postgres;
-    type Connect = PgConnectOptions;
     const NAME: &'static str = "postgres";
     const CLIENT_LEASE_WATCHDOG: bool = false;
     const COMMIT: &'static str = "COMMIT";
     const ROLLBACK: &'static str = "ROLLBACK";
     const SWEEP_BEGIN: &'static str = "BEGIN; SET LOCAL lock_timeout = '1s'";
     const CONNECTION_ID: &'static str = "SELECT pg_backend_pid()::int8";
+    const SETUP: Option<&'static str> = None;
 
     fn dialect() -> Dialect {
         Dialect::Postgres
     }
 
-    /// Also reads the `PG*` environment variables and, without a password,
-    /// the password file (`~/.pgpass`), as libpq does.
-    /// `PGSSLMODE` included: a mode that insists on TLS is
-    /// `Error::Unsupported` without the `tls` feature.
-    fn connect_options(driver_url: &str) -> Result<PgConnectOptions> {
-        let options: PgConnectOptions = driver_url
-            .parse()
-            .map_err(|e| Error::Config(format!("invalid Postgres URL: {e}")))?;
+    /// The URL is read as libpq reads it, `PG*` environment variables and
+    /// the password file (`~/.pgpass`) included; `PGSSLMODE` too.
+    fn tls_demanded(options: &PgConnectOptions) -> Option<String> {
         let mode = options.get_ssl_mode();
-        if matches!(
+        matches!(
             mode,
             PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
-        ) {
-            tls_compiled_in(Dialect::Postgres, &format!("sslmode {mode:?}"))?;
-        }
-        Ok(crate::backend::quiet_lock_waits(options))
-    }
-
-    fn pool(connect: &PgConnectOptions, options: &SqlOptions) -> Pool<Self::DB> {
-        PgPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
-            .idle_timeout(options.idle_timeout)
-            .connect_lazy_with(connect.clone())
+        )
+        .then(|| format!("sslmode {mode:?}"))
     }
 
     fn classify_database(err: &dyn sqlx::error::DatabaseError) -> Failure {

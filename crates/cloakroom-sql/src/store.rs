@@ -20,7 +20,7 @@ use cloakroom_core::{
 use sqlx::pool::PoolConnection;
 use sqlx::Pool;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, ConnectOptionsOf};
 use crate::connection::{Driver, Param, RecordRow, TxConn};
 use crate::error::{classify, to_error, Failure};
 use crate::options::SqlOptions;
@@ -38,7 +38,7 @@ pub(crate) struct RowLockStore<B: Backend> {
 
 pub(crate) struct Inner<B: Backend> {
     /// The driver's connect options, read once by `new`.
-    connect: B::Connect,
+    connect: ConnectOptionsOf<B>,
     /// Created on first use, inside the runtime that runs the store.
     pool: OnceLock<Pool<B::DB>>,
     pub sql: Statements,
@@ -76,7 +76,7 @@ impl<B: Backend> RowLockStore<B> {
                 B::dialect().schemes().join(":// or ")
             )));
         }
-        let connect = B::connect_options(&options.driver_url)?;
+        let connect = crate::backend::connect_options::<B>(&options.driver_url)?;
         Ok(RowLockStore {
             inner: Arc::new(Inner {
                 connect,
@@ -97,7 +97,7 @@ impl<B: Backend> RowLockStore<B> {
     pub(crate) fn pool(&self) -> &Pool<B::DB> {
         self.inner
             .pool
-            .get_or_init(|| B::pool(&self.inner.connect, &self.inner.options))
+            .get_or_init(|| crate::backend::pool::<B>(&self.inner.connect, &self.inner.options))
     }
 
     pub(crate) fn classify(&self, e: &sqlx::Error) -> Failure {
