@@ -15,9 +15,13 @@ const LOCK: LockOptions = LockOptions {
     wait: Duration::from_secs(10),
 };
 
-enum Outcome {
-    Resealed,
-    Current,
+/// What re-sealing one session did.
+enum Resealed {
+    /// Sealed anew with the first key.
+    Now,
+    /// Already sealed with the first key: left alone.
+    Already,
+    /// Expired or deleted before it could be read.
     Vanished,
 }
 
@@ -35,9 +39,9 @@ pub(crate) async fn run(args: RekeyArgs, registry: &Registry) -> Result<()> {
         // Listed ids are stored ids (hashes, with hash_ids): keys as they are.
         let key = SessionKey::new(namespace.clone(), id);
         match reseal(&keys, &key).await {
-            Ok(Outcome::Resealed) => resealed += 1,
-            Ok(Outcome::Current) => current += 1,
-            Ok(Outcome::Vanished) => vanished += 1,
+            Ok(Resealed::Now) => resealed += 1,
+            Ok(Resealed::Already) => current += 1,
+            Ok(Resealed::Vanished) => vanished += 1,
             Err(Error::Corrupt { .. }) => unreadable.push(key.id),
             Err(e) => return Err(e).with_context(|| format!("re-sealing {}", key.id)),
         }
@@ -66,19 +70,19 @@ pub(crate) async fn run(args: RekeyArgs, registry: &Registry) -> Result<()> {
 }
 
 /// Re-seal one session under its lock, so that no request's write is lost.
-async fn reseal(keys: &Keys, key: &SessionKey) -> cloakroom::Result<Outcome> {
+async fn reseal(keys: &Keys, key: &SessionKey) -> cloakroom::Result<Resealed> {
     let manager = keys.manager();
     let guard = manager.store().lock(key, LOCK).await?;
     let Some(record) = guard.record().cloned() else {
         guard.unlock().await?;
-        return Ok(Outcome::Vanished);
+        return Ok(Resealed::Vanished);
     };
     let needs_reseal = manager
         .keyring()
         .is_some_and(|ring| ring.needs_reseal(&record.data));
     if !needs_reseal {
         guard.unlock().await?;
-        return Ok(Outcome::Current);
+        return Ok(Resealed::Already);
     }
     let plain = match manager.open_for(key, &record.data) {
         Ok(plain) => plain,
@@ -94,9 +98,9 @@ async fn reseal(keys: &Keys, key: &SessionKey) -> cloakroom::Result<Outcome> {
         expires: record.expires,
     };
     match guard.save_and_unlock(write).await {
-        Ok(_) => Ok(Outcome::Resealed),
+        Ok(_) => Ok(Resealed::Now),
         // Expired or deleted while we held it: nothing to re-seal.
-        Err(Error::Gone) => Ok(Outcome::Vanished),
+        Err(Error::Gone) => Ok(Resealed::Vanished),
         Err(e) => Err(e),
     }
 }

@@ -111,12 +111,12 @@ pub fn lossy_manager(store: Arc<dyn SessionStore>) -> cloakroom::Result<Manager>
 pub struct Sessions {
     main: SessionLayer,
     lossy: SessionLayer,
-    store: Labels,
+    store: PageFacts,
 }
 
 /// What the page says about the managers.
 #[derive(Clone, Debug)]
-struct Labels {
+struct PageFacts {
     backend: &'static str,
     main_policy: String,
     main_namespace: String,
@@ -130,7 +130,7 @@ impl Sessions {
     /// with the secure cookie defaults. Both should share one store: the
     /// page names the backend of `main`'s.
     pub fn new(main: Manager, lossy: Manager) -> Sessions {
-        let store = Labels {
+        let store = PageFacts {
             backend: main.store().capabilities().name,
             main_policy: format!("{:?}", main.config().policy),
             main_namespace: main.namespace().as_str().to_owned(),
@@ -270,7 +270,7 @@ const SCRIPT: &str = include_str!("page/experiment.js");
 
 async fn index(
     session: LazySession,
-    axum::Extension(labels): axum::Extension<Arc<Labels>>,
+    axum::Extension(labels): axum::Extension<Arc<PageFacts>>,
 ) -> Result<Html<String>, SessionError> {
     let hits = bump(&session, "hits", Duration::ZERO).await?;
     let user: Option<String> = session.get("user").await?;

@@ -38,7 +38,7 @@ pub(crate) struct Inner {
     pub(crate) layout: Layout,
     pub(crate) options: FileOptions,
     /// This store's owner file, claimed on the first lock.
-    owner: Mutex<Owner>,
+    owner: Mutex<OwnerFile>,
 }
 
 /// How long a store whose owner file could not be made waits before
@@ -48,7 +48,7 @@ const OWNER_RETRY: Duration = Duration::from_secs(60);
 
 /// The state of a store's owner file (see [`Liveness`]).
 #[derive(Debug)]
-enum Owner {
+enum OwnerFile {
     Unclaimed,
     Claimed(Arc<Liveness>),
     Failed(Instant),
@@ -65,7 +65,7 @@ impl FileStore {
             inner: Arc::new(Inner {
                 layout: Layout::new(options.root.clone()),
                 options,
-                owner: Mutex::new(Owner::Unclaimed),
+                owner: Mutex::new(OwnerFile::Unclaimed),
             }),
         })
     }
@@ -114,8 +114,8 @@ impl Inner {
     pub(crate) fn liveness(&self) -> Option<Arc<Liveness>> {
         let mut owner = self.owner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match &*owner {
-            Owner::Claimed(liveness) => return Some(liveness.clone()),
-            Owner::Failed(at) if at.elapsed() < OWNER_RETRY => return None,
+            OwnerFile::Claimed(liveness) => return Some(liveness.clone()),
+            OwnerFile::Failed(at) if at.elapsed() < OWNER_RETRY => return None,
             _ => {}
         }
         // Without a trailing slash, so the owners sit beside the root.
@@ -126,7 +126,7 @@ impl Inner {
         match claimed {
             Ok(liveness) => {
                 let liveness = Arc::new(liveness);
-                *owner = Owner::Claimed(liveness.clone());
+                *owner = OwnerFile::Claimed(liveness.clone());
                 Some(liveness)
             }
             Err(e) => {
@@ -135,7 +135,7 @@ impl Inner {
                     error = %e,
                     "file store cannot make its owner file: the locks of a killed process will wait for their lease"
                 );
-                *owner = Owner::Failed(Instant::now());
+                *owner = OwnerFile::Failed(Instant::now());
                 None
             }
         }
