@@ -25,7 +25,7 @@ fn app() -> &'static (tokio::runtime::Runtime, Router) {
     APP.get_or_init(|| {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let store = Arc::new(MemoryStore::new());
-        let manager = Manager::new(store, Namespace::new("fuzz").expect("ns")).expect("manager");
+        let manager = Manager::new(store, Namespace::new("fuzz").expect("ns"));
         let router = Router::new().route("/", get(touch)).layer(SessionLayer::new(manager));
         (rt, router)
     })

@@ -4,7 +4,7 @@
 //!
 //! The library half exists so the benchmark anchor (tower-sessions, raw
 //! Redis) can drive the very same workload code as `cloakroom bench`: see
-//! [`bench`].
+//! [`bench`](mod@bench).
 
 pub mod bench;
 mod cli;

@@ -898,7 +898,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn six_tabs_share_one_store_lock() {
         let store = Arc::new(Counting::default());
-        let m = Manager::new(store.clone(), Namespace::new("tabs").unwrap()).unwrap();
+        let m = Manager::new(store.clone(), Namespace::new("tabs").unwrap());
         let mut s = m.open(None).await.unwrap();
         s.insert("hits", &0u64).unwrap();
         let id = s.id().clone();
@@ -940,7 +940,7 @@ mod tests {
     /// The queue table forgets a session once nobody uses it.
     #[tokio::test]
     async fn idle_queues_are_dropped() {
-        let m = Manager::new(Arc::new(MemoryStore::new()), Namespace::new("q").unwrap()).unwrap();
+        let m = Manager::new(Arc::new(MemoryStore::new()), Namespace::new("q").unwrap());
         let mut s = m.open(None).await.unwrap();
         s.insert("hits", &0u64).unwrap();
         let id = s.id().clone();

@@ -18,7 +18,7 @@
 //! use cloakroom_core::{Manager, MemoryStore, Namespace};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> cloakroom_core::Result<()> {
-//! let manager = Manager::new(Arc::new(MemoryStore::new()), Namespace::new("shop")?)?;
+//! let manager = Manager::new(Arc::new(MemoryStore::new()), Namespace::new("shop")?);
 //! let mut session = manager.open(None).await?;          // a new session
 //! session.insert("hits", &1u64)?;
 //! let id = session.id().clone();
@@ -62,8 +62,8 @@ pub use seal::{Key, Keyring};
 pub use session::{Committed, ReadOnlySession, Session};
 pub use store::wait_for_lock;
 pub use store::{
-    Acquired, Capabilities, Cursor, Finish, Finished, IdPage, Lease, LockGuard, LockKind, LockOptions,
-    SessionStore, SweepBatch, Then, DEFAULT_MAX_RECORD_BYTES,
+    Acquired, Capabilities, Cursor, Finish, Finished, HeldSession, IdPage, Lease, LockGuard, LockKind,
+    LockOptions, SessionStore, SweepBatch, Then, DEFAULT_MAX_RECORD_BYTES,
 };
 pub use store_url::StoreUrl;
 pub use sweeper::{Sweeper, SweeperStats};

@@ -273,6 +273,12 @@ impl ManagerBuilder {
         if self.config.idle_timeout.is_zero() {
             return Err(Error::Config("the idle timeout must be longer than zero".into()));
         }
+        Ok(self.assemble())
+    }
+
+    /// The manager, for a configuration already known to be valid.
+    fn assemble(self) -> Manager {
+        let caps = self.store.capabilities();
         // Every call the manager and its lock engine make goes through one
         // meter, whatever the backend.
         let store = MeteredStore::wrap(self.store);
@@ -288,7 +294,7 @@ impl ManagerBuilder {
             },
             labels.clone(),
         ));
-        Ok(Manager {
+        Manager {
             inner: Arc::new(ManagerInner {
                 engine,
                 store,
@@ -297,14 +303,16 @@ impl ManagerBuilder {
                 config: self.config,
                 listeners: self.listeners,
             }),
-        })
+        }
     }
 }
 
 impl Manager {
     /// A manager with the default configuration (`Serialized`, 24 h idle).
-    pub fn new(store: Arc<dyn SessionStore>, namespace: Namespace) -> Result<Self> {
-        Self::builder(store, namespace).build()
+    /// It cannot fail: the defaults suit every store. [`Manager::builder`]
+    /// checks a configuration that may not.
+    pub fn new(store: Arc<dyn SessionStore>, namespace: Namespace) -> Self {
+        Self::builder(store, namespace).assemble()
     }
 
     /// Start configuring a manager.
@@ -476,7 +484,7 @@ impl Manager {
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> cloakroom_core::Result<()> {
     /// # use std::{sync::Arc, time::Duration};
     /// # use cloakroom_core::{Manager, MemoryStore, Namespace};
-    /// let manager = Manager::new(Arc::new(MemoryStore::new()), Namespace::new("shop")?)?;
+    /// let manager = Manager::new(Arc::new(MemoryStore::new()), Namespace::new("shop")?);
     /// let sweeper = manager.spawn_sweeper(Duration::from_secs(300));
     /// // … serve requests …
     /// sweeper.shutdown().await;

@@ -18,8 +18,8 @@ use crate::error::{Error, Result};
 use crate::id::{Namespace, SessionId, SessionKey};
 use crate::record::{check_loaded_is_live, Record, RecordWrite, Timestamp};
 use crate::store::{
-    Acquired, Capabilities, Cursor, Finish, Finished, IdPage, Lease, LockGuard, LockKind, LockOptions,
-    SessionStore, SweepBatch, Then, DEFAULT_MAX_RECORD_BYTES,
+    Acquired, Capabilities, Cursor, Finish, Finished, HeldSession, IdPage, Lease, LockGuard, LockKind,
+    LockOptions, SessionStore, SweepBatch, Then, DEFAULT_MAX_RECORD_BYTES,
 };
 
 /// Sessions in this process's memory. Cloning shares the same sessions.
@@ -410,13 +410,15 @@ impl MemoryStore {
         });
         Box::new(MemoryLockGuard {
             store: self.clone(),
-            key: key.clone(),
-            token,
-            lease: Lease {
-                token: token.to_string(),
-                deadline,
+            held: HeldSession {
+                key: key.clone(),
+                record,
+                lease: Lease {
+                    token: token.to_string(),
+                    deadline,
+                },
             },
-            record,
+            token,
             released: false,
         })
     }
@@ -446,10 +448,8 @@ impl Drop for Registration<'_> {
 #[derive(Debug)]
 pub struct MemoryLockGuard {
     store: MemoryStore,
-    key: SessionKey,
+    held: HeldSession,
     token: u64,
-    lease: Lease,
-    record: Option<Record>,
     released: bool,
 }
 
@@ -499,21 +499,13 @@ fn apply(slot: &mut Slot, loaded: Option<&Record>, op: Finish) -> Result<(Finish
 
 #[async_trait]
 impl LockGuard for MemoryLockGuard {
-    fn key(&self) -> &SessionKey {
-        &self.key
-    }
-
-    fn record(&self) -> Option<&Record> {
-        self.record.as_ref()
-    }
-
-    fn lease(&self) -> &Lease {
-        &self.lease
+    fn held(&self) -> &HeldSession {
+        &self.held
     }
 
     async fn renew(&mut self, lease: Duration) -> Result<()> {
         let token = self.token;
-        let deadline = self.store.shared.with_slot(&self.key, |slot| {
+        let deadline = self.store.shared.with_slot(&self.held.key, |slot| {
             let now = Instant::now();
             match slot.holder.as_mut() {
                 Some(h) if h.token == token && h.deadline > now => {
@@ -523,7 +515,7 @@ impl LockGuard for MemoryLockGuard {
                 _ => Err(Error::LeaseLost),
             }
         })?;
-        self.lease.deadline = deadline;
+        self.held.lease.deadline = deadline;
         Ok(())
     }
 
@@ -538,8 +530,8 @@ impl LockGuard for MemoryLockGuard {
             }
         }
         let token = self.token;
-        let loaded = self.record.take();
-        let out = self.store.shared.with_slot(&self.key, |slot| {
+        let loaded = self.held.record.take();
+        let out = self.store.shared.with_slot(&self.held.key, |slot| {
             let held = slot
                 .holder
                 .as_ref()
@@ -556,7 +548,7 @@ impl LockGuard for MemoryLockGuard {
         });
         match out {
             Ok((finished, record)) => {
-                self.record = record;
+                self.held.record = record;
                 self.released = then == Then::Release;
                 Ok(finished)
             }
@@ -573,7 +565,9 @@ impl MemoryLockGuard {
         if !self.released {
             self.released = true;
             let token = self.token;
-            self.store.shared.with_slot(&self.key, |slot| slot.release(token));
+            self.store
+                .shared
+                .with_slot(&self.held.key, |slot| slot.release(token));
         }
     }
 }

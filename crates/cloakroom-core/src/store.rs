@@ -146,6 +146,23 @@ pub struct Lease {
     pub deadline: Instant,
 }
 
+/// What a lock holder knows of its session: the key, the record read under
+/// the lock (updated by kept writes), and the lease.
+///
+/// A backend's guard keeps one and returns it from [`LockGuard::held`];
+/// [`LockGuard::key`], [`LockGuard::record`] and [`LockGuard::lease`] read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldSession {
+    /// The key the lock is held on.
+    pub key: SessionKey,
+    /// The live record read under the lock, then as last written by a
+    /// [`LockGuard::finish`] with [`Then::Keep`]; `None` for a new (or
+    /// deleted) session.
+    pub record: Option<Record>,
+    /// The current lease.
+    pub lease: Lease,
+}
+
 /// What one [`SessionStore::try_lock`] got.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -433,8 +450,8 @@ pub enum Finished {
 /// One held per-session lock, with the record loaded under it: the backend
 /// primitive that the lock engine in [`Manager`](crate::Manager) builds on.
 ///
-/// A backend implements [`renew`](LockGuard::renew) and
-/// [`finish`](LockGuard::finish); the `*_unlock` methods are shorthands over
+/// A backend implements [`held`](LockGuard::held), [`renew`](LockGuard::renew)
+/// and [`finish`](LockGuard::finish); the `*_unlock` methods are shorthands over
 /// `finish` with [`Then::Release`].
 ///
 /// Dropping a guard without releasing it releases the lock (synchronously
@@ -443,16 +460,25 @@ pub enum Finished {
 /// session locked past its lease.
 #[async_trait]
 pub trait LockGuard: Send + Sync + fmt::Debug {
+    /// What this guard knows of its session: key, record and lease.
+    fn held(&self) -> &HeldSession;
+
     /// The key this guard locks.
-    fn key(&self) -> &SessionKey;
+    fn key(&self) -> &SessionKey {
+        &self.held().key
+    }
 
     /// The live record under the lock: as loaded when the lock was taken,
     /// then as last written by a [`finish`](LockGuard::finish) with
     /// [`Then::Keep`]; `None` for a new (or deleted) session.
-    fn record(&self) -> Option<&Record>;
+    fn record(&self) -> Option<&Record> {
+        self.held().record.as_ref()
+    }
 
     /// The current lease.
-    fn lease(&self) -> &Lease;
+    fn lease(&self) -> &Lease {
+        &self.held().lease
+    }
 
     /// Extend the lease to `lease` from now. Fails with
     /// [`Error::LeaseLost`](crate::Error::LeaseLost) if the lease had already

@@ -213,7 +213,7 @@ mod tests {
     async fn dropping_the_handle_stops_the_task() {
         let store = MemoryStore::new();
         let ns = Namespace::new("sweeper-drop").unwrap();
-        let manager = Manager::new(Arc::new(store.clone()), ns.clone()).unwrap();
+        let manager = Manager::new(Arc::new(store.clone()), ns.clone());
         let sweeper = manager.spawn_sweeper(Duration::from_millis(10));
         let stats = Arc::clone(&sweeper.stats);
         until(|| stats.lock().unwrap().runs >= 1).await;

@@ -31,8 +31,8 @@ use crate::error::{Error, Result};
 use crate::id::{Namespace, SessionId, SessionKey};
 use crate::record::{Record, RecordWrite, Timestamp};
 use crate::store::{
-    Acquired, Capabilities, Cursor, Finish, Finished, IdPage, Lease, LockGuard, LockOptions, SessionStore,
-    SweepBatch, Then,
+    Acquired, Capabilities, Cursor, Finish, Finished, HeldSession, IdPage, LockGuard, LockOptions,
+    SessionStore, SweepBatch, Then,
 };
 
 pub(crate) const LOCK_WAIT: &str = "cloakroom_lock_wait_seconds";
@@ -308,16 +308,8 @@ struct MeteredGuard {
 
 #[async_trait]
 impl LockGuard for MeteredGuard {
-    fn key(&self) -> &SessionKey {
-        self.inner.key()
-    }
-
-    fn record(&self) -> Option<&Record> {
-        self.inner.record()
-    }
-
-    fn lease(&self) -> &Lease {
-        self.inner.lease()
+    fn held(&self) -> &HeldSession {
+        self.inner.held()
     }
 
     async fn renew(&mut self, lease: Duration) -> Result<()> {

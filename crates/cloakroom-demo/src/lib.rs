@@ -34,7 +34,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cloakroom::{Manager, Namespace, Policy, SessionStore};
-use cloakroom_tower::{LazySession, SessionError, SessionLayer, SessionReader};
+use cloakroom_tower::{Session, SessionError, SessionLayer, SessionReader};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -92,7 +92,7 @@ pub fn lossy_namespace() -> Namespace {
 
 /// The demo's manager over `store`, with the default `Serialized` policy.
 pub fn manager(store: Arc<dyn SessionStore>) -> cloakroom::Result<Manager> {
-    Manager::new(store, namespace())
+    Ok(Manager::new(store, namespace()))
 }
 
 /// The experiment's other manager over the same `store`: `Policy::Lossy`,
@@ -255,7 +255,7 @@ pub fn hits_text(hits: u64) -> String {
 /// read and the write cannot interleave with another tab's; under `Lossy`
 /// they can, and a tab that read during another's `hold` overwrites its
 /// update.
-async fn bump(session: &LazySession, key: &str, hold: Duration) -> Result<u64, SessionError> {
+async fn bump(session: &Session, key: &str, hold: Duration) -> Result<u64, SessionError> {
     let hits: u64 = session.get(key).await?.unwrap_or(0) + 1;
     if !hold.is_zero() {
         tokio::time::sleep(hold).await;
@@ -269,7 +269,7 @@ const STYLESHEET: &str = include_str!("page/demo.css");
 const SCRIPT: &str = include_str!("page/experiment.js");
 
 async fn index(
-    session: LazySession,
+    session: Session,
     axum::Extension(labels): axum::Extension<Arc<PageFacts>>,
 ) -> Result<Html<String>, SessionError> {
     let hits = bump(&session, "hits", Duration::ZERO).await?;
@@ -354,7 +354,7 @@ async fn script() -> impl IntoResponse {
     )
 }
 
-async fn slow(session: LazySession) -> Result<String, SessionError> {
+async fn slow(session: Session) -> Result<String, SessionError> {
     let hits = bump(&session, "hits", SLOW_PAGE).await?;
     Ok(format!("{} (slow page)\n", hits_text(hits)))
 }
@@ -367,7 +367,7 @@ async fn hits(reader: SessionReader) -> Result<Json<HitsReport>, SessionError> {
     }))
 }
 
-async fn bump_count(session: LazySession) -> Result<Json<CountReport>, SessionError> {
+async fn bump_count(session: Session) -> Result<Json<CountReport>, SessionError> {
     let hits = bump(&session, COUNT_KEY, COUNT_GAP).await?;
     Ok(Json(CountReport { hits }))
 }
@@ -381,7 +381,7 @@ async fn read_count(reader: SessionReader) -> Result<Json<CountReport>, SessionE
 /// Start a run from zero. This also creates the session (and sends its
 /// cookie) if there is none yet, so the run's concurrent requests all
 /// carry one id instead of each making a session of its own.
-async fn reset_count(session: LazySession) -> Result<Json<CountReport>, SessionError> {
+async fn reset_count(session: Session) -> Result<Json<CountReport>, SessionError> {
     session.insert(COUNT_KEY, &0u64).await?;
     Ok(Json(CountReport { hits: 0 }))
 }
@@ -394,7 +394,7 @@ pub struct LoginForm {
     pub user: String,
 }
 
-async fn login(session: LazySession, Form(form): Form<LoginForm>) -> Result<Response, SessionError> {
+async fn login(session: Session, Form(form): Form<LoginForm>) -> Result<Response, SessionError> {
     let user = form.user.trim();
     let user = if user.is_empty() { "visitor" } else { user };
     if user.len() > 64 {
@@ -407,12 +407,12 @@ async fn login(session: LazySession, Form(form): Form<LoginForm>) -> Result<Resp
     Ok(Redirect::to("/").into_response())
 }
 
-async fn logout(session: LazySession) -> Result<Redirect, SessionError> {
+async fn logout(session: Session) -> Result<Redirect, SessionError> {
     session.delete().await?;
     Ok(Redirect::to("/"))
 }
 
-async fn panic_holding_session(session: LazySession) -> Result<String, SessionError> {
+async fn panic_holding_session(session: Session) -> Result<String, SessionError> {
     session.insert("half-done", &true).await?;
     panic!("the /panic route panics on purpose, holding the session lock");
 }

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use cloakroom_core::{
-    async_trait, check_loaded_is_live, Error, Finish, Finished, Lease, LockGuard, Record, Result, SessionKey,
-    Then, Timestamp,
+    async_trait, check_loaded_is_live, Error, Finish, Finished, HeldSession, Lease, LockGuard, Record,
+    Result, SessionKey, Then, Timestamp,
 };
 
 use crate::store::{Held, LeaseMapStore};
@@ -14,25 +14,25 @@ use crate::store::{Held, LeaseMapStore};
 #[derive(Debug)]
 pub(crate) struct LeaseMapGuard {
     store: LeaseMapStore,
-    key: SessionKey,
+    held: HeldSession,
     token: u64,
-    lease: Lease,
-    record: Option<Record>,
     /// Released (or refused): every later call is `LeaseLost`.
     spent: bool,
 }
 
 impl LeaseMapGuard {
-    pub(crate) fn new(store: LeaseMapStore, key: SessionKey, held: Held, record: Option<Record>) -> Self {
+    pub(crate) fn new(store: LeaseMapStore, key: SessionKey, lease: Held, record: Option<Record>) -> Self {
         LeaseMapGuard {
             store,
-            key,
-            token: held.token,
-            lease: Lease {
-                token: held.token.to_string(),
-                deadline: held.deadline,
+            held: HeldSession {
+                key,
+                record,
+                lease: Lease {
+                    token: lease.token.to_string(),
+                    deadline: lease.deadline,
+                },
             },
-            record,
+            token: lease.token,
             spent: false,
         }
     }
@@ -42,7 +42,7 @@ impl LeaseMapGuard {
     fn release(&mut self) {
         if !std::mem::replace(&mut self.spent, true) {
             let token = self.token;
-            self.store.map.with_entry(&self.key, |entry| {
+            self.store.map.with_entry(&self.held.key, |entry| {
                 if entry.lease.is_some_and(|held| held.token == token) {
                     entry.lease = None;
                 }
@@ -56,8 +56,8 @@ impl LeaseMapGuard {
         if let Finish::Save(write) = &op {
             write.check_size(self.store.options().max_record_bytes)?;
         }
-        let (token, loaded) = (self.token, self.record.as_ref());
-        self.store.map.with_entry(&self.key, |entry| {
+        let (token, loaded) = (self.token, self.held.record.as_ref());
+        self.store.map.with_entry(&self.held.key, |entry| {
             // The fence: a lapsed lease was dropped by `with_entry`, and a
             // newer holder has another token.
             if entry.lease.is_none_or(|held| held.token != token) {
@@ -107,16 +107,8 @@ impl LeaseMapGuard {
 
 #[async_trait]
 impl LockGuard for LeaseMapGuard {
-    fn key(&self) -> &SessionKey {
-        &self.key
-    }
-
-    fn record(&self) -> Option<&Record> {
-        self.record.as_ref()
-    }
-
-    fn lease(&self) -> &Lease {
-        &self.lease
+    fn held(&self) -> &HeldSession {
+        &self.held
     }
 
     async fn renew(&mut self, lease: Duration) -> Result<()> {
@@ -125,10 +117,10 @@ impl LockGuard for LeaseMapGuard {
             && self
                 .store
                 .map
-                .with_entry(&self.key, |entry| match &mut entry.lease {
-                    Some(held) if held.token == token => {
-                        held.deadline = Instant::now() + lease;
-                        self.lease.deadline = held.deadline;
+                .with_entry(&self.held.key, |entry| match &mut entry.lease {
+                    Some(ours) if ours.token == token => {
+                        ours.deadline = Instant::now() + lease;
+                        self.held.lease.deadline = ours.deadline;
                         true
                     }
                     _ => false,
@@ -149,7 +141,7 @@ impl LockGuard for LeaseMapGuard {
             self.release();
         }
         let (finished, record) = outcome?;
-        self.record = record;
+        self.held.record = record;
         Ok(finished)
     }
 }

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cloakroom_core::{
-    check_loaded_is_live, Acquired, Error, Finish, Finished, Lease, LockGuard, LockOptions, Record, Result,
-    SessionKey, Then, Timestamp,
+    check_loaded_is_live, Acquired, Error, Finish, Finished, HeldSession, Lease, LockGuard, LockOptions,
+    Record, Result, SessionKey, Then, Timestamp,
 };
 
 use crate::layout::SessionPaths;
@@ -103,14 +103,16 @@ pub(crate) async fn try_lock(inner: &Arc<Inner>, key: &SessionKey, options: Lock
     Ok(match claim {
         Claim::Locked { claimed_at, record } => Acquired::Locked(Box::new(FileLockGuard {
             inner: inner.clone(),
-            key: key.clone(),
-            record,
-            lease: Lease {
-                token,
-                deadline: claimed_at + options.lease,
+            held: HeldSession {
+                key: key.clone(),
+                record,
+                lease: Lease {
+                    token,
+                    deadline: claimed_at + options.lease,
+                },
             },
             spent: false,
-            held: true,
+            release_on_drop: true,
         })),
         Claim::Busy(left) => Acquired::Busy { retry_in: Some(left) },
         Claim::Abandoned => Acquired::BUSY,
@@ -138,14 +140,12 @@ fn release_soon(inner: Arc<Inner>, key: SessionKey, token: String) {
 #[derive(Debug)]
 pub struct FileLockGuard {
     inner: Arc<Inner>,
-    key: SessionKey,
-    record: Option<Record>,
-    lease: Lease,
+    held: HeldSession,
     /// Every later call fails with `LeaseLost` (after a release, a failed
     /// step, or a cancelled write).
     spent: bool,
     /// The lock file may still hold our token: dropping the guard releases it.
-    held: bool,
+    release_on_drop: bool,
 }
 
 /// Gives the guard up if a `finish` is dropped while its write runs (a
@@ -252,27 +252,23 @@ fn finish_blocking(
 
 #[async_trait]
 impl LockGuard for FileLockGuard {
-    fn key(&self) -> &SessionKey {
-        &self.key
-    }
-
-    fn record(&self) -> Option<&Record> {
-        self.record.as_ref()
-    }
-
-    fn lease(&self) -> &Lease {
-        &self.lease
+    fn held(&self) -> &HeldSession {
+        &self.held
     }
 
     async fn renew(&mut self, lease: Duration) -> Result<()> {
-        if self.spent || Instant::now() >= self.lease.deadline {
+        if self.spent || Instant::now() >= self.held.lease.deadline {
             self.spent = true;
             return Err(Error::LeaseLost);
         }
-        let (inner, key, token) = (self.inner.clone(), self.key.clone(), self.lease.token.clone());
+        let (inner, key, token) = (
+            self.inner.clone(),
+            self.held.key.clone(),
+            self.held.lease.token.clone(),
+        );
         match run_blocking(move || inner.renew(&key, &token, lease)).await {
             Ok(renewed_at) => {
-                self.lease.deadline = renewed_at + lease;
+                self.held.lease.deadline = renewed_at + lease;
                 Ok(())
             }
             Err(e) => {
@@ -286,34 +282,38 @@ impl LockGuard for FileLockGuard {
         if self.spent {
             return Err(Error::LeaseLost);
         }
-        let lapsed = Instant::now() >= self.lease.deadline;
+        let lapsed = Instant::now() >= self.held.lease.deadline;
         // Given up until the write answers: if this future is dropped, the
         // in-flight guard releases the lock.
         self.spent = true;
-        self.held = false;
+        self.release_on_drop = false;
         let mut in_flight = InFlight {
             inner: self.inner.clone(),
-            key: self.key.clone(),
-            token: self.lease.token.clone(),
+            key: self.held.key.clone(),
+            token: self.held.lease.token.clone(),
             armed: true,
         };
-        let (inner, key, token) = (self.inner.clone(), self.key.clone(), self.lease.token.clone());
-        let loaded = self.record.take();
+        let (inner, key, token) = (
+            self.inner.clone(),
+            self.held.key.clone(),
+            self.held.lease.token.clone(),
+        );
+        let loaded = self.held.record.take();
         let out = run_blocking(move || finish_blocking(&inner, &key, &token, lapsed, loaded, op, then)).await;
         in_flight.armed = false;
         match out {
             Ok((finished, record)) => {
-                self.record = record;
+                self.held.record = record;
                 if then == Then::Keep {
                     self.spent = false;
-                    self.held = true;
+                    self.release_on_drop = true;
                 }
                 Ok(finished)
             }
             Err(e) => {
                 // The write released the lock; if that failed too (or the
                 // blocking task died), dropping the guard tries again.
-                self.held = true;
+                self.release_on_drop = true;
                 Err(e)
             }
         }
@@ -322,8 +322,12 @@ impl LockGuard for FileLockGuard {
 
 impl Drop for FileLockGuard {
     fn drop(&mut self) {
-        if self.held {
-            release_soon(self.inner.clone(), self.key.clone(), self.lease.token.clone());
+        if self.release_on_drop {
+            release_soon(
+                self.inner.clone(),
+                self.held.key.clone(),
+                self.held.lease.token.clone(),
+            );
         }
     }
 }

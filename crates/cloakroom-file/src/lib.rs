@@ -25,7 +25,7 @@
 //!
 //! let store = FileStore::from_url("file:///var/lib/myapp/sessions")?;
 //! store.migrate().await?;
-//! let manager = Manager::new(Arc::new(store), Namespace::new("shop")?)?;
+//! let manager = Manager::new(Arc::new(store), Namespace::new("shop")?);
 //! # Ok(()) }
 //! ```
 //!

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use cloakroom_core::{
-    async_trait, Acquired, Error, Finish, Finished, Lease, LockGuard, LockOptions, Record, RecordWrite,
-    Result, SessionKey, Then, Timestamp,
+    async_trait, Acquired, Error, Finish, Finished, HeldSession, Lease, LockGuard, LockOptions, Record,
+    RecordWrite, Result, SessionKey, Then, Timestamp,
 };
 use redis::{ScriptInvocation, Value};
 
@@ -96,13 +96,15 @@ pub(crate) async fn try_lock(store: &RedisStore, key: &SessionKey, options: Lock
             Ok(LockReply::Acquired(record)) => {
                 return Ok(Acquired::Locked(Box::new(RedisLockGuard {
                     store: store.clone(),
-                    key: key.clone(),
-                    keys,
-                    lease: Lease {
-                        token,
-                        deadline: sent + options.lease,
+                    held: HeldSession {
+                        key: key.clone(),
+                        record,
+                        lease: Lease {
+                            token,
+                            deadline: sent + options.lease,
+                        },
                     },
-                    record,
+                    keys,
                     released: false,
                 })));
             }
@@ -246,10 +248,8 @@ async fn release(store: &RedisStore, keys: &SessionKeys, token: &str) -> Result<
 #[derive(Debug)]
 pub(crate) struct RedisLockGuard {
     store: RedisStore,
-    key: SessionKey,
+    held: HeldSession,
     keys: SessionKeys,
-    lease: Lease,
-    record: Option<Record>,
     /// The lock is released (or was never ours any more): the guard is spent.
     released: bool,
 }
@@ -317,7 +317,7 @@ impl RedisLockGuard {
     /// only logged (the lease frees the lock then).
     async fn release_before_writing(&mut self) {
         self.released = true;
-        if let Err(err) = release(&self.store, &self.keys, &self.lease.token).await {
+        if let Err(err) = release(&self.store, &self.keys, &self.held.lease.token).await {
             tracing::warn!(error = %err, "releasing a redis session lock failed; its lease will free it");
         }
     }
@@ -325,7 +325,7 @@ impl RedisLockGuard {
     /// The guard after a script that answered `status`: the outcome, and the
     /// record as written.
     fn apply(&mut self, op: Finish, status: Status) -> Result<Finished> {
-        let loaded = self.record.as_ref().map(|r| (r.version, r.created));
+        let loaded = self.held.record.as_ref().map(|r| (r.version, r.created));
         let n = match status {
             Status::Ok(n) => n,
             Status::Lost => return Err(Error::LeaseLost),
@@ -343,21 +343,21 @@ impl RedisLockGuard {
                 // An existing record keeps its `created` (the script does not
                 // write it); a new one takes the write's.
                 let created = loaded.map_or(write.created, |(_, created)| created);
-                self.record = Some(Record {
+                self.held.record = Some(Record {
                     created,
                     ..write.into_record(version)
                 });
                 Ok(Finished::Saved { version })
             }
             Finish::Touch { accessed, expires } => {
-                if let Some(record) = self.record.as_mut() {
+                if let Some(record) = self.held.record.as_mut() {
                     record.accessed = accessed;
                     record.expires = expires;
                 }
                 Ok(Finished::Touched)
             }
             Finish::Delete => {
-                self.record = None;
+                self.held.record = None;
                 Ok(Finished::Deleted { was_live: n == 1 })
             }
             _ => Ok(Finished::Nothing),
@@ -367,27 +367,19 @@ impl RedisLockGuard {
 
 #[async_trait]
 impl LockGuard for RedisLockGuard {
-    fn key(&self) -> &SessionKey {
-        &self.key
-    }
-
-    fn record(&self) -> Option<&Record> {
-        self.record.as_ref()
-    }
-
-    fn lease(&self) -> &Lease {
-        &self.lease
+    fn held(&self) -> &HeldSession {
+        &self.held
     }
 
     async fn renew(&mut self, lease: Duration) -> Result<()> {
-        if self.released || Instant::now() >= self.lease.deadline {
+        if self.released || Instant::now() >= self.held.lease.deadline {
             return Err(Error::LeaseLost);
         }
         let sent = Instant::now();
         let renewed: i64 = SCRIPTS
             .renew
             .key(&self.keys.lock)
-            .arg(&self.lease.token)
+            .arg(&self.held.lease.token)
             .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1))
             .invoke_async(&mut self.store.conn().await?)
             .await
@@ -395,7 +387,7 @@ impl LockGuard for RedisLockGuard {
         if renewed != 1 {
             return Err(Error::LeaseLost);
         }
-        self.lease.deadline = sent + lease.max(Duration::from_millis(1));
+        self.held.lease.deadline = sent + lease.max(Duration::from_millis(1));
         Ok(())
     }
 
@@ -427,12 +419,12 @@ impl LockGuard for RedisLockGuard {
                 ));
             }
         };
-        if Instant::now() >= self.lease.deadline {
+        if Instant::now() >= self.held.lease.deadline {
             self.release_before_writing().await;
             return Err(Error::LeaseLost);
         }
-        let loaded = self.record.as_ref().map_or(0, |r| r.version);
-        let invocation = finish_script(&self.keys, &self.lease.token, script_op, then, loaded);
+        let loaded = self.held.record.as_ref().map_or(0, |r| r.version);
+        let invocation = finish_script(&self.keys, &self.held.lease.token, script_op, then, loaded);
         // `released` stays false while the script is in flight: if this call
         // is cancelled, dropping the guard releases (token-checked, so a
         // no-op if the script did release).
@@ -450,7 +442,7 @@ impl LockGuard for RedisLockGuard {
                 // The script may or may not have run (and kept the lock):
                 // release in the background, token-checked.
                 self.released = true;
-                release_detached(&self.store, self.keys.clone(), self.lease.token.clone());
+                release_detached(&self.store, self.keys.clone(), self.held.lease.token.clone());
                 return Err(err);
             }
         };
@@ -460,7 +452,7 @@ impl LockGuard for RedisLockGuard {
         if then == Then::Keep && wrote && outcome.is_err() {
             // The script kept the lock, but its answer makes no sense: do not
             // keep a lock the caller is told it lost.
-            release_detached(&self.store, self.keys.clone(), self.lease.token.clone());
+            release_detached(&self.store, self.keys.clone(), self.held.lease.token.clone());
         }
         outcome
     }
@@ -469,7 +461,7 @@ impl LockGuard for RedisLockGuard {
 impl Drop for RedisLockGuard {
     fn drop(&mut self) {
         if !self.released {
-            release_detached(&self.store, self.keys.clone(), self.lease.token.clone());
+            release_detached(&self.store, self.keys.clone(), self.held.lease.token.clone());
         }
     }
 }

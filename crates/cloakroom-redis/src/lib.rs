@@ -79,6 +79,7 @@
 //! # drop((cluster, built)); Ok(()) }
 //! ```
 #![warn(clippy::unwrap_used)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
 mod guard;

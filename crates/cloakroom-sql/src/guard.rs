@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cloakroom_core::{
-    wait_for_lock, Error, Finish, Finished, Lease, LockGuard, LockOptions, Record, Result, SessionKey, Then,
-    Timestamp,
+    wait_for_lock, Error, Finish, Finished, HeldSession, Lease, LockGuard, LockOptions, Record, Result,
+    SessionKey, Then, Timestamp,
 };
 use sqlx::pool::PoolConnection;
 use tokio::task::JoinHandle;
@@ -190,10 +190,9 @@ impl<B: Backend> Held<B> {
 /// A held session lock of a [`RowLockStore`].
 pub(crate) struct RowLockGuard<B: Backend> {
     store: RowLockStore<B>,
-    key: SessionKey,
-    record: Option<Record>,
-    lease: Lease,
-    held: Arc<Held<B>>,
+    held: HeldSession,
+    /// The transaction and deadline, shared with the lease watchdog.
+    shared: Arc<Held<B>>,
     watchdog: Option<JoinHandle<()>>,
     /// The transaction holds writes made with `Then::Keep` that no `COMMIT`
     /// has made durable yet: a release must commit, even with nothing to write.
@@ -219,8 +218,8 @@ impl<B: Backend> fmt::Debug for RowLockGuard<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RowLockGuard")
             .field("backend", &B::NAME)
-            .field("key", &self.key)
-            .field("lease", &self.lease)
+            .field("key", &self.held.key)
+            .field("lease", &self.held.lease)
             .finish_non_exhaustive()
     }
 }
@@ -235,20 +234,22 @@ impl<B: Backend> RowLockGuard<B> {
         token: u64,
     ) -> Self {
         let deadline = Instant::now() + lease;
-        let held = Arc::new(Held {
+        let shared = Arc::new(Held {
             tx: tokio::sync::Mutex::new(Some(tx)),
             deadline: Mutex::new(deadline),
         });
-        let watchdog = B::CLIENT_LEASE_WATCHDOG.then(|| tokio::spawn(watch_lease(Arc::clone(&held))));
+        let watchdog = B::CLIENT_LEASE_WATCHDOG.then(|| tokio::spawn(watch_lease(Arc::clone(&shared))));
         RowLockGuard {
             store,
-            key,
-            record,
-            lease: Lease {
-                token: token.to_string(),
-                deadline,
+            held: HeldSession {
+                key,
+                record,
+                lease: Lease {
+                    token: token.to_string(),
+                    deadline,
+                },
             },
-            held,
+            shared,
             watchdog,
             pending: false,
             row: true,
@@ -257,7 +258,7 @@ impl<B: Backend> RowLockGuard<B> {
 
     /// The server's id of the connection holding this lock.
     pub(crate) async fn connection_id(&self) -> Result<i64> {
-        let mut tx = self.held.tx.lock().await;
+        let mut tx = self.shared.tx.lock().await;
         let tx = tx.as_mut().ok_or(Error::LeaseLost)?;
         let ids = B::DB::fetch_ints(tx.conn(), B::CONNECTION_ID, Vec::new())
             .await
@@ -273,15 +274,15 @@ impl<B: Backend> RowLockGuard<B> {
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.abort();
         }
-        self.held.tx.lock().await.take().ok_or(Error::LeaseLost)
+        self.shared.tx.lock().await.take().ok_or(Error::LeaseLost)
     }
 
     /// Hand the transaction back after a kept write, with its watchdog.
     async fn keep_tx(&mut self, tx: TxConn<B::DB>) {
-        *self.held.tx.lock().await = Some(tx);
+        *self.shared.tx.lock().await = Some(tx);
         if B::CLIENT_LEASE_WATCHDOG {
             // Same deadline: if it passed during the write, this rolls back at once.
-            self.watchdog = Some(tokio::spawn(watch_lease(Arc::clone(&self.held))));
+            self.watchdog = Some(tokio::spawn(watch_lease(Arc::clone(&self.shared))));
         }
     }
 
@@ -306,7 +307,7 @@ impl<B: Backend> RowLockGuard<B> {
     /// out, not time). Nobody else can have changed the row: the row lock
     /// makes every other writer wait, so this is the whole "still live" check.
     fn check_still_live(&self, now: Timestamp) -> Result<()> {
-        match &self.record {
+        match &self.held.record {
             Some(r) if !r.is_live_at(now) => Err(Error::Gone),
             _ => Ok(()),
         }
@@ -320,7 +321,7 @@ impl<B: Backend> RowLockGuard<B> {
             // own deadline, or a release that commits kept writes just
             // before it would find the connection gone and have to answer
             // `Unavailable` (outcome unknown) for a transaction surely rolled back.
-            let left = self.lease.deadline.saturating_duration_since(Instant::now());
+            let left = self.held.lease.deadline.saturating_duration_since(Instant::now());
             let millis = left.as_micros().div_ceil(1000).max(1);
             params.push(Param::Text(format!("{millis}ms")));
             B::DB::fetch_texts(tx.conn(), sql, params)
@@ -341,7 +342,7 @@ impl<B: Backend> RowLockGuard<B> {
         match op {
             Finish::Save(write) => {
                 self.check_still_live(now)?;
-                let (version, created) = match &self.record {
+                let (version, created) = match &self.held.record {
                     Some(r) => (r.version + 1, r.created),
                     None => (1, write.created),
                 };
@@ -356,7 +357,7 @@ impl<B: Backend> RowLockGuard<B> {
                     record.accessed.as_millis().into(),
                     record.expires.as_millis().into(),
                 ];
-                params.extend(key_params(&self.key, []));
+                params.extend(key_params(&self.held.key, []));
                 let statement = if self.row {
                     &sql.held_save
                 } else {
@@ -374,11 +375,11 @@ impl<B: Backend> RowLockGuard<B> {
             }
             Finish::Touch { accessed, expires } => {
                 self.check_still_live(now)?;
-                let Some(current) = &self.record else {
+                let Some(current) = &self.held.record else {
                     return Err(Error::Gone);
                 };
                 let mut params = vec![accessed.as_millis().into(), expires.as_millis().into()];
-                params.extend(key_params(&self.key, []));
+                params.extend(key_params(&self.held.key, []));
                 match self.run_held(tx, &sql.held_touch, params).await? {
                     1 => Ok(Written {
                         finished: Finished::Touched,
@@ -394,11 +395,11 @@ impl<B: Backend> RowLockGuard<B> {
                 }
             }
             Finish::Delete => {
-                let was_live = self.record.as_ref().is_some_and(|r| r.is_live_at(now));
+                let was_live = self.held.record.as_ref().is_some_and(|r| r.is_live_at(now));
                 // Deleted earlier in this transaction: nothing left to delete.
                 let wrote = self.row;
                 if wrote {
-                    self.run_held(tx, &sql.held_delete, key_params(&self.key, []))
+                    self.run_held(tx, &sql.held_delete, key_params(&self.held.key, []))
                         .await?;
                 }
                 Ok(Written {
@@ -443,28 +444,24 @@ async fn watch_lease<B: Backend>(held: Arc<Held<B>>) {
 
 #[async_trait]
 impl<B: Backend> LockGuard for RowLockGuard<B> {
-    fn key(&self) -> &SessionKey {
-        &self.key
-    }
-
-    fn record(&self) -> Option<&Record> {
-        self.record.as_ref()
-    }
-
-    fn lease(&self) -> &Lease {
-        &self.lease
+    fn held(&self) -> &HeldSession {
+        &self.held
     }
 
     async fn renew(&mut self, lease: Duration) -> Result<()> {
-        if Instant::now() >= self.lease.deadline {
+        if Instant::now() >= self.held.lease.deadline {
             return Err(Error::LeaseLost);
         }
-        let mut tx = self.held.tx.lock().await;
+        let mut tx = self.shared.tx.lock().await;
         let conn = tx.as_mut().ok_or(Error::LeaseLost)?.conn();
         B::renew(conn, lease).await.map_err(|e| self.held_error(e))?;
         let deadline = Instant::now() + lease;
-        *self.held.deadline.lock().unwrap_or_else(PoisonError::into_inner) = deadline;
-        self.lease.deadline = deadline;
+        *self
+            .shared
+            .deadline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = deadline;
+        self.held.lease.deadline = deadline;
         Ok(())
     }
 
@@ -479,7 +476,7 @@ impl<B: Backend> LockGuard for RowLockGuard<B> {
         // The lease is checked here, before anything is sent: a holder whose
         // lease ran out writes nothing, even if the server has not ended its
         // transaction yet.
-        if Instant::now() >= self.lease.deadline {
+        if Instant::now() >= self.held.lease.deadline {
             self.abandon(tx).await;
             return Err(Error::LeaseLost);
         }
@@ -511,7 +508,7 @@ impl<B: Backend> LockGuard for RowLockGuard<B> {
         }
         self.row = written.row;
         if let Some(record) = written.record {
-            self.record = record;
+            self.held.record = record;
         }
         Ok(written.finished)
     }
@@ -524,7 +521,7 @@ impl<B: Backend> Drop for RowLockGuard<B> {
         }
         // Not finished: roll back on a task (keeping the connection), or,
         // without a runtime, let the TxConn close the connection.
-        let tx = match self.held.tx.try_lock() {
+        let tx = match self.shared.tx.try_lock() {
             Ok(mut slot) => slot.take(),
             Err(_) => None,
         };
@@ -563,16 +560,8 @@ macro_rules! public_guard {
 
         #[async_trait::async_trait]
         impl cloakroom_core::LockGuard for $guard {
-            fn key(&self) -> &cloakroom_core::SessionKey {
-                self.0.key()
-            }
-
-            fn record(&self) -> Option<&cloakroom_core::Record> {
-                self.0.record()
-            }
-
-            fn lease(&self) -> &cloakroom_core::Lease {
-                self.0.lease()
+            fn held(&self) -> &cloakroom_core::HeldSession {
+                self.0.held()
             }
 
             async fn renew(&mut self, lease: std::time::Duration) -> cloakroom_core::Result<()> {

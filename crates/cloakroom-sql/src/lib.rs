@@ -138,6 +138,7 @@
 //! # Ok(()) }
 //! ```
 #![warn(clippy::unwrap_used)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // Without a server feature the shared row-lock code has no user.
 #![cfg_attr(
     not(any(feature = "postgres", feature = "mysql")),

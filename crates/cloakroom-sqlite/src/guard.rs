@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cloakroom_core::{
-    check_loaded_is_live, Acquired, Error, Finish, Finished, Lease, LockGuard, LockOptions, Record, Result,
-    SessionKey, Then, Timestamp,
+    check_loaded_is_live, Acquired, Error, Finish, Finished, HeldSession, Lease, LockGuard, LockOptions,
+    Record, Result, SessionKey, Then, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
@@ -150,14 +150,16 @@ pub(crate) async fn try_lock(
     Ok(match claimed? {
         ClaimOutcome::Locked { claimed_at, record } => Acquired::Locked(Box::new(SqliteLockGuard {
             database: database.clone(),
-            key: key.clone(),
-            record,
-            lease: Lease {
-                token,
-                deadline: claimed_at + options.lease,
+            held: HeldSession {
+                key: key.clone(),
+                record,
+                lease: Lease {
+                    token,
+                    deadline: claimed_at + options.lease,
+                },
             },
             spent: false,
-            held: true,
+            release_on_drop: true,
         })),
         ClaimOutcome::Busy(retry_in) => Acquired::Busy { retry_in },
     })
@@ -452,14 +454,12 @@ pub(crate) fn finish_in_tx(
 #[derive(Debug)]
 pub struct SqliteLockGuard {
     database: Arc<Database>,
-    key: SessionKey,
-    record: Option<Record>,
-    lease: Lease,
+    held: HeldSession,
     /// Every later call fails with `LeaseLost` (after a release, or any
     /// failed finish).
     spent: bool,
     /// The row may still carry our lock: dropping the guard releases it.
-    held: bool,
+    release_on_drop: bool,
 }
 
 impl SqliteLockGuard {
@@ -467,9 +467,9 @@ impl SqliteLockGuard {
     /// committed unless SQLite itself failed (a refusal commits the
     /// release it made).
     async fn run_finish(&mut self, op: Finish, then: Then) -> Result<FinishOutcome> {
-        let lapsed = Instant::now() >= self.lease.deadline;
-        let (key, token) = (self.key.clone(), self.lease.token.clone());
-        let loaded = Loaded::of(self.record.as_ref());
+        let lapsed = Instant::now() >= self.held.lease.deadline;
+        let (key, token) = (self.held.key.clone(), self.held.lease.token.clone());
+        let loaded = Loaded::of(self.held.record.as_ref());
         self.database
             .writer
             .run(move |conn, sql| finish_in_tx(conn, sql, &key, &token, lapsed, loaded, op, then))
@@ -479,23 +479,15 @@ impl SqliteLockGuard {
 
 #[async_trait]
 impl LockGuard for SqliteLockGuard {
-    fn key(&self) -> &SessionKey {
-        &self.key
-    }
-
-    fn record(&self) -> Option<&Record> {
-        self.record.as_ref()
-    }
-
-    fn lease(&self) -> &Lease {
-        &self.lease
+    fn held(&self) -> &HeldSession {
+        &self.held
     }
 
     async fn renew(&mut self, lease: Duration) -> Result<()> {
-        if self.spent || Instant::now() >= self.lease.deadline {
+        if self.spent || Instant::now() >= self.held.lease.deadline {
             return Err(Error::LeaseLost);
         }
-        let (key, token) = (self.key.clone(), self.lease.token.clone());
+        let (key, token) = (self.held.key.clone(), self.held.lease.token.clone());
         let (renewed_at, changed) = self
             .database
             .write(move |sql, conn| {
@@ -518,7 +510,7 @@ impl LockGuard for SqliteLockGuard {
         if changed == 0 {
             return Err(Error::LeaseLost);
         }
-        self.lease.deadline = renewed_at + lease;
+        self.held.lease.deadline = renewed_at + lease;
         Ok(())
     }
 
@@ -546,14 +538,14 @@ impl LockGuard for SqliteLockGuard {
             self.spent = true;
             // After an SQL failure the row may still carry our lock: `Drop`
             // then tries the release once more.
-            self.held = failed == Some(true);
+            self.release_on_drop = failed == Some(true);
         }
         let (finished, written) = out?;
         match finished {
-            Finished::Saved { .. } => self.record = written,
-            Finished::Deleted { .. } => self.record = None,
+            Finished::Saved { .. } => self.held.record = written,
+            Finished::Deleted { .. } => self.held.record = None,
             Finished::Touched => {
-                if let (Some(r), Some((accessed, expires))) = (self.record.as_mut(), touched) {
+                if let (Some(r), Some((accessed, expires))) = (self.held.record.as_mut(), touched) {
                     r.accessed = accessed;
                     r.expires = expires;
                 }
@@ -566,10 +558,10 @@ impl LockGuard for SqliteLockGuard {
 
 impl Drop for SqliteLockGuard {
     fn drop(&mut self) {
-        if self.held {
-            let job = ReleaseJob::boxed(self.key.clone(), self.lease.token.clone());
+        if self.release_on_drop {
+            let job = ReleaseJob::boxed(self.held.key.clone(), self.held.lease.token.clone());
             if self.database.writer.submit(job).is_err() {
-                tracing::warn!(key = %self.key, "sqlite store could not release a dropped lock; its lease will");
+                tracing::warn!(key = %self.held.key, "sqlite store could not release a dropped lock; its lease will");
             }
         }
     }

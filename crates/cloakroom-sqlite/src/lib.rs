@@ -53,7 +53,7 @@
 //!
 //! let store = SqliteStore::from_url("sqlite:sessions.db")?;
 //! store.migrate().await?;
-//! let manager = Manager::new(Arc::new(store), Namespace::new("shop")?)?;
+//! let manager = Manager::new(Arc::new(store), Namespace::new("shop")?);
 //! # Ok(()) }
 //! ```
 #![warn(clippy::unwrap_used)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use cloakroom_core::Error;
-use http::{header, HeaderValue, StatusCode};
+use cloakroom_http::Reply;
 
 /// A session access failed. Return it from a handler (it implements
 /// [`IntoResponse`]) and the layer answers for you:
@@ -46,36 +46,12 @@ pub(crate) struct LockTimedOut(pub(crate) Duration);
 
 impl IntoResponse for SessionError {
     fn into_response(self) -> Response {
-        match self.0 {
-            Error::LockTimeout { waited } => {
-                let mut response = crate::config::default_lock_timeout_response(waited);
-                response.extensions_mut().insert(LockTimedOut(waited));
-                response
-            }
-            Error::Unavailable { .. } => {
-                tracing::warn!(error = %self.0, "session store unavailable");
-                status_response(StatusCode::SERVICE_UNAVAILABLE, true)
-            }
-            _ => {
-                tracing::error!(error = %self.0, "session error");
-                status_response(StatusCode::INTERNAL_SERVER_ERROR, false)
-            }
+        let mut response = Reply::for_error(&self.0).into_http::<Body>();
+        if let Some(waited) = self.lock_timeout() {
+            response.extensions_mut().insert(LockTimedOut(waited));
         }
-    }
-}
-
-pub(crate) fn status_response(status: StatusCode, retry: bool) -> Response {
-    let mut response = Response::new(Body::from(format!(
-        "{}\n",
-        status.canonical_reason().unwrap_or("error")
-    )));
-    *response.status_mut() = status;
-    if retry {
         response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
-    response
 }
 
 /// The extractor was used on a route without the [`SessionLayer`](crate::SessionLayer).
@@ -85,7 +61,6 @@ pub struct MissingSessionLayer;
 
 impl IntoResponse for MissingSessionLayer {
     fn into_response(self) -> Response {
-        tracing::error!("{self}");
-        status_response(StatusCode::INTERNAL_SERVER_ERROR, false)
+        Reply::misconfigured(&self.to_string()).into_http::<Body>()
     }
 }

@@ -9,26 +9,24 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
-use cloakroom_core::{Error, Manager, Timestamp};
-use cookie::SameSite;
-use http::{HeaderName, Request, StatusCode};
+use cloakroom_core::Manager;
+use cloakroom_http::{HttpConfig, IdCarrier, Scope};
+use http::{HeaderName, Request};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::config::{CookieConfig, CookieLifetime, IdCarrier, LayerConfig};
-use crate::error::{status_response, LockTimedOut, SessionError};
-use crate::extract::{RequestSession, State};
-use crate::id_carrier::{clear_id, offered_id, write_id};
+use crate::config::LayerConfig;
+use crate::error::LockTimedOut;
 
 /// Adds a lazily opened cloakroom session to every request.
 ///
 /// ```no_run
 /// use axum::{routing::get, Router};
-/// use cloakroom_tower::{LazySession, SessionError, SessionLayer};
+/// use cloakroom_tower::{Session, SessionError, SessionLayer};
 ///
-/// async fn hits(session: LazySession) -> Result<String, SessionError> {
+/// async fn hits(session: Session) -> Result<String, SessionError> {
 ///     // The first access takes this visitor's session lock...
 ///     let hits: u64 = session.get("hits").await?.unwrap_or(0) + 1;
 ///     session.insert("hits", &hits).await?;
@@ -50,8 +48,9 @@ use crate::id_carrier::{clear_id, offered_id, write_id};
 ///   its expiry is due to slide (at most once per the manager's
 ///   `touch_interval`), nothing else — and unlocked in every case;
 /// - the client is sent its id when it is new or changed (and, for a
-///   [`CookieLifetime::Persistent`] cookie, each time, to slide Max-Age), or
-///   told to forget it after a logout or when its id named no session;
+///   [`CookieLifetime::Persistent`](crate::CookieLifetime) cookie, each time
+///   the stored expiry moves, to slide Max-Age), or told to forget it after
+///   a logout or when its id named no session;
 /// - if the session was deleted meanwhile (logged out from another tab or
 ///   by an administrator), the save is dropped, the cookie cleared, and the
 ///   response goes out unchanged; any other commit failure turns the
@@ -65,10 +64,13 @@ use crate::id_carrier::{clear_id, offered_id, write_id};
 /// release fails, e.g. the store is unreachable).
 ///
 /// A lock timeout — another request of the same visitor held the session
-/// longer than the manager's `lock_wait` — surfaces as a [`SessionError`];
-/// a handler that returns it gets the response set by
-/// [`on_lock_timeout`](SessionLayer::on_lock_timeout), by default `503` with
-/// `Retry-After: 1`.
+/// longer than the manager's `lock_wait` — surfaces as a
+/// [`SessionError`](crate::SessionError); a handler that returns it gets the
+/// response set by [`on_lock_timeout`](SessionLayer::on_lock_timeout), by
+/// default `503` with `Retry-After: 1`.
+///
+/// These rules are [`cloakroom_http::Scope::finish`]'s, shared with the
+/// actix-web integration.
 #[derive(Clone, Debug)]
 pub struct SessionLayer {
     manager: Manager,
@@ -76,7 +78,8 @@ pub struct SessionLayer {
 }
 
 impl SessionLayer {
-    /// A layer over `manager` with the secure cookie defaults of [`CookieConfig`].
+    /// A layer over `manager` with the secure cookie defaults of
+    /// [`CookieConfig`](crate::CookieConfig).
     pub fn new(manager: Manager) -> Self {
         SessionLayer {
             manager,
@@ -89,54 +92,16 @@ impl SessionLayer {
         self
     }
 
-    /// Replace every cookie attribute at once.
-    pub fn cookie(self, cookie: CookieConfig) -> Self {
-        self.edit(|c| c.cookie = cookie)
+    fn edit_http(self, f: impl FnOnce(&mut HttpConfig)) -> Self {
+        self.edit(|c| f(&mut c.http))
     }
 
-    /// The cookie's name (default `id`).
-    pub fn cookie_name(self, name: impl Into<String>) -> Self {
-        let name = name.into();
-        self.edit(|c| c.cookie.name = name)
-    }
-
-    /// The cookie's `Path` (default `/`).
-    pub fn cookie_path(self, path: impl Into<String>) -> Self {
-        let path = path.into();
-        self.edit(|c| c.cookie.path = path)
-    }
-
-    /// The cookie's `Domain` (default none: this host only).
-    pub fn cookie_domain(self, domain: impl Into<String>) -> Self {
-        let domain = domain.into();
-        self.edit(|c| c.cookie.domain = Some(domain))
-    }
-
-    /// The cookie's `Secure` flag (default on). Turn it off only for plain
-    /// HTTP on a host other than `localhost`.
-    pub fn secure(self, on: bool) -> Self {
-        self.edit(|c| c.cookie.secure = on)
-    }
-
-    /// The cookie's `HttpOnly` flag (default on).
-    pub fn http_only(self, on: bool) -> Self {
-        self.edit(|c| c.cookie.http_only = on)
-    }
-
-    /// The cookie's `SameSite` (default `Lax`).
-    pub fn same_site(self, same_site: SameSite) -> Self {
-        self.edit(|c| c.cookie.same_site = same_site)
-    }
-
-    /// Persistent (default) or browser-session cookie; see [`CookieLifetime`].
-    pub fn cookie_lifetime(self, lifetime: CookieLifetime) -> Self {
-        self.edit(|c| c.cookie.lifetime = lifetime)
-    }
+    cloakroom_http::cookie_setters!();
 
     /// Carry the id in this header instead of a cookie, for clients without
     /// cookies. The response sets the same header while the session lives.
     pub fn id_header(self, name: HeaderName) -> Self {
-        self.edit(|c| c.carrier = IdCarrier::Header(name))
+        self.edit_http(|c| c.carrier = IdCarrier::Header(name))
     }
 
     /// The response to a lock timeout, given how long the request waited.
@@ -186,77 +151,28 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         // Parsing the offered id is all the work a request pays for up
         // front: no store call and no lock until a handler asks.
-        let offered = offered_id(request.headers(), &self.config);
-        let session = Arc::new(RequestSession::new(self.manager.clone(), offered));
-        request.extensions_mut().insert(Arc::clone(&session));
+        let scope = Scope::new(self.manager.clone(), &self.config.http, request.headers());
+        request.extensions_mut().insert(scope.session());
         let config = Arc::clone(&self.config);
         // The clone that was polled ready is the one to call (tower's rule).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let response = inner.call(request).await?.map(Body::new);
-            Ok(finish(&session, response, &config).await)
+            // Dropped unfinished if this future is (panic, client gone):
+            // the open session is released and nothing is written.
+            let scope = scope;
+            let mut response = inner.call(request).await?.map(Body::new);
+            if let Some(LockTimedOut(waited)) = response.extensions().get::<LockTimedOut>().copied() {
+                response = (config.on_lock_timeout)(waited);
+            }
+            let finish = scope.finish(response.status(), &config.http).await;
+            if let Some(reply) = finish.replace {
+                return Ok(reply.into_http::<Body>());
+            }
+            for header in finish.headers {
+                header.apply(response.headers_mut());
+            }
+            Ok(response)
         })
     }
-}
-
-async fn finish(session: &RequestSession, mut response: Response, config: &LayerConfig) -> Response {
-    if let Some(LockTimedOut(waited)) = response.extensions().get::<LockTimedOut>().copied() {
-        response = (config.on_lock_timeout)(waited);
-    }
-    let State { open, deleted } = session.finish().await;
-    let Some(open) = open else {
-        if deleted {
-            clear_id(response.headers_mut(), config);
-        }
-        return response;
-    };
-    if response.status().is_server_error() {
-        if let Err(e) = open.rollback().await {
-            tracing::warn!(error = %e, "session rollback after a failed handler");
-        }
-        return response;
-    }
-
-    let id = open.id().clone();
-    let remaining = Duration::from_millis(
-        u64::try_from(open.expires().as_millis() - Timestamp::now().as_millis()).unwrap_or(0),
-    );
-    let id_changed = session.offered.id() != Some(&id);
-
-    // Its own task: once the handler is done, a disconnecting client must
-    // not cut the save short between the write and the unlock.
-    match tokio::spawn(open.commit()).await {
-        // A fresh session that holds nothing is never stored (no row for
-        // visitors who only look), so there is no id to hand out either.
-        Ok(Ok(done)) if done.is_stored() => {
-            // A persistent cookie's Max-Age follows the stored expiry, so it
-            // is re-sent only when the commit moved that expiry.
-            let refresh = config.carrier != IdCarrier::Cookie
-                || (config.cookie.lifetime == CookieLifetime::Persistent && done.expiry_moved());
-            if id_changed || refresh {
-                write_id(response.headers_mut(), config, &id, remaining);
-            }
-        }
-        Ok(Ok(_)) => {
-            if deleted || session.offered.is_something() {
-                // The offered id named no session (or was logged out): stop
-                // sending it.
-                clear_id(response.headers_mut(), config);
-            }
-        }
-        Ok(Err(Error::Gone)) => {
-            tracing::info!(session = ?id, "session was deleted meanwhile; its save was dropped");
-            clear_id(response.headers_mut(), config);
-        }
-        Ok(Err(e)) => {
-            tracing::error!(session = ?id, error = %e, "session commit failed");
-            response = SessionError::from(e).into_response();
-        }
-        Err(e) => {
-            tracing::error!(session = ?id, error = %e, "session commit task failed");
-            response = status_response(StatusCode::INTERNAL_SERVER_ERROR, false);
-        }
-    }
-    response
 }

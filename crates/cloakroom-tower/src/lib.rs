@@ -1,15 +1,52 @@
-//! Tower layer and axum extractor for [cloakroom](https://docs.rs/cloakroom)
-//! sessions.
+//! Tower layer and axum extractors for [cloakroom](https://docs.rs/cloakroom)
+//! sessions. With the `cloakroom` crate's `axum` feature this crate is
+//! `cloakroom::axum`.
 //!
 //! - [`SessionLayer`] puts a lazily opened session into every request and
 //!   finishes it when the response is ready: save if changed, touch if due,
 //!   always unlock — also on error, panic or a dropped connection.
-//! - [`LazySession`] is the handler's handle: the first access opens the
+//! - [`Session`] is the handler's handle: the first access opens the
 //!   session and, under the default `Serialized` policy, takes its lock for
 //!   the rest of the request, so five or six tabs of one visitor never lose
 //!   each other's updates. A handler that never touches it costs no store
-//!   call and takes no lock.
+//!   call and takes no lock. [`Session::cycle_id`] on login,
+//!   [`Session::delete`] on logout.
 //! - [`SessionReader`] reads without ever locking, for pages that only show.
+//!
+//! ```no_run
+//! use axum::{routing::{get, post}, Router};
+//! use cloakroom_tower::{Session, SessionError, SessionLayer, SessionReader};
+//!
+//! async fn count(session: Session) -> Result<String, SessionError> {
+//!     let hits: u64 = session.get("hits").await?.unwrap_or(0) + 1;
+//!     session.insert("hits", &hits).await?;
+//!     Ok(format!("{hits} hits"))
+//! }
+//!
+//! async fn show(reader: SessionReader) -> Result<String, SessionError> {
+//!     Ok(format!("{} hits so far", reader.get::<u64>("hits").await?.unwrap_or(0)))
+//! }
+//!
+//! async fn login(session: Session) -> Result<&'static str, SessionError> {
+//!     session.cycle_id().await?; // a new id for new privileges
+//!     session.insert("user", "ann").await?;
+//!     Ok("welcome")
+//! }
+//!
+//! async fn logout(session: Session) -> Result<&'static str, SessionError> {
+//!     session.delete().await?; // the response clears the cookie
+//!     Ok("bye")
+//! }
+//!
+//! # fn app(manager: cloakroom_core::Manager) -> Router {
+//! Router::new()
+//!     .route("/", get(count))
+//!     .route("/peek", get(show))
+//!     .route("/login", post(login))
+//!     .route("/logout", post(logout))
+//!     .layer(SessionLayer::new(manager))
+//! # }
+//! ```
 //!
 //! The id travels in a cookie (secure defaults: `HttpOnly`, `Secure`,
 //! `SameSite=Lax`, `Path=/`; see [`CookieConfig`]) or in a header
@@ -18,19 +55,22 @@
 //! fresh session if it uses one. An unknown id gets a fresh session with a
 //! new id, never the one offered.
 //!
+//! The rules — id parsing, cookie attributes, when to commit or roll back,
+//! which status an error answers with — live in
+//! [`cloakroom-http`](cloakroom_http), shared with `cloakroom-actix`.
+//!
 //! Session ids are bearer credentials: this crate logs at most a prefix.
 #![warn(clippy::unwrap_used)]
 
 mod config;
 mod error;
 mod extract;
-mod id_carrier;
 mod layer;
 
-pub use config::{
-    default_lock_timeout_response, CookieConfig, CookieLifetime, IdCarrier, LockTimeoutResponder,
-};
-pub use cookie::SameSite;
+pub use cloakroom_http::{CookieConfig, CookieLifetime, IdCarrier, SameSite};
+pub use config::{default_lock_timeout_response, LockTimeoutResponder};
 pub use error::{MissingSessionLayer, SessionError};
-pub use extract::{LazySession, SessionReader};
+#[allow(deprecated)]
+pub use extract::LazySession;
+pub use extract::{Session, SessionReader};
 pub use layer::{SessionLayer, SessionService};

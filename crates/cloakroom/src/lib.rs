@@ -1,28 +1,52 @@
 //! Server-side web sessions with real per-session locking on every backend.
 //!
-//! This is the crate applications depend on. It re-exports the core API
-//! ([`Manager`], [`Session`], [`SessionStore`], …) and each backend behind a
-//! Cargo feature, and opens a store from a URL with [`open`], so the backend
-//! can be chosen per deployment.
+//! This is the crate applications depend on, in one line:
+//!
+//! ```toml
+//! cloakroom = { version = "0.1", features = ["sqlite", "axum"] }   # or "actix"
+//! ```
+//!
+//! It re-exports the core API ([`Manager`], [`Session`], [`SessionStore`], …),
+//! each backend behind a Cargo feature, and the web integrations
+//! (modules `axum` and `actix`, each behind the feature of that name), and
+//! opens a store from a URL with [`open`], so the backend can be
+//! chosen per deployment.
 //!
 //! | scheme | feature | backend |
 //! |---|---|---|
 //! | `memory:` | (always) | [`MemoryStore`], one process only |
-//! | `file:///dir` | `file` | one file per session, `flock` locks |
+//! | `file:///dir` | `file` | one file per session, lease locks in lock files |
 //! | `sqlite:///path.db` | `sqlite` | SQLite with lease rows (embedded default) |
 //! | `postgres://…` | `postgres` | Postgres row locks |
-//! | `mysql://…` | `mysql` | MySQL/MariaDB row locks |
+//! | `mysql://…` | `mysql` | MariaDB (MySQL protocol) row locks |
 //! | `redis://…` | `redis` | Redis `SET NX PX` token locks, Cluster-ready |
+//!
+//! | feature | module | what |
+//! |---|---|---|
+//! | `axum` | `cloakroom::axum` | tower `SessionLayer` and axum extractors `Session`, `SessionReader` |
+//! | `actix` | `cloakroom::actix` | actix-web `SessionMiddleware` and extractors `Session`, `SessionReader` |
+//! | `tls` | — | TLS to Postgres, MySQL and Redis (rustls, no OpenSSL) |
+//! | `full` | — | every backend and `tls` |
+//!
+//! Outside a web framework, a session is opened, changed and committed by
+//! hand (the web integrations do exactly this around each request):
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> cloakroom::Result<()> {
 //! let store = cloakroom::open("memory:").await?;
-//! let manager = cloakroom::Manager::new(store, cloakroom::Namespace::new("shop")?)?;
-//! let mut session = manager.open(None).await?;
+//! let manager = cloakroom::Manager::new(store, cloakroom::Namespace::new("shop")?);
+//! let mut session = manager.open(None).await?;   // no id yet: a fresh session
 //! session.insert("hits", &1u64)?;
-//! session.commit().await?;
+//! let id = session.id().clone();                 // what the cookie carries
+//! session.commit().await?;                       // save + unlock
+//!
+//! let mut again = manager.open(Some(&id)).await?; // locks this session until commit/drop
+//! assert_eq!(again.get::<u64>("hits")?, Some(1));
+//! again.insert("hits", &2u64)?;
+//! again.commit().await?;
 //! # Ok(()) }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::sync::Arc;
 
@@ -36,6 +60,64 @@ pub use cloakroom_redis as redis;
 pub use cloakroom_sql as sql;
 #[cfg(feature = "sqlite")]
 pub use cloakroom_sqlite as sqlite;
+
+/// Sessions in axum (and any tower stack): the [`cloakroom-tower`](https://docs.rs/cloakroom-tower)
+/// crate. Put a [`SessionLayer`](axum::SessionLayer) on the router and take
+/// a [`Session`](axum::Session) (locks on first use) or a
+/// [`SessionReader`](axum::SessionReader) (never locks) in handlers.
+///
+/// ```no_run
+/// use axum::{routing::get, Router};
+/// use cloakroom::axum::{Session, SessionError, SessionLayer};
+///
+/// async fn hits(session: Session) -> Result<String, SessionError> {
+///     let hits: u64 = session.get("hits").await?.unwrap_or(0) + 1;
+///     session.insert("hits", &hits).await?;
+///     Ok(format!("{hits} hits"))
+/// }
+///
+/// # fn app(manager: cloakroom::Manager) -> Router {
+/// Router::new().route("/", get(hits)).layer(SessionLayer::new(manager))
+/// # }
+/// ```
+#[cfg(feature = "axum")]
+pub mod axum {
+    #[doc(inline)]
+    pub use cloakroom_tower::*;
+}
+
+/// Sessions in actix-web: the [`cloakroom-actix`](https://docs.rs/cloakroom-actix)
+/// crate. Wrap the app in a [`SessionMiddleware`](actix::SessionMiddleware)
+/// and take a [`Session`](actix::Session) (locks on first use) or a
+/// [`SessionReader`](actix::SessionReader) (never locks) in handlers.
+///
+/// ```no_run
+/// use actix_web::{web, App, HttpServer};
+/// use cloakroom::actix::{Session, SessionError, SessionMiddleware};
+///
+/// async fn hits(session: Session) -> Result<String, SessionError> {
+///     let hits: u64 = session.get("hits").await?.unwrap_or(0) + 1;
+///     session.insert("hits", &hits).await?;
+///     Ok(format!("{hits} hits"))
+/// }
+///
+/// # async fn run(manager: cloakroom::Manager) -> std::io::Result<()> {
+/// HttpServer::new(move || {
+///     App::new()
+///         .wrap(SessionMiddleware::new(manager.clone()))
+///         .route("/", web::get().to(hits))
+/// })
+/// .h1_allow_half_closed(false) // drop (and unlock) requests whose client went away
+/// .bind("127.0.0.1:8080")?
+/// .run()
+/// .await
+/// # }
+/// ```
+#[cfg(feature = "actix")]
+pub mod actix {
+    #[doc(inline)]
+    pub use cloakroom_actix::*;
+}
 
 /// One line per backend: with its feature on, the backend's opener; with it
 /// off, its schemes, so that opening one names the feature to turn on.
@@ -62,30 +144,16 @@ macro_rules! builtin {
 /// ```
 pub fn registry() -> Registry {
     let mut registry = Registry::new().with(cloakroom_core::registry::MEMORY);
-    builtin!(registry, "file", &["file"], cloakroom_file::OPENER);
-    builtin!(registry, "sqlite", &["sqlite"], cloakroom_sqlite::OPENER);
-    builtin!(
-        registry,
-        "postgres",
-        &["postgres", "postgresql"],
-        cloakroom_sql::postgres::OPENER
-    );
-    builtin!(
-        registry,
-        "mysql",
-        &["mysql", "mariadb"],
-        cloakroom_sql::mysql::OPENER
-    );
-    builtin!(
-        registry,
-        "redis",
-        &["redis", "rediss", "redis+cluster", "rediss+cluster"],
-        cloakroom_redis::OPENER
-    );
+    // One line per backend (braces keep rustfmt from folding them).
+    builtin! { registry, "file", &["file"], cloakroom_file::OPENER }
+    builtin! { registry, "sqlite", &["sqlite"], cloakroom_sqlite::OPENER }
+    builtin! { registry, "postgres", &["postgres", "postgresql"], cloakroom_sql::postgres::OPENER }
+    builtin! { registry, "mysql", &["mysql", "mariadb"], cloakroom_sql::mysql::OPENER }
+    builtin! { registry, "redis", &["redis", "rediss", "redis+cluster", "rediss+cluster"], cloakroom_redis::OPENER }
     registry
 }
 
-/// Open the store a URL names with the built-in backends ([`registry`]),
+/// Open the store a URL names with the built-in backends ([`registry()`]),
 /// and create its schema if needed (see [`SessionStore::migrate`]).
 ///
 /// A known scheme whose Cargo feature is off is [`Error::Unsupported`] naming
@@ -103,6 +171,13 @@ pub async fn open_with(registry: &Registry, url: &str) -> Result<Arc<dyn Session
     store.migrate().await?;
     Ok(store)
 }
+
+/// The README's code blocks, compiled (and run, unless `no_run`) as
+/// doctests: by `cargo test --workspace`, whose build has the features they
+/// need, or `cargo test -p cloakroom --all-features --doc`.
+#[cfg(all(doctest, feature = "axum", feature = "actix", feature = "sqlite"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 #[cfg(test)]
 mod tests {

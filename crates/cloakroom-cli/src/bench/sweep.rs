@@ -26,7 +26,7 @@ pub const SWEEP_BATCH: usize = 1000;
 /// How long each record lives: short, so the wait for all to expire is too.
 const TTL: Duration = Duration::from_secs(1);
 
-/// Create `n` sessions in `namespace` expiring [`TTL`] after their creation,
+/// Create `n` sessions in `namespace` expiring `TTL` after their creation,
 /// wait until all have expired, then time one `sweep_batches` to the end.
 pub async fn sweep(
     store: Arc<dyn SessionStore>,

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloakroom::{
-    async_trait, Acquired, Capabilities, Cursor, Finish, Finished, IdPage, LockGuard, LockOptions, Manager,
-    ManagerBuilder, Namespace, Record, RecordWrite, SessionId, SessionKey, SessionStore, SweepBatch, Then,
-    Timestamp,
+    async_trait, Acquired, Capabilities, Cursor, Finish, Finished, HeldSession, IdPage, LockGuard,
+    LockOptions, Manager, ManagerBuilder, Namespace, Record, RecordWrite, SessionId, SessionKey,
+    SessionStore, SweepBatch, Then, Timestamp,
 };
 use cloakroom_conformance::support::{skip_or_fail, Server};
 use cloakroom_demo::Sessions;
@@ -39,14 +39,8 @@ struct CountingGuard {
 
 #[async_trait]
 impl LockGuard for CountingGuard {
-    fn key(&self) -> &SessionKey {
-        self.inner.key()
-    }
-    fn record(&self) -> Option<&Record> {
-        self.inner.record()
-    }
-    fn lease(&self) -> &cloakroom::Lease {
-        self.inner.lease()
+    fn held(&self) -> &HeldSession {
+        self.inner.held()
     }
     async fn renew(&mut self, lease: Duration) -> cloakroom::Result<()> {
         bump(&self.calls, "guard.renew");

@@ -1,0 +1,97 @@
+//! actix-web middleware and extractors for [cloakroom](https://docs.rs/cloakroom)
+//! sessions. With the `cloakroom` crate's `actix` feature this crate is
+//! `cloakroom::actix`.
+//!
+//! - [`SessionMiddleware`] puts a lazily opened session into every request
+//!   and finishes it when the response is ready: save if changed, touch if
+//!   due, always unlock — also on error, panic or a dropped connection.
+//! - [`Session`] is the handler's handle: the first access opens the
+//!   session and, under the default `Serialized` policy, takes its lock for
+//!   the rest of the request, so five or six tabs of one visitor never lose
+//!   each other's updates. A handler that never touches it costs no store
+//!   call and takes no lock. [`Session::cycle_id`] on login,
+//!   [`Session::delete`] on logout.
+//! - [`SessionReader`] reads without ever locking, for pages that only show.
+//!
+//! ```no_run
+//! use actix_web::{get, post, App, HttpServer};
+//! use cloakroom_actix::{Session, SessionError, SessionMiddleware, SessionReader};
+//!
+//! #[get("/")]
+//! async fn count(session: Session) -> Result<String, SessionError> {
+//!     let hits: u64 = session.get("hits").await?.unwrap_or(0) + 1;
+//!     session.insert("hits", &hits).await?;
+//!     Ok(format!("{hits} hits"))
+//! }
+//!
+//! #[get("/peek")]
+//! async fn show(reader: SessionReader) -> Result<String, SessionError> {
+//!     Ok(format!("{} hits so far", reader.get::<u64>("hits").await?.unwrap_or(0)))
+//! }
+//!
+//! #[post("/login")]
+//! async fn login(session: Session) -> Result<&'static str, SessionError> {
+//!     session.cycle_id().await?; // a new id for new privileges
+//!     session.insert("user", "ann").await?;
+//!     Ok("welcome")
+//! }
+//!
+//! #[post("/logout")]
+//! async fn logout(session: Session) -> Result<&'static str, SessionError> {
+//!     session.delete().await?; // the response clears the cookie
+//!     Ok("bye")
+//! }
+//!
+//! # async fn run(manager: cloakroom_core::Manager) -> std::io::Result<()> {
+//! HttpServer::new(move || {
+//!     App::new()
+//!         .wrap(SessionMiddleware::new(manager.clone()))
+//!         .service(count)
+//!         .service(show)
+//!         .service(login)
+//!         .service(logout)
+//! })
+//! // Drop a request whose client went away (see below).
+//! .h1_allow_half_closed(false)
+//! .bind("127.0.0.1:8080")?
+//! .run()
+//! .await
+//! # }
+//! ```
+//!
+//! The id travels in a cookie (secure defaults: `HttpOnly`, `Secure`,
+//! `SameSite=Lax`, `Path=/`; see [`CookieConfig`]) or in a header
+//! ([`SessionMiddleware::id_header`]). An id that is malformed — too long,
+//! wrong alphabet, a path — never reaches the store; the request simply gets
+//! a fresh session if it uses one. An unknown id gets a fresh session with a
+//! new id, never the one offered.
+//!
+//! # Panics and clients that go away
+//!
+//! A handler that panics is unwound by actix-web, which drops the request:
+//! the session is dropped unfinished, so nothing is written and the lock is
+//! released at once. A client that disconnects is the same *if* actix-web
+//! drops its request: by default (`h1_allow_half_closed(true)`) it reads the
+//! client's closed connection as a half-close and lets the handler run to
+//! its end, and the session is then committed as usual when it returns.
+//! `HttpServer::h1_allow_half_closed(false)` makes actix-web drop such a
+//! request at once, and with it the session and its lock.
+//!
+//! The rules — id parsing, cookie attributes, when to commit or roll back,
+//! which status an error answers with — live in
+//! [`cloakroom-http`](cloakroom_http), shared with `cloakroom-tower`: the
+//! two integrations behave the same and run the same HTTP test suite.
+//!
+//! Session ids are bearer credentials: this crate logs at most a prefix.
+#![warn(clippy::unwrap_used)]
+
+mod error;
+mod extract;
+mod middleware;
+
+pub use cloakroom_http::{CookieConfig, CookieLifetime, IdCarrier, SameSite};
+pub use error::{MissingSessionMiddleware, SessionError};
+pub use extract::{Session, SessionReader};
+pub use middleware::{
+    default_lock_timeout_response, LockTimeoutResponder, SessionMiddleware, SessionService,
+};
