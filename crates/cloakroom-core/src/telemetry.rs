@@ -1,7 +1,8 @@
 //! What cloakroom reports about itself: `tracing` spans and events, and
 //! metrics through the [`metrics`] facade (install any recorder, e.g.
 //! `metrics-exporter-prometheus`, to collect them; without one they cost a
-//! few nanoseconds).
+//! few nanoseconds). A [`Manager`](crate::Manager) registers its metrics
+//! when it is built, so install the recorder before building managers.
 //!
 //! | metric | kind | labels | what |
 //! |---|---|---|---|
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use metrics::{counter, describe_counter, describe_histogram, histogram, Unit};
+use metrics::{counter, describe_counter, describe_histogram, histogram, Counter, Histogram, Unit};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
@@ -71,50 +72,63 @@ pub fn describe_metrics() {
     describe_counter!(SWEEP_FAILURES, "Sweeps that stopped on a store error.");
 }
 
-/// The labels every session-level metric carries.
+/// The session-level metrics of one manager, registered once when it is
+/// built: the request path then only bumps handles, with no label strings
+/// to build. Install the metrics recorder before building managers.
 #[derive(Clone, Debug)]
 pub(crate) struct Labels {
     backend: &'static str,
     namespace: Arc<str>,
+    lock_wait: Histogram,
+    handoffs: Counter,
+    lock_timeouts: Counter,
+    leases_lost: Counter,
+    conflicts: Counter,
+    swept: Counter,
+    sweep_failures: Counter,
 }
 
 impl Labels {
     pub(crate) fn new(backend: &'static str, namespace: &Namespace) -> Self {
+        let pairs = [
+            ("backend", backend.to_owned()),
+            ("namespace", namespace.as_str().to_owned()),
+        ];
         Labels {
             backend,
             namespace: Arc::from(namespace.as_str()),
+            lock_wait: histogram!(LOCK_WAIT, &pairs),
+            handoffs: counter!(HANDOFFS, &pairs),
+            lock_timeouts: counter!(LOCK_TIMEOUTS, &pairs),
+            leases_lost: counter!(LEASES_LOST, &pairs),
+            conflicts: counter!(CONFLICTS, &pairs),
+            swept: counter!(SWEPT, &pairs),
+            sweep_failures: counter!(SWEEP_FAILURES, &pairs),
         }
     }
 
-    fn pairs(&self) -> [(&'static str, String); 2] {
-        [
-            ("backend", self.backend.to_owned()),
-            ("namespace", self.namespace.to_string()),
-        ]
-    }
-
     pub(crate) fn lock_waited(&self, waited: Duration) {
-        histogram!(LOCK_WAIT, &self.pairs()).record(waited.as_secs_f64());
+        self.lock_wait.record(waited.as_secs_f64());
     }
 
     pub(crate) fn handed_off(&self) {
-        counter!(HANDOFFS, &self.pairs()).increment(1);
+        self.handoffs.increment(1);
     }
 
     pub(crate) fn swept(&self, deleted: u64) {
-        counter!(SWEPT, &self.pairs()).increment(deleted);
+        self.swept.increment(deleted);
     }
 
     pub(crate) fn sweep_failed(&self) {
-        counter!(SWEEP_FAILURES, &self.pairs()).increment(1);
+        self.sweep_failures.increment(1);
     }
 
     /// Count the errors that say something about locking.
     pub(crate) fn failed(&self, error: &Error) {
         match error {
-            Error::LockTimeout { .. } => counter!(LOCK_TIMEOUTS, &self.pairs()).increment(1),
-            Error::LeaseLost => counter!(LEASES_LOST, &self.pairs()).increment(1),
-            Error::Conflict { .. } => counter!(CONFLICTS, &self.pairs()).increment(1),
+            Error::LockTimeout { .. } => self.lock_timeouts.increment(1),
+            Error::LeaseLost => self.leases_lost.increment(1),
+            Error::Conflict { .. } => self.conflicts.increment(1),
             _ => {}
         }
     }
@@ -122,20 +136,22 @@ impl Labels {
     /// A span for one session step (`cloakroom.open`, `cloakroom.commit`),
     /// its `outcome` filled in by [`Labels::outcome`].
     pub(crate) fn session_span(&self, name: &'static str, id: Option<&SessionId>) -> tracing::Span {
-        let session = id.map(short_hash);
+        // Shown only if a subscriber records the span: the hash is not
+        // computed otherwise.
+        let session = ShortHash(id);
         match name {
             "cloakroom.open" => tracing::info_span!(
                 "cloakroom.open",
                 backend = self.backend,
                 namespace = %self.namespace,
-                session = session.as_deref().unwrap_or("new"),
+                session = %session,
                 outcome = tracing::field::Empty,
             ),
             _ => tracing::info_span!(
                 "cloakroom.commit",
                 backend = self.backend,
                 namespace = %self.namespace,
-                session = session.as_deref().unwrap_or("new"),
+                session = %session,
                 outcome = tracing::field::Empty,
             ),
         }
@@ -155,10 +171,17 @@ impl Labels {
     }
 }
 
-/// The first 8 characters of the SHA-256 of an id: enough to follow one
-/// session through logs, useless as a credential.
-pub(crate) fn short_hash(id: &SessionId) -> String {
-    id.hashed().as_str().chars().take(8).collect()
+/// The first 8 characters of the SHA-256 of an id (`new` without one):
+/// enough to follow one session through logs, useless as a credential.
+struct ShortHash<'a>(Option<&'a SessionId>);
+
+impl std::fmt::Display for ShortHash<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => f.write_str(&id.hashed().as_str()[..8]),
+            None => f.write_str("new"),
+        }
+    }
 }
 
 /// The error kind, as a label value.
@@ -186,37 +209,113 @@ pub(crate) fn outcome_of(error: &Error) -> &'static str {
 #[derive(Debug)]
 pub(crate) struct MeteredStore {
     inner: Arc<dyn SessionStore>,
-    backend: &'static str,
+    meter: Arc<Meter>,
 }
 
 impl MeteredStore {
     pub(crate) fn wrap(inner: Arc<dyn SessionStore>) -> Arc<dyn SessionStore> {
-        let backend = inner.capabilities().name;
-        Arc::new(MeteredStore { inner, backend })
+        let meter = Arc::new(Meter::new(inner.capabilities().name));
+        Arc::new(MeteredStore { inner, meter })
     }
 }
 
-async fn measured<T>(
+/// A store call, as the `operation` label names it.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Migrate,
+    Load,
+    Create,
+    Save,
+    Delete,
+    Touch,
+    TryLock,
+    Lock,
+    ListIds,
+    Count,
+    Sweep,
+    Renew,
+    Finish,
+}
+
+impl Op {
+    const ALL: [Op; 13] = [
+        Op::Migrate,
+        Op::Load,
+        Op::Create,
+        Op::Save,
+        Op::Delete,
+        Op::Touch,
+        Op::TryLock,
+        Op::Lock,
+        Op::ListIds,
+        Op::Count,
+        Op::Sweep,
+        Op::Renew,
+        Op::Finish,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Migrate => "migrate",
+            Op::Load => "load",
+            Op::Create => "create",
+            Op::Save => "save",
+            Op::Delete => "delete",
+            Op::Touch => "touch",
+            Op::TryLock => "try_lock",
+            Op::Lock => "lock",
+            Op::ListIds => "list_ids",
+            Op::Count => "count",
+            Op::Sweep => "sweep",
+            Op::Renew => "renew",
+            Op::Finish => "finish",
+        }
+    }
+}
+
+/// The latency histograms of one store, the successful ones registered up
+/// front (one per operation) so that the common path builds no labels.
+#[derive(Debug)]
+struct Meter {
     backend: &'static str,
-    operation: &'static str,
-    call: impl std::future::Future<Output = Result<T>>,
-) -> Result<T> {
-    let span = tracing::debug_span!(
-        "cloakroom.store",
-        backend,
-        operation,
-        outcome = tracing::field::Empty
-    );
-    let started = Instant::now();
-    let result = call.instrument(span.clone()).await;
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(e) => outcome_of(e),
-    };
-    span.record("outcome", outcome);
-    histogram!(STORE_OPERATION, "backend" => backend, "operation" => operation, "outcome" => outcome)
-        .record(started.elapsed().as_secs_f64());
-    result
+    ok: Vec<Histogram>,
+}
+
+impl Meter {
+    fn new(backend: &'static str) -> Self {
+        let ok = Op::ALL
+            .iter()
+            .map(|op| histogram!(STORE_OPERATION, "backend" => backend, "operation" => op.name(), "outcome" => "ok"))
+            .collect();
+        Meter { backend, ok }
+    }
+
+    async fn measured<T>(&self, op: Op, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let span = tracing::debug_span!(
+            "cloakroom.store",
+            backend = self.backend,
+            operation = op.name(),
+            outcome = tracing::field::Empty
+        );
+        let started = Instant::now();
+        let result = call.instrument(span.clone()).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match &result {
+            Ok(_) => {
+                span.record("outcome", "ok");
+                if let Some(histogram) = self.ok.get(op as usize) {
+                    histogram.record(seconds);
+                }
+            }
+            Err(e) => {
+                let outcome = outcome_of(e);
+                span.record("outcome", outcome);
+                histogram!(STORE_OPERATION, "backend" => self.backend, "operation" => op.name(), "outcome" => outcome)
+                    .record(seconds);
+            }
+        }
+        result
+    }
 }
 
 #[async_trait]
@@ -226,31 +325,40 @@ impl SessionStore for MeteredStore {
     }
 
     async fn migrate(&self) -> Result<()> {
-        measured(self.backend, "migrate", self.inner.migrate()).await
+        self.meter.measured(Op::Migrate, self.inner.migrate()).await
     }
 
     async fn load(&self, key: &SessionKey) -> Result<Option<Record>> {
-        measured(self.backend, "load", self.inner.load(key)).await
+        self.meter.measured(Op::Load, self.inner.load(key)).await
     }
 
     async fn create(&self, key: &SessionKey, write: RecordWrite) -> Result<Record> {
-        measured(self.backend, "create", self.inner.create(key, write)).await
+        self.meter
+            .measured(Op::Create, self.inner.create(key, write))
+            .await
     }
 
     async fn save(&self, key: &SessionKey, write: RecordWrite, expected: Option<u64>) -> Result<u64> {
-        measured(self.backend, "save", self.inner.save(key, write, expected)).await
+        self.meter
+            .measured(Op::Save, self.inner.save(key, write, expected))
+            .await
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<bool> {
-        measured(self.backend, "delete", self.inner.delete(key)).await
+        self.meter.measured(Op::Delete, self.inner.delete(key)).await
     }
 
     async fn touch(&self, key: &SessionKey, accessed: Timestamp, expires: Timestamp) -> Result<bool> {
-        measured(self.backend, "touch", self.inner.touch(key, accessed, expires)).await
+        self.meter
+            .measured(Op::Touch, self.inner.touch(key, accessed, expires))
+            .await
     }
 
     async fn try_lock(&self, key: &SessionKey, options: LockOptions) -> Result<Acquired> {
-        let acquired = measured(self.backend, "try_lock", self.inner.try_lock(key, options)).await?;
+        let acquired = self
+            .meter
+            .measured(Op::TryLock, self.inner.try_lock(key, options))
+            .await?;
         Ok(match acquired {
             Acquired::Locked(guard) => Acquired::Locked(self.metered(guard)),
             busy => busy,
@@ -258,21 +366,21 @@ impl SessionStore for MeteredStore {
     }
 
     async fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockGuard>> {
-        let guard = measured(self.backend, "lock", self.inner.lock(key, options)).await?;
+        let guard = self
+            .meter
+            .measured(Op::Lock, self.inner.lock(key, options))
+            .await?;
         Ok(self.metered(guard))
     }
 
     async fn list_ids(&self, namespace: &Namespace, cursor: Option<Cursor>, limit: usize) -> Result<IdPage> {
-        measured(
-            self.backend,
-            "list_ids",
-            self.inner.list_ids(namespace, cursor, limit),
-        )
-        .await
+        self.meter
+            .measured(Op::ListIds, self.inner.list_ids(namespace, cursor, limit))
+            .await
     }
 
     async fn count(&self, namespace: &Namespace) -> Result<u64> {
-        measured(self.backend, "count", self.inner.count(namespace)).await
+        self.meter.measured(Op::Count, self.inner.count(namespace)).await
     }
 
     async fn sweep_expired(
@@ -282,12 +390,9 @@ impl SessionStore for MeteredStore {
         cursor: Option<Cursor>,
         limit: usize,
     ) -> Result<SweepBatch> {
-        measured(
-            self.backend,
-            "sweep",
-            self.inner.sweep_expired(namespace, now, cursor, limit),
-        )
-        .await
+        self.meter
+            .measured(Op::Sweep, self.inner.sweep_expired(namespace, now, cursor, limit))
+            .await
     }
 }
 
@@ -295,7 +400,7 @@ impl MeteredStore {
     fn metered(&self, inner: Box<dyn LockGuard>) -> Box<dyn LockGuard> {
         Box::new(MeteredGuard {
             inner,
-            backend: self.backend,
+            meter: Arc::clone(&self.meter),
         })
     }
 }
@@ -303,7 +408,7 @@ impl MeteredStore {
 #[derive(Debug)]
 struct MeteredGuard {
     inner: Box<dyn LockGuard>,
-    backend: &'static str,
+    meter: Arc<Meter>,
 }
 
 #[async_trait]
@@ -313,10 +418,10 @@ impl LockGuard for MeteredGuard {
     }
 
     async fn renew(&mut self, lease: Duration) -> Result<()> {
-        measured(self.backend, "renew", self.inner.renew(lease)).await
+        self.meter.measured(Op::Renew, self.inner.renew(lease)).await
     }
 
     async fn finish(&mut self, op: Finish, then: Then) -> Result<Finished> {
-        measured(self.backend, "finish", self.inner.finish(op, then)).await
+        self.meter.measured(Op::Finish, self.inner.finish(op, then)).await
     }
 }
