@@ -51,6 +51,7 @@ use std::sync::Arc;
 use cloakroom_core::{ManagerBuilder, Namespace, SessionId, SessionKey, SessionStore};
 
 pub mod cases;
+mod counting;
 mod record;
 pub mod support;
 

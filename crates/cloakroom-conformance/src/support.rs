@@ -29,6 +29,7 @@ use cloakroom_core::{
     RecordWrite, SessionKey, SessionStore, SweepBatch, Timestamp,
 };
 
+pub use crate::counting::CountingStore;
 use crate::Unreachable;
 
 /// A server the test suites use.

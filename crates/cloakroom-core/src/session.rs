@@ -66,10 +66,11 @@ pub struct Session {
 
 impl Session {
     pub(crate) async fn open(manager: Manager, id: Option<&SessionId>) -> Result<Session> {
-        let labels = manager.labels().clone();
-        let span = labels.session_span("cloakroom.open", id);
+        // One reference count, not a copy of every metric handle.
+        let kept = manager.clone();
+        let span = kept.labels().session_span("cloakroom.open", id);
         let result = Self::open_in_span(manager, id).instrument(span.clone()).await;
-        labels.outcome(&span, &result);
+        kept.labels().outcome(&span, &result);
         result
     }
 
@@ -253,10 +254,10 @@ impl Session {
     /// session was deleted meanwhile; the save is dropped so a logout stays a
     /// logout), [`Error::TooLarge`]. The lock is released in every case.
     pub async fn commit(self) -> Result<Committed> {
-        let labels = self.manager.labels().clone();
-        let span = labels.session_span("cloakroom.commit", Some(&self.id));
+        let kept = self.manager.clone();
+        let span = kept.labels().session_span("cloakroom.commit", Some(&self.id));
         let result = self.commit_in_span().instrument(span.clone()).await;
-        labels.outcome(&span, &result);
+        kept.labels().outcome(&span, &result);
         result
     }
 

@@ -28,9 +28,8 @@ use cloakroom_conformance::support::{skip_or_fail, TempDir};
 pub use cloakroom_http::{CookieConfig, CookieLifetime, HttpConfig, IdCarrier, SameSite};
 
 pub mod cases;
-mod counting;
 
-pub use counting::CountingStore;
+pub use cloakroom_conformance::support::CountingStore;
 
 /// The routes every framework's test app serves; the suite's cases rely on
 /// exactly this behaviour. `n` is a counter in the session.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloakroom::{
+use cloakroom_core::{
     async_trait, Acquired, Capabilities, Cursor, Finish, Finished, HeldSession, IdPage, LockGuard,
     LockOptions, Namespace, Record, RecordWrite, SessionKey, SessionStore, SweepBatch, Then, Timestamp,
 };
@@ -13,7 +13,11 @@ use cloakroom::{
 type Calls = Arc<Mutex<BTreeMap<&'static str, u64>>>;
 
 fn bump(calls: &Calls, method: &'static str) {
-    *calls.lock().unwrap().entry(method).or_default() += 1;
+    *calls
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(method)
+        .or_default() += 1;
 }
 
 /// Delegates every call to the real store and counts it by method name
@@ -38,17 +42,21 @@ impl CountingStore {
 
     /// Calls so far, by method.
     pub fn calls(&self) -> BTreeMap<&'static str, u64> {
-        self.calls.lock().unwrap().clone()
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// How many calls so far.
     pub fn total(&self) -> u64 {
-        self.calls.lock().unwrap().values().sum()
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
     }
 
     /// Start counting from zero.
     pub fn reset(&self) {
-        self.calls.lock().unwrap().clear();
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     fn note(&self, method: &'static str) {
@@ -74,11 +82,11 @@ impl LockGuard for CountingGuard {
     fn held(&self) -> &HeldSession {
         self.inner.held()
     }
-    async fn renew(&mut self, lease: Duration) -> cloakroom::Result<()> {
+    async fn renew(&mut self, lease: Duration) -> cloakroom_core::Result<()> {
         bump(&self.calls, "guard.renew");
         self.inner.renew(lease).await
     }
-    async fn finish(&mut self, op: Finish, then: Then) -> cloakroom::Result<Finished> {
+    async fn finish(&mut self, op: Finish, then: Then) -> cloakroom_core::Result<Finished> {
         bump(&self.calls, "guard.finish");
         self.inner.finish(op, then).await
     }
@@ -89,15 +97,15 @@ impl SessionStore for CountingStore {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
-    async fn migrate(&self) -> cloakroom::Result<()> {
+    async fn migrate(&self) -> cloakroom_core::Result<()> {
         self.note("migrate");
         self.inner.migrate().await
     }
-    async fn load(&self, key: &SessionKey) -> cloakroom::Result<Option<Record>> {
+    async fn load(&self, key: &SessionKey) -> cloakroom_core::Result<Option<Record>> {
         self.note("load");
         self.inner.load(key).await
     }
-    async fn create(&self, key: &SessionKey, write: RecordWrite) -> cloakroom::Result<Record> {
+    async fn create(&self, key: &SessionKey, write: RecordWrite) -> cloakroom_core::Result<Record> {
         self.note("create");
         self.inner.create(key, write).await
     }
@@ -106,11 +114,11 @@ impl SessionStore for CountingStore {
         key: &SessionKey,
         write: RecordWrite,
         expected: Option<u64>,
-    ) -> cloakroom::Result<u64> {
+    ) -> cloakroom_core::Result<u64> {
         self.note("save");
         self.inner.save(key, write, expected).await
     }
-    async fn delete(&self, key: &SessionKey) -> cloakroom::Result<bool> {
+    async fn delete(&self, key: &SessionKey) -> cloakroom_core::Result<bool> {
         self.note("delete");
         self.inner.delete(key).await
     }
@@ -119,18 +127,22 @@ impl SessionStore for CountingStore {
         key: &SessionKey,
         accessed: Timestamp,
         expires: Timestamp,
-    ) -> cloakroom::Result<bool> {
+    ) -> cloakroom_core::Result<bool> {
         self.note("touch");
         self.inner.touch(key, accessed, expires).await
     }
-    async fn try_lock(&self, key: &SessionKey, options: LockOptions) -> cloakroom::Result<Acquired> {
+    async fn try_lock(&self, key: &SessionKey, options: LockOptions) -> cloakroom_core::Result<Acquired> {
         self.note("lock");
         Ok(match self.inner.try_lock(key, options).await? {
             Acquired::Locked(inner) => Acquired::Locked(self.guard(inner)),
             busy => busy,
         })
     }
-    async fn lock(&self, key: &SessionKey, options: LockOptions) -> cloakroom::Result<Box<dyn LockGuard>> {
+    async fn lock(
+        &self,
+        key: &SessionKey,
+        options: LockOptions,
+    ) -> cloakroom_core::Result<Box<dyn LockGuard>> {
         self.note("lock");
         Ok(self.guard(self.inner.lock(key, options).await?))
     }
@@ -139,11 +151,11 @@ impl SessionStore for CountingStore {
         ns: &Namespace,
         cursor: Option<Cursor>,
         limit: usize,
-    ) -> cloakroom::Result<IdPage> {
+    ) -> cloakroom_core::Result<IdPage> {
         self.note("list_ids");
         self.inner.list_ids(ns, cursor, limit).await
     }
-    async fn count(&self, ns: &Namespace) -> cloakroom::Result<u64> {
+    async fn count(&self, ns: &Namespace) -> cloakroom_core::Result<u64> {
         self.note("count");
         self.inner.count(ns).await
     }
@@ -153,7 +165,7 @@ impl SessionStore for CountingStore {
         now: Timestamp,
         cursor: Option<Cursor>,
         limit: usize,
-    ) -> cloakroom::Result<SweepBatch> {
+    ) -> cloakroom_core::Result<SweepBatch> {
         self.note("sweep_expired");
         self.inner.sweep_expired(ns, now, cursor, limit).await
     }
