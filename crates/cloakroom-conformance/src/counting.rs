@@ -159,6 +159,14 @@ impl SessionStore for CountingStore {
         self.note("count");
         self.inner.count(ns).await
     }
+    async fn list_by_principal(
+        &self,
+        ns: &Namespace,
+        principal: &cloakroom_core::Principal,
+    ) -> cloakroom_core::Result<Vec<cloakroom_core::SessionSummary>> {
+        self.note("list_by_principal");
+        self.inner.list_by_principal(ns, principal).await
+    }
     async fn sweep_expired(
         &self,
         ns: &Namespace,

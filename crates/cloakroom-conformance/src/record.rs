@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use cloakroom_core::{RecordWrite, SessionData, Timestamp};
+use cloakroom_core::{Principal, RecordWrite, SessionData, Timestamp};
 
 /// A write of `data` (stored as the session's encoded bytes) expiring in an hour.
 pub fn write_with(data: &[u8]) -> RecordWrite {
@@ -17,6 +17,23 @@ pub fn write_expiring_in(data: &[u8], ttl: Duration) -> RecordWrite {
         created: now,
         accessed: now,
         expires: now.saturating_add(ttl),
+        principal: None,
+    }
+}
+
+/// A write of `data` for `principal`, expiring `ttl` from now.
+pub fn write_for(data: &[u8], principal: &Principal, ttl: Duration) -> RecordWrite {
+    RecordWrite {
+        principal: Some(principal.clone()),
+        ..write_expiring_in(data, ttl)
+    }
+}
+
+/// A principal for a case.
+pub fn principal(name: &str) -> Principal {
+    match Principal::new(name) {
+        Ok(p) => p,
+        Err(e) => panic!("principal {name:?} failed validation: {e}"),
     }
 }
 
@@ -28,6 +45,7 @@ pub fn expired_write(data: &[u8]) -> RecordWrite {
         created: now.saturating_sub(Duration::from_secs(7200)),
         accessed: now.saturating_sub(Duration::from_secs(3600)),
         expires: now.saturating_sub(Duration::from_secs(60)),
+        principal: None,
     }
 }
 

@@ -17,13 +17,57 @@ use crate::error::{Error, Result};
 
 /// First bytes of every encoded session: `CLK` and the format version.
 const MAGIC: &[u8; 3] = b"CLK";
-/// The format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The newest format this build reads. It writes format 1 (the values
+/// alone) for every session that carries no settings of its own, so builds
+/// that read only format 1 still read those, and format 2 (the values, then
+/// the session's settings, such as its [`Expiry`]) for the others.
+pub const FORMAT_VERSION: u8 = 2;
+const FORMAT_VALUES_ONLY: u8 = 1;
+
+/// How long one session lives, when it is not the manager's default; set
+/// with [`Session::set_expiry`](crate::Session::set_expiry) and stored with
+/// the session, so it holds on every later request.
+///
+/// The manager's `absolute_timeout`, when set, is a ceiling no session
+/// passes, whatever its expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum Expiry {
+    /// Expire after this long without a request ("remember me for 30 days"
+    /// is `OnInactivity` of 30 days, with a persistent cookie).
+    OnInactivity(#[serde(with = "millis")] std::time::Duration),
+    /// Expire at this instant, however busy.
+    AtInstant(crate::record::Timestamp),
+    /// A cookie without `Max-Age`, which the browser drops when it closes;
+    /// the stored session still expires after the manager's idle timeout.
+    OnBrowserClose,
+}
+
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// What a session keeps besides its values (format 2).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+struct Settings {
+    #[serde(default)]
+    expiry: Option<Expiry>,
+}
 
 /// The key/value contents of one session.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionData {
     values: BTreeMap<String, ByteBuf>,
+    settings: Settings,
 }
 
 impl SessionData {
@@ -112,14 +156,34 @@ impl SessionData {
         self.values.is_empty()
     }
 
-    /// Encode for storage: header, then the MessagePack map.
+    /// The session's own expiry (`None`: the manager's default).
+    pub fn expiry(&self) -> Option<Expiry> {
+        self.settings.expiry
+    }
+
+    /// Set the session's own expiry; returns whether it changed.
+    pub fn set_expiry(&mut self, expiry: Option<Expiry>) -> bool {
+        let changed = self.settings.expiry != expiry;
+        self.settings.expiry = expiry;
+        changed
+    }
+
+    /// Encode for storage: header, then the MessagePack map, then (format 2
+    /// only) the session's settings.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.values.values().map(|v| v.len() + 8).sum::<usize>());
         out.extend_from_slice(MAGIC);
-        out.push(FORMAT_VERSION);
-        // A map of strings to byte strings always serializes; the Vec writer cannot fail.
+        let plain = self.settings == Settings::default();
+        out.push(if plain { FORMAT_VALUES_ONLY } else { FORMAT_VERSION });
+        // A map of strings to byte strings, and a struct of plain enums,
+        // always serialize; the Vec writer cannot fail.
         if let Err(e) = rmp_serde::encode::write(&mut out, &self.values) {
             unreachable!("encoding a map of strings to bytes failed: {e}");
+        }
+        if !plain {
+            if let Err(e) = rmp_serde::encode::write_named(&mut out, &self.settings) {
+                unreachable!("encoding session settings failed: {e}");
+            }
         }
         out
     }
@@ -152,10 +216,15 @@ impl SessionData {
         let mut reader = body;
         let values: BTreeMap<String, ByteBuf> =
             rmp_serde::from_read(&mut reader).map_err(|e| corrupt(format!("undecodable body: {e}")))?;
+        let settings = if version >= 2 {
+            rmp_serde::from_read(&mut reader).map_err(|e| corrupt(format!("undecodable session settings: {e}")))?
+        } else {
+            Settings::default()
+        };
         if !reader.is_empty() {
             return Err(corrupt(format!("{} trailing bytes after the body", reader.len())));
         }
-        Ok(SessionData { values })
+        Ok(SessionData { values, settings })
     }
 }
 
@@ -230,6 +299,30 @@ mod tests {
                 coupon: None
             }
         );
+    }
+
+    #[test]
+    fn settings_round_trip_and_plain_sessions_stay_in_format_1() {
+        let mut d = SessionData::new();
+        d.insert("k", &1u8).unwrap();
+        assert_eq!(d.encode()[3], 1, "no settings: readable by format-1 builds");
+        for expiry in [
+            Expiry::OnInactivity(std::time::Duration::from_secs(30 * 86_400)),
+            Expiry::AtInstant(crate::record::Timestamp::from_millis(1_900_000_000_000)),
+            Expiry::OnBrowserClose,
+        ] {
+            assert!(d.set_expiry(Some(expiry)));
+            let bytes = d.encode();
+            assert_eq!(bytes[3], 2);
+            let back = SessionData::decode(&bytes).unwrap();
+            assert_eq!(back.expiry(), Some(expiry));
+            assert_eq!(back.get::<u8>("k").unwrap(), Some(1));
+            let mut cut = bytes.clone();
+            cut.pop();
+            assert!(matches!(SessionData::decode(&cut), Err(Error::Corrupt { .. })));
+        }
+        assert!(d.set_expiry(None));
+        assert_eq!(d.encode()[3], 1);
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub(crate) struct LockEngine {
     store: Arc<dyn SessionStore>,
     config: EngineConfig,
     durable_while_locked: bool,
+    /// Whether the store rotates ids in one step; see [`rotate_in_two_steps`].
+    rotates_atomically: bool,
     /// The store has no queue of its own that serves waiters in order, so
     /// after giving the lock back under the hand-off bound this process
     /// pauses before taking it again (see [`FAIRNESS_YIELD`]).
@@ -231,6 +233,7 @@ impl LockEngine {
             store,
             config,
             durable_while_locked,
+            rotates_atomically: caps.rotates_atomically,
             yields_to_others,
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -425,6 +428,7 @@ impl LockEngine {
                         created,
                         accessed: write.accessed,
                         expires: write.expires,
+                        principal: write.principal.clone(),
                     });
                     chain.pending = Some(Finish::Save(write));
                 }
@@ -441,6 +445,14 @@ impl LockEngine {
                         }
                         _ => Finish::Touch { accessed, expires },
                     });
+                }
+                // A rotation carries the whole state under the new id, so it
+                // supersedes whatever earlier holders left pending, and like
+                // a delete it ends the chain on the old id.
+                rotate @ Finish::Rotate { .. } => {
+                    chain.current = None;
+                    chain.pending = Some(rotate);
+                    chain.closing = true;
                 }
                 Finish::Delete => {
                     chain.current = None;
@@ -686,7 +698,12 @@ async fn keep_chain(
                         return;
                     }
                 }
-                let out = guard.finish(op, then).await;
+                let out = match op {
+                    Finish::Rotate { to, write } if !engine.rotates_atomically => {
+                        rotate_in_two_steps(engine.store.as_ref(), guard.as_mut(), to, write, then).await
+                    }
+                    op => guard.finish(op, then).await,
+                };
                 match out {
                     Ok(finished) => {
                         for ack in acks {
@@ -724,6 +741,28 @@ async fn keep_chain(
             }
         }
     }
+}
+
+/// [`Finish::Rotate`] on a store that cannot do it in one step: delete the
+/// old record under the lock first (a session deleted meanwhile is `Gone`
+/// and nothing is created), then create the new one. A crash in between
+/// leaves neither id live, never both, and never brings a revoked session
+/// back.
+async fn rotate_in_two_steps(
+    store: &dyn SessionStore,
+    guard: &mut dyn LockGuard,
+    to: crate::id::SessionId,
+    write: crate::record::RecordWrite,
+    then: Then,
+) -> Result<Finished> {
+    write.check_size(store.capabilities().max_record_bytes)?;
+    let new_key = SessionKey::new(guard.key().namespace.clone(), to);
+    match guard.finish(Finish::Delete, then).await? {
+        Finished::Deleted { was_live: true } => {}
+        _ => return Err(Error::Gone),
+    }
+    store.create(&new_key, write).await?;
+    Ok(Finished::Rotated)
 }
 
 /// Breaks the chain if its keeper stops without saying how.

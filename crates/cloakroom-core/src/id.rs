@@ -147,6 +147,63 @@ impl FromStr for Namespace {
     }
 }
 
+/// Longest [`Principal`] accepted, in bytes.
+pub const PRINCIPAL_MAX_LEN: usize = 256;
+
+/// Who a session belongs to (a user id, an account number), so that
+/// [`Manager::sessions_of`](crate::Manager::sessions_of) can list a user's
+/// sessions and [`Manager::revoke_all`](crate::Manager::revoke_all) can log
+/// them out everywhere.
+///
+/// 1 to 256 bytes of UTF-8 without control characters. Stores keep it as a
+/// bound parameter or hash it before it names a key or a file, so its
+/// content never reaches a query, a key pattern or a path.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Principal(String);
+
+impl Principal {
+    /// Parse and validate a principal.
+    pub fn new(text: &str) -> Result<Self> {
+        let invalid = |reason| Error::InvalidId {
+            what: "principal",
+            reason,
+        };
+        if text.is_empty() || text.len() > PRINCIPAL_MAX_LEN {
+            return Err(invalid("must be 1 to 256 bytes"));
+        }
+        if text.chars().any(char::is_control) {
+            return Err(invalid("must not contain control characters"));
+        }
+        Ok(Principal(text.to_owned()))
+    }
+
+    /// The principal's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A fixed-length name for this principal: 43 characters of base64url of
+    /// its SHA-256, in the same alphabet as session ids. Stores that name a
+    /// key or a file after a principal use it, so any text is safe there.
+    pub fn digest(&self) -> String {
+        use sha2::Digest as _;
+        URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(self.0.as_bytes()))
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Principal {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Principal::new(s)
+    }
+}
+
 /// The full address of one record: `(namespace, id)`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SessionKey {
@@ -227,6 +284,19 @@ mod tests {
         for bad in ["", "a/b", "..", "a b", "x'--", &"n".repeat(65)] {
             assert!(Namespace::new(bad).is_err(), "accepted {bad:?}");
         }
+    }
+
+    #[test]
+    fn principals_are_validated_and_digested_to_a_safe_name() {
+        let p = Principal::new("zoë ' OR 1=1 -- ../../etc").unwrap();
+        let digest = p.digest();
+        assert_eq!(digest.len(), 43);
+        assert!(digest.bytes().all(is_base64url), "{digest}");
+        assert_ne!(digest, Principal::new("zoe").unwrap().digest());
+        for bad in ["", "a\nb", "tab\there", &"p".repeat(257)] {
+            assert!(Principal::new(bad).is_err(), "accepted {bad:?}");
+        }
+        assert!(Principal::new(&"p".repeat(256)).is_ok());
     }
 
     #[test]

@@ -48,12 +48,12 @@ pub mod store_url;
 mod sweeper;
 pub mod telemetry;
 
-pub use codec::{SessionData, FORMAT_VERSION};
+pub use codec::{Expiry, SessionData, FORMAT_VERSION};
 pub use error::{BoxError, Error, Result};
-pub use id::{Namespace, SessionId, SessionKey, NAMESPACE_MAX_LEN, SESSION_ID_LEN};
+pub use id::{Namespace, Principal, SessionId, SessionKey, NAMESPACE_MAX_LEN, PRINCIPAL_MAX_LEN, SESSION_ID_LEN};
 pub use manager::{
-    list_ids, sweep_batches, sweep_expired, Manager, ManagerBuilder, Policy, SessionConfig, SessionListener,
-    SweepReport,
+    list_ids, sweep_batches, sweep_expired, EndedSession, Manager, ManagerBuilder, Policy, SessionConfig,
+    SessionListener, SweepReport,
 };
 pub use memory::{MemoryLockGuard, MemoryStore};
 pub use record::{check_loaded_is_live, Record, RecordWrite, Timestamp};
@@ -63,7 +63,7 @@ pub use session::{Committed, ReadOnlySession, Session};
 pub use store::wait_for_lock;
 pub use store::{
     Acquired, Capabilities, Cursor, Finish, Finished, HeldSession, IdPage, Lease, LockGuard, LockKind,
-    LockOptions, SessionStore, SweepBatch, Then, DEFAULT_MAX_RECORD_BYTES,
+    LockOptions, SessionStore, SessionSummary, SweepBatch, SweptRecord, Then, DEFAULT_MAX_RECORD_BYTES,
 };
 pub use store_url::StoreUrl;
 pub use sweeper::{Sweeper, SweeperStats};

@@ -8,14 +8,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{Stream, TryStreamExt};
 
-use crate::codec::SessionData;
+use crate::codec::{Expiry, SessionData};
 use crate::engine::{EngineConfig, LockEngine};
 use crate::error::{Error, Result};
-use crate::id::{Namespace, SessionId, SessionKey};
+use crate::id::{Namespace, Principal, SessionId, SessionKey};
 use crate::record::{Record, Timestamp};
 use crate::seal::Keyring;
 use crate::session::{ReadOnlySession, Session};
-use crate::store::{Cursor, SessionStore, SweepBatch};
+use crate::store::{Cursor, Finish, Finished, SessionStore, SessionSummary, SweepBatch};
 use crate::sweeper::Sweeper;
 use crate::telemetry::{Labels, MeteredStore};
 
@@ -91,6 +91,11 @@ pub struct SessionConfig {
     /// [`Error::Corrupt`] and leaves the record as it is. Without a keyring,
     /// a sealed record is [`Error::Corrupt`] too.
     pub keyring: Option<Keyring>,
+    /// At most this many live sessions per principal: a commit that gives a
+    /// session a principal with this many already revokes the oldest others
+    /// (by creation), each under its lock, with delete listeners. `None`
+    /// (the default): no limit.
+    pub max_sessions_per_principal: Option<usize>,
 }
 
 impl Default for SessionConfig {
@@ -109,21 +114,59 @@ impl Default for SessionConfig {
             handoff_window: Duration::from_millis(20),
             hash_ids: false,
             keyring: None,
+            max_sessions_per_principal: None,
         }
     }
 }
 
+/// A session that ended, as a [`SessionListener`] sees it: its key, the
+/// record as it was last stored, and its data.
+#[derive(Clone, Debug)]
+pub struct EndedSession {
+    /// Namespace and stored id (the hash of the id when the manager hashes
+    /// ids).
+    pub key: SessionKey,
+    /// The record as stored when the session ended.
+    pub record: Record,
+    data: Option<SessionData>,
+}
+
+impl EndedSession {
+    /// The session's data; `None` if the stored bytes did not decode (a
+    /// corrupt record, or one sealed with a key this manager does not have),
+    /// which is logged.
+    pub fn data(&self) -> Option<&SessionData> {
+        self.data.as_ref()
+    }
+
+    /// Who the session belonged to.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.record.principal.as_ref()
+    }
+}
+
 /// Called when sessions end, so data an application keeps outside the store
-/// (uploaded files, a cache entry) can follow its sessions.
+/// (an uploaded file named in the session, a cache entry) can follow its
+/// sessions.
 ///
-/// Listeners run on the task that deleted or swept; keep them short or
-/// spawn. Both methods do nothing by default.
+/// Listeners run on the task that deleted or swept, after the record is
+/// gone; keep them short or spawn. Both methods do nothing by default.
+///
+/// - `on_delete` runs for [`Session::delete`], [`Session::flush`],
+///   [`Manager::delete`], [`Manager::revoke_all`] and the per-principal cap,
+///   and for `cloakroom rm` when the CLI is built with the listener.
+/// - `on_expire` runs for every record a sweep deletes:
+///   [`Manager::sweep_expired`], [`Manager::spawn_sweeper`] and
+///   `cloakroom gc` built with the listener. A session that expires is seen
+///   by the first sweep after its expiry; on Redis that sweep must come
+///   within the store's `expired_grace` (Redis drops the record itself
+///   after that, unseen).
 #[async_trait]
 pub trait SessionListener: Send + Sync + 'static {
-    /// A session was deleted through [`Session::delete`] or [`Manager::delete`].
-    async fn on_delete(&self, _key: &SessionKey) {}
+    /// A session was deleted.
+    async fn on_delete(&self, _ended: &EndedSession) {}
     /// A session was removed by a sweep because it expired.
-    async fn on_expire(&self, _key: &SessionKey) {}
+    async fn on_expire(&self, _ended: &EndedSession) {}
 }
 
 /// What a full sweep did: `(deleted, remaining)`, so an operator sees both
@@ -252,6 +295,13 @@ impl ManagerBuilder {
         self
     }
 
+    /// At most `limit` live sessions per principal (see
+    /// [`SessionConfig::max_sessions_per_principal`]).
+    pub fn max_sessions_per_principal(mut self, limit: Option<usize>) -> Self {
+        self.config.max_sessions_per_principal = limit;
+        self
+    }
+
     /// Add a listener for deletes and expiries.
     pub fn listener(mut self, listener: Arc<dyn SessionListener>) -> Self {
         self.listeners.push(listener);
@@ -272,6 +322,11 @@ impl ManagerBuilder {
         }
         if self.config.idle_timeout.is_zero() {
             return Err(Error::Config("the idle timeout must be longer than zero".into()));
+        }
+        if self.config.max_sessions_per_principal == Some(0) {
+            return Err(Error::Config(
+                "max_sessions_per_principal must be at least 1 (None means no limit)".into(),
+            ));
         }
         Ok(self.assemble())
     }
@@ -442,11 +497,84 @@ impl Manager {
     /// Delete session `id` without taking its lock (an administrator's or
     /// another device's logout). A request that holds the session will get
     /// [`Error::Gone`] or [`Error::LeaseLost`] on save instead of reviving it.
+    ///
+    /// Delete listeners get the record as loaded just before the delete: a
+    /// request that saves in between is not reflected in what they see.
     pub async fn delete(&self, id: &SessionId) -> Result<bool> {
         let key = self.key(id);
+        // Only listeners need the record, so only they pay for the load.
+        let last = match self.inner.listeners.is_empty() {
+            true => None,
+            false => self.inner.store.load(&key).await?,
+        };
         let deleted = self.inner.store.delete(&key).await?;
+        if let (true, Some(record)) = (deleted, last) {
+            self.notify_delete(key, record).await;
+        }
+        Ok(deleted)
+    }
+
+    /// The live sessions of `principal` in this namespace, oldest first:
+    /// stored id, created, last used, expires. Read from the store's index,
+    /// not a scan. With [`SessionConfig::hash_ids`] the ids are the stored
+    /// hashes; [`Manager::key`] of a cookie's id gives the one to compare.
+    pub async fn sessions_of(&self, principal: &Principal) -> Result<Vec<SessionSummary>> {
+        self.inner
+            .store
+            .list_by_principal(&self.inner.namespace, principal)
+            .await
+    }
+
+    /// Log `principal` out everywhere: delete each of their live sessions
+    /// except `except` (the one making the request, for "log out everywhere
+    /// else"), each under its lock, so a request in flight on one of them
+    /// finishes first and cannot save it back. Delete listeners run for each.
+    /// Returns how many were deleted.
+    ///
+    /// A session whose lock cannot be had within `lock_wait` is left, and
+    /// the call goes on with the others and then fails with that error.
+    pub async fn revoke_all(&self, principal: &Principal, except: Option<&SessionId>) -> Result<u64> {
+        let keep = except.map(|id| self.key(id).id);
+        let mut revoked = 0;
+        let mut first_error = None;
+        for summary in self.sessions_of(principal).await? {
+            if keep.as_ref() == Some(&summary.id) {
+                continue;
+            }
+            match self.revoke_stored(&summary.id, Some(principal)).await {
+                Ok(true) => revoked += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(revoked),
+        }
+    }
+
+    /// Delete the session stored under `stored` (an id from
+    /// [`sessions_of`](Manager::sessions_of)) under its lock, if it still
+    /// belongs to `principal` (any owner when `None`): "log out that device"
+    /// on a sessions page. Delete listeners run. Returns whether a live
+    /// session was deleted.
+    pub async fn revoke_stored(&self, stored: &SessionId, principal: Option<&Principal>) -> Result<bool> {
+        let key = SessionKey::new(self.inner.namespace.clone(), stored.clone());
+        let hold = self.inner.engine.open(&key).await?;
+        let Some(record) = hold.record().cloned() else {
+            hold.abandon();
+            return Ok(false);
+        };
+        if principal.is_some_and(|p| record.principal.as_ref() != Some(p)) {
+            // Given to someone else since it was listed.
+            hold.abandon();
+            return Ok(false);
+        }
+        let deleted = matches!(hold.finish(Finish::Delete).await?, Finished::Deleted { was_live: true });
         if deleted {
-            self.notify_delete(&key).await;
+            self.notify_delete(key, record).await;
         }
         Ok(deleted)
     }
@@ -455,13 +583,7 @@ impl Manager {
     /// running expiry listeners for each deleted one. Locked and renewed
     /// sessions are never deleted.
     pub async fn sweep_expired(&self, batch: usize) -> Result<SweepReport> {
-        let report = sweep_notifying(
-            self.inner.store.as_ref(),
-            &self.inner.namespace,
-            batch,
-            &self.inner.listeners,
-        )
-        .await;
+        let report = sweep_notifying(self.inner.store.as_ref(), &self.inner.namespace, batch, Some(self)).await;
         match &report {
             Ok(report) => self.inner.labels.swept(report.deleted),
             Err(_) => self.inner.labels.sweep_failed(),
@@ -498,19 +620,63 @@ impl Manager {
         &self.inner.labels
     }
 
-    pub(crate) async fn notify_delete(&self, key: &SessionKey) {
+    pub(crate) fn has_listeners(&self) -> bool {
+        !self.inner.listeners.is_empty()
+    }
+
+    /// The record `record` under `key` as listeners see it.
+    fn ended(&self, key: SessionKey, record: Record) -> EndedSession {
+        let data = match self.decode_stored(&key, &record.data) {
+            Ok(data) => Some(data),
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "an ended session's data did not decode; listeners get none");
+                None
+            }
+        };
+        EndedSession { key, record, data }
+    }
+
+    pub(crate) async fn notify_delete(&self, key: SessionKey, record: Record) {
+        if self.inner.listeners.is_empty() {
+            return;
+        }
+        let ended = self.ended(key, record);
         for l in &self.inner.listeners {
-            l.on_delete(key).await;
+            l.on_delete(&ended).await;
         }
     }
 
-    /// When a session last used at `now` and created at `created` expires.
-    pub(crate) fn expiry(&self, created: Timestamp, now: Timestamp) -> Timestamp {
-        let idle = now.saturating_add(self.inner.config.idle_timeout);
-        match self.inner.config.absolute_timeout {
-            Some(abs) => idle.min(created.saturating_add(abs)),
-            None => idle,
+    /// When a session last used at `now`, created at `created`, with its
+    /// own `expiry` (if any) expires.
+    pub(crate) fn expiry(&self, expiry: Option<Expiry>, created: Timestamp, now: Timestamp) -> Timestamp {
+        let config = &self.inner.config;
+        let until = match expiry {
+            Some(Expiry::OnInactivity(idle)) => now.saturating_add(idle),
+            Some(Expiry::AtInstant(at)) => at,
+            None | Some(Expiry::OnBrowserClose) => now.saturating_add(config.idle_timeout),
+        };
+        match config.absolute_timeout {
+            Some(abs) => until.min(created.saturating_add(abs)),
+            None => until,
         }
+    }
+
+    /// Enforce [`SessionConfig::max_sessions_per_principal`] for
+    /// `principal`, sparing `current` (the stored id just committed).
+    pub(crate) async fn enforce_principal_cap(&self, principal: &Principal, current: &SessionId) -> Result<u64> {
+        let Some(limit) = self.inner.config.max_sessions_per_principal else {
+            return Ok(0);
+        };
+        let sessions = self.sessions_of(principal).await?;
+        let excess = sessions.len().saturating_sub(limit);
+        let mut revoked = 0;
+        // Oldest first, never the session that just logged in.
+        for summary in sessions.iter().filter(|s| &s.id != current).take(excess) {
+            if self.revoke_stored(&summary.id, Some(principal)).await? {
+                revoked += 1;
+            }
+        }
+        Ok(revoked)
     }
 
     /// Whether an unchanged session last accessed at `record.accessed` is due
@@ -545,23 +711,26 @@ pub async fn sweep_expired(
     namespace: &Namespace,
     batch: usize,
 ) -> Result<SweepReport> {
-    sweep_notifying(store, namespace, batch, &[]).await
+    sweep_notifying(store, namespace, batch, None).await
 }
 
 async fn sweep_notifying(
     store: &dyn SessionStore,
     namespace: &Namespace,
     batch: usize,
-    listeners: &[Arc<dyn SessionListener>],
+    manager: Option<&Manager>,
 ) -> Result<SweepReport> {
     let mut deleted = 0u64;
     let mut batches = std::pin::pin!(sweep_batches(store, namespace, Timestamp::now(), batch));
     while let Some(b) = batches.try_next().await? {
         deleted += b.deleted.len() as u64;
-        for id in b.deleted {
-            let key = SessionKey::new(namespace.clone(), id);
-            for l in listeners {
-                l.on_expire(&key).await;
+        let Some(manager) = manager.filter(|m| m.has_listeners()) else {
+            continue;
+        };
+        for swept in b.deleted {
+            let ended = manager.ended(SessionKey::new(namespace.clone(), swept.id), swept.record);
+            for l in &manager.inner.listeners {
+                l.on_expire(&ended).await;
             }
         }
     }

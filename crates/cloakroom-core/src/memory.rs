@@ -5,7 +5,7 @@
 //! next waiter, makes it the holder and wakes it through a oneshot channel, so
 //! a waiter starts the moment the lock is free and nobody polls.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,11 +15,11 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::id::{Namespace, SessionId, SessionKey};
+use crate::id::{Namespace, Principal, SessionId, SessionKey};
 use crate::record::{check_loaded_is_live, Record, RecordWrite, Timestamp};
 use crate::store::{
     Acquired, Capabilities, Cursor, Finish, Finished, HeldSession, IdPage, Lease, LockGuard, LockKind,
-    LockOptions, SessionStore, SweepBatch, Then, DEFAULT_MAX_RECORD_BYTES,
+    LockOptions, SessionStore, SessionSummary, SweepBatch, SweptRecord, Then, DEFAULT_MAX_RECORD_BYTES,
 };
 
 /// Sessions in this process's memory. Cloning shares the same sessions.
@@ -35,6 +35,10 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Shared {
     table: Mutex<BTreeMap<Namespace, BTreeMap<SessionId, Slot>>>,
+    /// Stored ids by principal, updated under the table lock by every call
+    /// that changes a record (see `with_slot`), so it never disagrees with
+    /// the table.
+    by_principal: Mutex<HashMap<(Namespace, Principal), BTreeSet<SessionId>>>,
     next_token: AtomicU64,
     max_record_bytes: Option<usize>,
 }
@@ -135,13 +139,47 @@ impl Shared {
         self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Run `f` on the slot of `key`, creating it if needed, and drop the slot
-    /// afterwards if it no longer holds anything.
+    fn by_principal(&self) -> MutexGuard<'_, HashMap<(Namespace, Principal), BTreeSet<SessionId>>> {
+        self.by_principal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Move `id` in the principal index from `before` to `after`. Called
+    /// with the table lock held.
+    fn reindex(&self, namespace: &Namespace, id: &SessionId, before: Option<&Principal>, after: Option<&Principal>) {
+        if before == after {
+            return;
+        }
+        let mut index = self.by_principal();
+        if let Some(old) = before {
+            let entry = (namespace.clone(), old.clone());
+            if let Some(ids) = index.get_mut(&entry) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    index.remove(&entry);
+                }
+            }
+        }
+        if let Some(new) = after {
+            index
+                .entry((namespace.clone(), new.clone()))
+                .or_default()
+                .insert(id.clone());
+        }
+    }
+
+    /// Run `f` on the slot of `key`, creating it if needed, keep the
+    /// principal index in step, and drop the slot afterwards if it no longer
+    /// holds anything.
     fn with_slot<T>(&self, key: &SessionKey, f: impl FnOnce(&mut Slot) -> T) -> T {
         let mut table = self.table();
         let ns = table.entry(key.namespace.clone()).or_default();
         let slot = ns.entry(key.id.clone()).or_default();
+        let before = slot.record.as_ref().and_then(|r| r.principal.clone());
         let out = f(slot);
+        let after = slot.record.as_ref().and_then(|r| r.principal.as_ref());
+        self.reindex(&key.namespace, &key.id, before.as_ref(), after);
         if slot.is_unused() {
             ns.remove(&key.id);
             if ns.is_empty() {
@@ -161,6 +199,7 @@ impl SessionStore for MemoryStore {
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(LockKind::InProcess)
             .named("memory")
+            .atomic_rotation()
             .max_record_bytes(self.max_record_bytes())
     }
 
@@ -343,6 +382,31 @@ impl SessionStore for MemoryStore {
         }))
     }
 
+    async fn list_by_principal(&self, namespace: &Namespace, principal: &Principal) -> Result<Vec<SessionSummary>> {
+        let now = Timestamp::now();
+        let table = self.shared.table();
+        let ids = self
+            .shared
+            .by_principal()
+            .get(&(namespace.clone(), principal.clone()))
+            .cloned()
+            .unwrap_or_default();
+        let mut sessions: Vec<SessionSummary> = ids
+            .into_iter()
+            .filter_map(|id| {
+                let record = table.get(namespace)?.get(&id)?.live_record(now)?;
+                Some(SessionSummary {
+                    created: record.created,
+                    accessed: record.accessed,
+                    expires: record.expires,
+                    id,
+                })
+            })
+            .collect();
+        sessions.sort_by_key(|s| s.created);
+        Ok(sessions)
+    }
+
     async fn sweep_expired(
         &self,
         namespace: &Namespace,
@@ -365,8 +429,14 @@ impl SessionStore for MemoryStore {
             // between, and a held lock means a request is using the session.
             let expired = slot.record.as_ref().is_some_and(|r| !r.is_live_at(now));
             if expired && !slot.is_locked(lock_now) {
-                slot.record = None;
-                deleted.push(id.clone());
+                if let Some(record) = slot.record.take() {
+                    self.shared
+                        .reindex(namespace, id, record.principal.as_ref(), None);
+                    deleted.push(SweptRecord {
+                        id: id.clone(),
+                        record,
+                    });
+                }
             }
         }
         let more = match &last {
@@ -379,9 +449,9 @@ impl SessionStore for MemoryStore {
         // Only the slots this batch emptied can have become unused (every
         // other call drops its own, see `with_slot`); a `retain` over the
         // whole namespace here made a full sweep quadratic.
-        for id in &deleted {
-            if ns.get(id).is_some_and(Slot::is_unused) {
-                ns.remove(id);
+        for swept in &deleted {
+            if ns.get(&swept.id).is_some_and(Slot::is_unused) {
+                ns.remove(&swept.id);
             }
         }
         if ns.is_empty() {
@@ -494,6 +564,8 @@ fn apply(slot: &mut Slot, loaded: Option<&Record>, op: Finish) -> Result<(Finish
             Ok((Finished::Deleted { was_live }, None))
         }
         Finish::Nothing => Ok((Finished::Nothing, loaded.cloned())),
+        // Needs two slots: `MemoryLockGuard::rotate` does it under the table lock.
+        Finish::Rotate { .. } => Err(Error::backend("a rotation reached the one-slot path")),
     }
 }
 
@@ -523,11 +595,14 @@ impl LockGuard for MemoryLockGuard {
         if self.released {
             return Err(Error::LeaseLost);
         }
-        if let Finish::Save(write) = &op {
+        if let Finish::Save(write) | Finish::Rotate { write, .. } = &op {
             if let Err(e) = self.store.check_size(write) {
                 self.release();
                 return Err(e);
             }
+        }
+        if let Finish::Rotate { to, write } = op {
+            return self.rotate(to, write, then);
         }
         let token = self.token;
         let loaded = self.held.record.take();
@@ -561,6 +636,58 @@ impl LockGuard for MemoryLockGuard {
 }
 
 impl MemoryLockGuard {
+    /// [`Finish::Rotate`]: both slots change under one table lock.
+    fn rotate(&mut self, to: SessionId, write: RecordWrite, then: Then) -> Result<Finished> {
+        let now = Timestamp::now();
+        let token = self.token;
+        let loaded = self.held.record.take();
+        let from = self.held.key.clone();
+        let target = SessionKey::new(from.namespace.clone(), to);
+        let shared = &self.store.shared;
+        let out = {
+            let mut table = shared.table();
+            let ns = table.entry(from.namespace.clone()).or_default();
+            let checked = match ns.get(&from.id) {
+                Some(slot) if slot.holder.as_ref().is_some_and(|h| h.token == token && h.deadline > Instant::now()) => {
+                    check_unchanged(slot, loaded.as_ref(), now).and_then(|()| {
+                        if loaded.is_none() {
+                            Err(Error::Gone)
+                        } else {
+                            Ok(())
+                        }
+                    })
+                }
+                _ => Err(Error::LeaseLost),
+            };
+            let checked = checked.and_then(|()| match ns.get(&target.id).and_then(|s| s.live_record(now)) {
+                Some(live) => Err(Error::Conflict {
+                    expected: 0,
+                    found: live.version,
+                }),
+                None => Ok(()),
+            });
+            if checked.is_ok() {
+                let record = write.into_record(1);
+                shared.reindex(&target.namespace, &target.id, None, record.principal.as_ref());
+                ns.entry(target.id.clone()).or_default().record = Some(record);
+                if let Some(slot) = ns.get_mut(&from.id) {
+                    let old = slot.record.take();
+                    shared.reindex(
+                        &from.namespace,
+                        &from.id,
+                        old.as_ref().and_then(|r| r.principal.as_ref()),
+                        None,
+                    );
+                }
+            }
+            checked
+        };
+        if then == Then::Release || out.is_err() {
+            self.release();
+        }
+        out.map(|()| Finished::Rotated)
+    }
+
     fn release(&mut self) {
         if !self.released {
             self.released = true;
@@ -594,6 +721,7 @@ mod tests {
             created: now,
             accessed: now,
             expires: now.saturating_add(Duration::from_millis(1)),
+            principal: None,
         };
         let mut keys = Vec::new();
         for _ in 0..25 {

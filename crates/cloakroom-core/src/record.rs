@@ -4,10 +4,12 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
+use crate::id::Principal;
 
 /// Wall-clock time as whole milliseconds since the Unix epoch: the unit every
 /// backend can store in an integer column, a Redis hash field or a file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Timestamp(i64);
 
 impl Timestamp {
@@ -63,6 +65,10 @@ pub struct Record {
     /// When the session stops existing. A store never returns a record whose
     /// `expires` is not after the current time, swept or not.
     pub expires: Timestamp,
+    /// Who the session belongs to, if anyone: what
+    /// [`SessionStore::list_by_principal`](crate::SessionStore::list_by_principal)
+    /// finds it by.
+    pub principal: Option<Principal>,
 }
 
 impl Record {
@@ -83,6 +89,9 @@ pub struct RecordWrite {
     pub accessed: Timestamp,
     /// Expiry time.
     pub expires: Timestamp,
+    /// Who the session belongs to; replaces the stored one on every write of
+    /// data (a touch keeps it).
+    pub principal: Option<Principal>,
 }
 
 impl RecordWrite {
@@ -106,6 +115,7 @@ impl RecordWrite {
             created: self.created,
             accessed: self.accessed,
             expires: self.expires,
+            principal: self.principal,
         }
     }
 }

@@ -7,10 +7,10 @@ use tracing::Instrument;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::codec::SessionData;
+use crate::codec::{Expiry, SessionData};
 use crate::engine::Hold;
 use crate::error::{Error, Result};
-use crate::id::{SessionId, SessionKey};
+use crate::id::{Principal, SessionId, SessionKey};
 use crate::manager::{Manager, Policy};
 use crate::record::{Record, RecordWrite, Timestamp};
 use crate::seal::Keyring;
@@ -62,6 +62,8 @@ pub struct Session {
     lock: Option<Hold>,
     /// Set by `cycle_id`: the stored id to retire at commit.
     retired_id: Option<SessionId>,
+    /// Who the session belongs to, as it will be stored.
+    principal: Option<Principal>,
 }
 
 impl Session {
@@ -113,6 +115,7 @@ impl Session {
             dirty: false,
             lock: None,
             retired_id: None,
+            principal: None,
         }
     }
 
@@ -127,6 +130,7 @@ impl Session {
             manager,
             id,
             data,
+            principal: record.principal.clone(),
             loaded: Some(record),
             dirty: false,
             lock,
@@ -154,11 +158,52 @@ impl Session {
         self.loaded.as_ref().map(|r| r.version)
     }
 
-    /// When the session will expire if committed now.
+    /// When the session was created (now, for a new session).
+    pub fn created(&self) -> Timestamp {
+        self.loaded.as_ref().map_or_else(Timestamp::now, |r| r.created)
+    }
+
+    /// When the session was last used before this request (now, for a new
+    /// session). Updated when a commit saves or touches it.
+    pub fn accessed(&self) -> Timestamp {
+        self.loaded.as_ref().map_or_else(Timestamp::now, |r| r.accessed)
+    }
+
+    /// When the session will expire if committed now: from its own
+    /// [`Expiry`] if it has one, otherwise the manager's idle timeout, and
+    /// never after the manager's absolute timeout.
     pub fn expires(&self) -> Timestamp {
-        let now = Timestamp::now();
-        let created = self.loaded.as_ref().map_or(now, |r| r.created);
-        self.manager.expiry(created, now)
+        self.manager
+            .expiry(self.data.expiry(), self.created(), Timestamp::now())
+    }
+
+    /// The session's own expiry; `None` means the manager's default.
+    pub fn expiry(&self) -> Option<Expiry> {
+        self.data.expiry()
+    }
+
+    /// Give this session an expiry of its own, kept with it on every later
+    /// request: `Some(Expiry::OnInactivity(30 days))` for "remember me",
+    /// `Some(Expiry::OnBrowserClose)` for a cookie the browser forgets,
+    /// `None` for the manager's default. The web layers make the cookie's
+    /// `Max-Age` follow it.
+    pub fn set_expiry(&mut self, expiry: Option<Expiry>) {
+        self.dirty |= self.data.set_expiry(expiry);
+    }
+
+    /// Who the session belongs to.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.as_ref()
+    }
+
+    /// Tag the session with its user (on login; `None` on logout), so
+    /// [`Manager::sessions_of`] lists it and [`Manager::revoke_all`] can end
+    /// it. Stored at commit.
+    pub fn set_principal(&mut self, principal: Option<Principal>) {
+        if self.principal != principal {
+            self.principal = principal;
+            self.dirty = true;
+        }
     }
 
     /// The value under `key` as `T`. See [`SessionData::get`].
@@ -201,10 +246,13 @@ impl Session {
     /// Give the session a new id, keeping its data: call on login, so an id
     /// planted before login (session fixation) is worth nothing after.
     ///
-    /// Takes effect at [`commit`](Session::commit): the data is written under
-    /// the new id first and the old record is deleted after, so there is no
-    /// moment without a session; if the process dies in between, both exist
-    /// until the old one expires.
+    /// Takes effect at [`commit`](Session::commit), as one step: the record
+    /// moves to the new id and the old id stops existing together. If the
+    /// session was deleted meanwhile (a logout elsewhere, a revocation), the
+    /// commit fails with [`Error::Gone`] and nothing is created. On a store
+    /// that cannot move a record atomically (files, Redis Cluster, whose two
+    /// ids live on different nodes) the old record is deleted first and the
+    /// new one created after: a crash in between leaves neither, never both.
     pub fn cycle_id(&mut self) {
         if self.loaded.is_some() && self.retired_id.is_none() {
             self.retired_id = Some(self.id.clone());
@@ -242,7 +290,8 @@ impl Session {
             data,
             created,
             accessed: now,
-            expires: self.manager.expiry(created, now),
+            expires: self.manager.expiry(self.data.expiry(), created, now),
+            principal: self.principal.clone(),
         })
     }
 
@@ -261,7 +310,28 @@ impl Session {
         result
     }
 
-    async fn commit_in_span(mut self) -> Result<Committed> {
+    async fn commit_in_span(self) -> Result<Committed> {
+        let manager = self.manager.clone();
+        // The cap applies when a principal is newly set: that is a login.
+        let newly_owned = match (&self.principal, &self.loaded) {
+            (Some(p), Some(loaded)) if loaded.principal.as_ref() == Some(p) => None,
+            (Some(p), _) => Some(p.clone()),
+            (None, _) => None,
+        };
+        let stored_id = manager.key(&self.id).id;
+        let committed = self.commit_record().await?;
+        if let Some(principal) = newly_owned.filter(|_| committed.is_stored()) {
+            // The commit stands whatever happens here: the session is saved,
+            // and a failed revocation of older ones is not this request's
+            // failure.
+            if let Err(e) = manager.enforce_principal_cap(&principal, &stored_id).await {
+                tracing::warn!(error = %e, "could not revoke sessions over the per-principal limit");
+            }
+        }
+        Ok(committed)
+    }
+
+    async fn commit_record(mut self) -> Result<Committed> {
         let now = Timestamp::now();
         let guard = self.lock.take();
         let store = Arc::clone(self.manager.store());
@@ -279,7 +349,7 @@ impl Session {
             return Ok(Committed::Created);
         };
         let touch_due = self.manager.touch_due(loaded, now);
-        let expires = self.manager.expiry(loaded.created, now);
+        let expires = self.manager.expiry(self.data.expiry(), loaded.created, now);
         match guard {
             Some(hold) if self.dirty => {
                 // Encoded before the turn ends: a TooLarge session writes
@@ -328,15 +398,19 @@ impl Session {
         let store = self.manager.store();
         // The new id is fresh from the CSPRNG and known to nobody yet, so it
         // needs no lock; the old one is still locked by `guard` if Serialized.
-        store
-            .create(&self.manager.key(&self.id), self.write(now)?)
-            .await?;
+        let write = self.write(now)?;
         match guard {
             Some(hold) => {
-                hold.finish(Finish::Delete).await?;
+                let to = self.manager.key(&self.id).id;
+                hold.finish(Finish::Rotate { to, write }).await?;
             }
             None => {
-                store.delete(&self.manager.key(&old_id)).await?;
+                // No lock to move under: the old id goes first, so a
+                // logout that won the race is not undone under the new id.
+                if !store.delete(&self.manager.key(&old_id)).await? {
+                    return Err(Error::Gone);
+                }
+                store.create(&self.manager.key(&self.id), write).await?;
             }
         }
         Ok(Committed::Created)
@@ -354,10 +428,28 @@ impl Session {
     /// Delete the session (logout) and release its lock; delete listeners
     /// run if a live record was deleted. Returns whether one was.
     pub async fn delete(mut self) -> Result<bool> {
+        self.delete_stored().await
+    }
+
+    /// Delete the stored session, as [`delete`](Session::delete) does, and
+    /// go on with a fresh, empty one under a new id (not stored unless
+    /// something is written to it): "log out, then keep a cart" in one
+    /// request. Returns whether a live record was deleted.
+    pub async fn flush(&mut self) -> Result<bool> {
+        let deleted = self.delete_stored().await?;
+        self.id = SessionId::generate();
+        self.data = SessionData::new();
+        self.loaded = None;
+        self.dirty = false;
+        self.principal = None;
+        Ok(deleted)
+    }
+
+    async fn delete_stored(&mut self) -> Result<bool> {
         let guard = self.lock.take();
-        if self.loaded.is_none() {
+        let Some(loaded) = self.loaded.clone() else {
             return Ok(false);
-        }
+        };
         let stored_id = self.retired_id.take().unwrap_or_else(|| self.id.clone());
         let key = self.manager.key(&stored_id);
         let deleted = match guard {
@@ -368,7 +460,7 @@ impl Session {
             None => self.manager.store().delete(&key).await?,
         };
         if deleted {
-            self.manager.notify_delete(&key).await;
+            self.manager.notify_delete(key, loaded).await;
         }
         Ok(deleted)
     }

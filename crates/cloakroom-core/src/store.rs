@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::error::Result;
-use crate::id::{Namespace, SessionId, SessionKey};
+use crate::id::{Namespace, Principal, SessionId, SessionKey};
 use crate::record::{Record, RecordWrite, Timestamp};
 
 /// How a backend implements per-session locks.
@@ -55,6 +55,15 @@ pub struct Capabilities {
     /// locking transaction until the release commits it: the lock engine
     /// then acknowledges a chain of hand-offs at that release.
     pub durable_while_locked: bool,
+    /// [`Finish::Rotate`] is one atomic step (one transaction, one script).
+    /// Without it the lock engine rotates in two: it deletes the old record
+    /// under the lock, releasing it, then creates the new one, so a crash in
+    /// between leaves neither id live (the visitor logs in again) and never
+    /// both. A backend whose kept writes are not durable
+    /// ([`durable_while_locked`](Capabilities::durable_while_locked) false)
+    /// must rotate atomically: its delete would wait for a commit the create
+    /// does not.
+    pub rotates_atomically: bool,
 }
 
 /// Largest encoded record a backend accepts unless configured otherwise:
@@ -81,7 +90,14 @@ impl Capabilities {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             expires_natively: false,
             durable_while_locked: !matches!(lock, LockKind::RowLock),
+            rotates_atomically: false,
         }
+    }
+
+    /// [`Finish::Rotate`] is one atomic step on this backend.
+    pub const fn atomic_rotation(mut self) -> Self {
+        self.rotates_atomically = true;
+        self
     }
 
     /// The backend's short name, for metrics and spans.
@@ -260,13 +276,38 @@ impl Cursor {
     }
 }
 
+/// A record a sweep deleted, as it was stored, so that expiry listeners see
+/// its data and principal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SweptRecord {
+    /// The stored id.
+    pub id: SessionId,
+    /// The record as it was when deleted.
+    pub record: Record,
+}
+
 /// One batch of a sweep, from [`SessionStore::sweep_expired`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepBatch {
-    /// The ids this batch deleted (so expiry listeners can run).
-    pub deleted: Vec<SessionId>,
+    /// The records this batch deleted (so expiry listeners can run).
+    pub deleted: Vec<SweptRecord>,
     /// Where the next batch starts; `None` when the sweep is complete.
     pub next: Option<Cursor>,
+}
+
+/// One live session of a principal, from
+/// [`SessionStore::list_by_principal`]: what a "your sessions" page shows,
+/// without the data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// The stored id (the session id, or its hash when the manager hashes ids).
+    pub id: SessionId,
+    /// When the session was created.
+    pub created: Timestamp,
+    /// When it was last used.
+    pub accessed: Timestamp,
+    /// When it expires.
+    pub expires: Timestamp,
 }
 
 /// A session store: records keyed by `(namespace, id)`, with per-session
@@ -372,10 +413,33 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     /// Number of live records in `namespace`.
     async fn count(&self, namespace: &Namespace) -> Result<u64>;
 
+    /// Every live record of `namespace` whose [`Record::principal`] is
+    /// `principal`, oldest `created` first.
+    ///
+    /// Served from an index kept with the records (a column with an index, a
+    /// set per principal, an index directory), never a scan of the
+    /// namespace; the index may lag, but what this returns never does: each
+    /// summary is of a record live with that principal at some point during
+    /// the call. A record deleted, expired, swept, rotated away or given
+    /// another principal stops being listed.
+    ///
+    /// The default is [`Error::Unsupported`](crate::Error::Unsupported), so
+    /// that a backend written before principals compiles; the conformance
+    /// suite requires it.
+    async fn list_by_principal(&self, namespace: &Namespace, principal: &Principal) -> Result<Vec<SessionSummary>> {
+        let _ = (namespace, principal);
+        Err(crate::Error::Unsupported(format!(
+            "{self:?} keeps no index of sessions by principal"
+        )))
+    }
+
     /// Delete expired records of `namespace` (expired at `now`), starting at
     /// `cursor`, and return their ids. `limit` bounds the work of one call:
     /// a store deletes at most `limit` records and may stop earlier, for
     /// example after examining `limit` records, returning a cursor to go on.
+    ///
+    /// Each deleted record is returned as it was stored (data and
+    /// principal included), so expiry listeners can clean up after it.
     ///
     /// A record whose lock is held is skipped, and the expiry check and the
     /// delete are one atomic step, so a session renewed meanwhile is never
@@ -411,6 +475,20 @@ pub enum Finish {
     },
     /// Delete the record.
     Delete,
+    /// Move the session to a new id: create the record `to` (in the same
+    /// namespace) from `write` at version 1, and delete the guard's record,
+    /// as one atomic step where the backend says
+    /// [`Capabilities::rotates_atomically`]. The guard's record must still
+    /// be live ([`Error::Gone`](crate::Error::Gone) otherwise, and nothing is
+    /// written: a session logged out meanwhile stays logged out); a live
+    /// record under `to` is [`Error::Conflict`](crate::Error::Conflict).
+    /// Afterwards the guard holds the old key with no record.
+    Rotate {
+        /// The new stored id.
+        to: SessionId,
+        /// The record to create under it.
+        write: RecordWrite,
+    },
     /// Write nothing.
     Nothing,
 }
@@ -443,6 +521,8 @@ pub enum Finished {
         /// Whether a live record was deleted.
         was_live: bool,
     },
+    /// The session moved to its new id ([`Finish::Rotate`]).
+    Rotated,
     /// Nothing was written.
     Nothing,
 }
@@ -495,7 +575,10 @@ pub trait LockGuard: Send + Sync + fmt::Debug {
     ///   [`Error::Gone`](crate::Error::Gone); another version found is
     ///   [`Error::Conflict`](crate::Error::Conflict). `Touch` without a record
     ///   is `Gone`. `Save` without a record creates it at version 1.
-    /// - **Size:** a `Save` over the backend's limit is
+    /// - **Rotate:** see [`Finish::Rotate`]. The lock engine sends it only to
+    ///   a backend with [`Capabilities::rotates_atomically`]; others may
+    ///   answer it with [`Error::Unsupported`](crate::Error::Unsupported).
+    /// - **Size:** a `Save` (or `Rotate`) over the backend's limit is
     ///   [`Error::TooLarge`](crate::Error::TooLarge), checked before anything.
     /// - **Release:** with [`Then::Release`] the lock is released whatever
     ///   the outcome, and the guard is spent.

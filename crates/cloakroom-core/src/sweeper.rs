@@ -140,7 +140,7 @@ mod tests {
 
     #[async_trait]
     impl SessionListener for Expiries {
-        async fn on_expire(&self, _key: &SessionKey) {
+        async fn on_expire(&self, _ended: &crate::EndedSession) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -153,6 +153,7 @@ mod tests {
             created: now,
             accessed: now,
             expires: Timestamp::from_millis(now.as_millis() + ttl_ms),
+            principal: None,
         };
         store.create(&key, write).await.unwrap();
         key

@@ -232,13 +232,14 @@ enum Op {
     Lock,
     ListIds,
     Count,
+    ListByPrincipal,
     Sweep,
     Renew,
     Finish,
 }
 
 impl Op {
-    const ALL: [Op; 13] = [
+    const ALL: [Op; 14] = [
         Op::Migrate,
         Op::Load,
         Op::Create,
@@ -249,6 +250,7 @@ impl Op {
         Op::Lock,
         Op::ListIds,
         Op::Count,
+        Op::ListByPrincipal,
         Op::Sweep,
         Op::Renew,
         Op::Finish,
@@ -266,6 +268,7 @@ impl Op {
             Op::Lock => "lock",
             Op::ListIds => "list_ids",
             Op::Count => "count",
+            Op::ListByPrincipal => "list_by_principal",
             Op::Sweep => "sweep",
             Op::Renew => "renew",
             Op::Finish => "finish",
@@ -381,6 +384,16 @@ impl SessionStore for MeteredStore {
 
     async fn count(&self, namespace: &Namespace) -> Result<u64> {
         self.meter.measured(Op::Count, self.inner.count(namespace)).await
+    }
+
+    async fn list_by_principal(
+        &self,
+        namespace: &Namespace,
+        principal: &crate::Principal,
+    ) -> Result<Vec<crate::SessionSummary>> {
+        self.meter
+            .measured(Op::ListByPrincipal, self.inner.list_by_principal(namespace, principal))
+            .await
     }
 
     async fn sweep_expired(

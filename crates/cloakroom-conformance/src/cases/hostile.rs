@@ -309,6 +309,7 @@ pub async fn sealed_records_keep_no_value_in_clear(f: Fixture) {
         created: raw.created,
         accessed: raw.accessed,
         expires: raw.expires,
+        principal: raw.principal.clone(),
     };
     must(f.store.create(&moved, copy).await, "create the copy");
     match m.open(Some(&moved.id)).await {

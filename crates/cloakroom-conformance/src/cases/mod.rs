@@ -30,6 +30,7 @@
 //! - [`unknown_id_gets_a_fresh_id`] — an id with no live session is never adopted (session fixation).
 //! - [`read_only_open_never_locks`] — read-only opens never lock and never write.
 //! - [`rollback_discards_and_releases`] — rollback writes nothing and releases the lock.
+//! - [`per_session_expiry_is_kept_and_enforced`] — a session's own expiry overrides the manager's idle timeout and is kept; the absolute timeout stays a ceiling.
 //!
 //! ## `locking.rs`: locks, leases and fencing
 //!
@@ -46,6 +47,19 @@
 //!
 //! - [`sweep_counts_exactly_and_spares_locked_and_renewed`] — a sweep reports exact `(deleted, remaining)` and never deletes a locked or renewed session.
 //! - [`listeners_hear_deletes_and_expiries`] — delete and expiry listeners run once per session.
+//!
+//! ## `principals.rs`: sessions by principal
+//!
+//! - [`principal_is_stored_and_listed`] — the principal is stored, listed by, and follows every save; touch keeps it.
+//! - [`principal_index_follows_delete_expiry_and_sweep`] — the index never lists a deleted, expired or swept session; a sweep returns the records.
+//! - [`revoke_all_logs_a_principal_out_everywhere_else`] — `revoke_all` deletes all but one session of a principal, each under its lock, with listeners.
+//! - [`principal_cap_revokes_the_oldest`] — a login over the per-principal cap revokes the oldest sessions.
+//!
+//! ## `rotation.rs`: moving a session to a new id
+//!
+//! - [`rotation_moves_the_record`] — a rotation creates the new record and retires the old id in one step; the index follows.
+//! - [`rotation_of_a_deleted_session_is_gone`] — rotating a session deleted meanwhile is `Gone` and creates nothing.
+//! - [`rotation_racing_a_delete_never_leaves_both`] — rotations racing deletes never leave both ids live.
 //!
 //! ## `hostile.rs`: hostile and broken input
 //!
@@ -75,6 +89,8 @@ mod handoff;
 mod hostile;
 mod locking;
 mod policies;
+mod principals;
+mod rotation;
 mod shared;
 mod sweep;
 
@@ -83,6 +99,8 @@ pub use handoff::*;
 pub use hostile::*;
 pub use locking::*;
 pub use policies::*;
+pub use principals::*;
+pub use rotation::*;
 pub use shared::*;
 pub use sweep::*;
 

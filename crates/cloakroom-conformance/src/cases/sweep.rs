@@ -1,13 +1,12 @@
 //! Sweeping expired sessions, and the listeners that hear deletes and expiries.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloakroom_core::{async_trait, sweep_expired, SessionKey, SessionListener, Timestamp};
+use cloakroom_core::{async_trait, sweep_expired, EndedSession, RecordWrite, SessionData, SessionKey, SessionListener, Timestamp};
 
 use super::{must, opts};
-use crate::record::{expired_write, write_expiring_in, write_with};
+use crate::record::{expired_write, principal, write_expiring_in, write_with};
 use crate::Fixture;
 
 /// A sweep reports exact `(deleted, remaining)`, and never deletes a session
@@ -78,32 +77,60 @@ pub async fn sweep_counts_exactly_and_spares_locked_and_renewed(f: Fixture) {
     );
 }
 
+/// What a listener heard: key, the session's `upload` value, principal.
+type Heard = (SessionKey, Option<String>, Option<String>);
+
 #[derive(Default)]
-struct Recorder {
-    deleted: Mutex<Vec<SessionKey>>,
-    expired: AtomicUsize,
+pub(super) struct Recorder {
+    pub(super) deleted: Mutex<Vec<Heard>>,
+    pub(super) expired: Mutex<Vec<Heard>>,
+}
+
+fn heard(ended: &EndedSession) -> Heard {
+    let upload = ended
+        .data()
+        .and_then(|d| d.get::<String>("upload").ok().flatten());
+    (
+        ended.key.clone(),
+        upload,
+        ended.principal().map(|p| p.as_str().to_owned()),
+    )
 }
 
 #[async_trait]
 impl SessionListener for Recorder {
-    async fn on_delete(&self, key: &SessionKey) {
+    async fn on_delete(&self, ended: &EndedSession) {
         self.deleted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(key.clone());
+            .push(heard(ended));
     }
-    async fn on_expire(&self, _key: &SessionKey) {
-        self.expired.fetch_add(1, Ordering::SeqCst);
+    async fn on_expire(&self, ended: &EndedSession) {
+        self.expired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(heard(ended));
     }
 }
 
-/// Delete and expiry hooks run, once each, so data an application keeps
-/// outside the store can follow its sessions.
+impl Recorder {
+    pub(super) fn deletes(&self) -> Vec<Heard> {
+        self.deleted.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn expiries(&self) -> Vec<Heard> {
+        self.expired.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Delete and expiry listeners run once per ended session and get its
+/// record: data and principal, so the application can remove the file a
+/// session names when the session ends.
 pub async fn listeners_hear_deletes_and_expiries(f: Fixture) {
     let recorder = Arc::new(Recorder::default());
     let m = must(f.manager().listener(recorder.clone()).build(), "manager");
     let mut s = must(m.open(None).await, "open");
-    must(s.insert("k", &1u8), "insert");
+    must(s.insert("upload", "/tmp/upload-1"), "insert");
+    s.set_principal(Some(principal("alice")));
     let id = s.id().clone();
     must(s.commit().await, "commit");
     let s = must(m.open(Some(&id)).await, "open");
@@ -114,27 +141,48 @@ pub async fn listeners_hear_deletes_and_expiries(f: Fixture) {
         "deleting an unstored session reports false"
     );
     assert_eq!(
-        *recorder.deleted.lock().unwrap_or_else(|p| p.into_inner()),
-        vec![f.key(&id)],
-        "on_delete must run once, for the deleted session only"
+        recorder.deletes(),
+        vec![(f.key(&id), Some("/tmp/upload-1".to_owned()), Some("alice".to_owned()))],
+        "on_delete must run once, for the deleted session only, with its data and principal"
     );
 
+    // An unlocked delete (an administrator's) reports the record too.
+    let mut s = must(m.open(None).await, "open");
+    must(s.insert("upload", "/tmp/upload-2"), "insert");
+    let second = s.id().clone();
+    must(s.commit().await, "commit");
+    assert!(must(m.delete(&second).await, "manager delete"));
+    assert_eq!(
+        recorder.deletes().last(),
+        Some(&(f.key(&second), Some("/tmp/upload-2".to_owned()), None)),
+        "on_delete after Manager::delete"
+    );
+
+    let mut swept = Vec::new();
     for i in 0..3u8 {
-        must(
-            f.store.create(&f.new_key(), expired_write(&[i])).await,
-            "create expired",
-        );
+        let mut data = SessionData::new();
+        must(data.insert("upload", &format!("/tmp/expired-{i}")), "insert");
+        let key = f.new_key();
+        let write = RecordWrite {
+            principal: Some(principal("bob")),
+            ..expired_write(&data.encode())
+        };
+        must(f.store.create(&key, write).await, "create expired");
+        swept.push((key, Some(format!("/tmp/expired-{i}")), Some("bob".to_owned())));
     }
     let report = must(m.sweep_expired(100).await, "sweep");
-    let expected = if f.store.capabilities().expires_natively {
-        0
+    if f.store.capabilities().expires_natively {
+        assert_eq!(report.deleted, 0);
+        assert!(recorder.expiries().is_empty());
     } else {
-        3
-    };
-    assert_eq!(report.deleted, expected);
-    assert_eq!(
-        recorder.expired.load(Ordering::SeqCst),
-        expected as usize,
-        "on_expire once per swept session"
-    );
+        assert_eq!(report.deleted, 3);
+        let mut heard = recorder.expiries();
+        heard.sort();
+        swept.sort();
+        assert_eq!(
+            heard, swept,
+            "on_expire once per swept session, with its data and principal"
+        );
+    }
+    assert_eq!(recorder.deletes().len(), 2, "a sweep is not a delete");
 }
