@@ -816,6 +816,7 @@ fn share(e: &Error) -> Error {
         },
         Error::LeaseLost => Error::LeaseLost,
         Error::Gone => Error::Gone,
+        Error::Released => Error::Released,
         Error::Corrupt { reason } => Error::Corrupt {
             reason: reason.clone(),
         },

@@ -53,6 +53,13 @@ pub enum Error {
     #[error("the session was deleted or expired meanwhile; the save was dropped")]
     Gone,
 
+    /// This request already finished with its session (committed it early
+    /// to release the lock before a long operation, rolled it back, or
+    /// deleted it): a later change could not be saved, so it is refused
+    /// rather than silently dropped. Reads still see the committed data.
+    #[error("the session was already committed or released in this request; later changes are refused")]
+    Released,
+
     /// The stored bytes are not a cloakroom record this version can read.
     #[error("corrupt session record: {reason}")]
     Corrupt {

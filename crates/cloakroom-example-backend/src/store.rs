@@ -1,7 +1,7 @@
 //! [`LeaseMapStore`]: records and leases in one map, and the
 //! [`SessionStore`] impl over it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use cloakroom_core::{
     async_trait, check_loaded_is_live, Acquired, Capabilities, Cursor, Error, IdPage, LockKind, LockOptions,
-    Namespace, Record, RecordWrite, Result, SessionId, SessionKey, SessionStore, StoreUrl, SweepBatch,
-    Timestamp,
+    Namespace, Principal, Record, RecordWrite, Result, SessionId, SessionKey, SessionStore, SessionSummary,
+    StoreUrl, SweepBatch, SweptRecord, Timestamp,
 };
 
 use crate::guard::LeaseMapGuard;
@@ -27,10 +27,13 @@ pub struct LeaseMapStore {
 }
 
 /// Per namespace, the entries in id order (so listings and sweeps can
-/// resume after an id), and the counter that makes lease tokens.
+/// resume after an id), the ids of each principal (the index behind
+/// `list_by_principal`, kept under the same lock), and the counter that
+/// makes lease tokens.
 #[derive(Default)]
 pub(crate) struct LeaseMap {
     namespaces: Mutex<HashMap<Namespace, BTreeMap<SessionId, Entry>>>,
+    principals: Mutex<HashMap<(Namespace, Principal), BTreeSet<SessionId>>>,
     last_token: AtomicU64,
 }
 
@@ -63,9 +66,34 @@ impl LeaseMap {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Move `id` in the principal index from `before` to `after`; called
+    /// with the namespaces lock held, so the index never disagrees with the
+    /// records.
+    fn reindex(&self, namespace: &Namespace, id: &SessionId, before: Option<Principal>, after: Option<&Principal>) {
+        if before.as_ref() == after {
+            return;
+        }
+        let mut principals = self.principals.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = before {
+            let slot = (namespace.clone(), old);
+            if let Some(ids) = principals.get_mut(&slot) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    principals.remove(&slot);
+                }
+            }
+        }
+        if let Some(new) = after {
+            principals
+                .entry((namespace.clone(), new.clone()))
+                .or_default()
+                .insert(id.clone());
+        }
+    }
+
     /// Run `f` on the entry of `key`, with a lapsed lease already dropped
-    /// (it no longer holds anyone off), and forget the entry afterwards if
-    /// it keeps nothing.
+    /// (it no longer holds anyone off), keep the principal index in step,
+    /// and forget the entry afterwards if it keeps nothing.
     pub(crate) fn with_entry<T>(&self, key: &SessionKey, f: impl FnOnce(&mut Entry) -> T) -> T {
         let mut namespaces = self.namespaces();
         let ids = namespaces.entry(key.namespace.clone()).or_default();
@@ -73,7 +101,10 @@ impl LeaseMap {
         if entry.lease.is_some_and(|held| held.deadline <= Instant::now()) {
             entry.lease = None;
         }
+        let before = entry.record.as_ref().and_then(|r| r.principal.clone());
         let out = f(entry);
+        let after = entry.record.as_ref().and_then(|r| r.principal.as_ref());
+        self.reindex(&key.namespace, &key.id, before, after);
         if entry.record.is_none() && entry.lease.is_none() {
             ids.remove(&key.id);
             if ids.is_empty() {
@@ -229,6 +260,29 @@ impl SessionStore for LeaseMapStore {
         Ok(live as u64)
     }
 
+    async fn list_by_principal(&self, namespace: &Namespace, principal: &Principal) -> Result<Vec<SessionSummary>> {
+        let now = Timestamp::now();
+        let namespaces = self.map.namespaces();
+        let principals = self.map.principals.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(ids) = principals.get(&(namespace.clone(), principal.clone())) else {
+            return Ok(Vec::new());
+        };
+        let mut found: Vec<SessionSummary> = ids
+            .iter()
+            .filter_map(|id| {
+                let record = namespaces.get(namespace)?.get(id)?.live(now)?;
+                Some(SessionSummary {
+                    id: id.clone(),
+                    created: record.created,
+                    accessed: record.accessed,
+                    expires: record.expires,
+                })
+            })
+            .collect();
+        found.sort_by_key(|s| s.created);
+        Ok(found)
+    }
+
     /// Examines at most `limit` entries; check and delete happen under one
     /// map lock, so a touch or a lock cannot slip in between.
     async fn sweep_expired(
@@ -256,9 +310,16 @@ impl SessionStore for LeaseMapStore {
         };
         let mut deleted = Vec::new();
         for id in &examined {
-            if ids.get(id).is_some_and(sweepable) {
-                ids.remove(id);
-                deleted.push(id.clone());
+            if !ids.get(id).is_some_and(sweepable) {
+                continue;
+            }
+            if let Some(record) = ids.remove(id).and_then(|entry| entry.record) {
+                self.map
+                    .reindex(namespace, id, record.principal.clone(), None);
+                deleted.push(SweptRecord {
+                    id: id.clone(),
+                    record,
+                });
             }
         }
         let next = examined
