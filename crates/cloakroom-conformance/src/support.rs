@@ -338,6 +338,14 @@ impl<S: SessionStore + 'static> SessionStore for InTempDir<S> {
         self.store.count(namespace).await
     }
 
+    async fn list_by_principal(
+        &self,
+        namespace: &Namespace,
+        principal: &cloakroom_core::Principal,
+    ) -> cloakroom_core::Result<Vec<cloakroom_core::SessionSummary>> {
+        self.store.list_by_principal(namespace, principal).await
+    }
+
     async fn sweep_expired(
         &self,
         namespace: &Namespace,

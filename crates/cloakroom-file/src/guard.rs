@@ -190,8 +190,10 @@ fn apply(
 ) -> Result<(Finished, Option<Record>)> {
     match op {
         Finish::Save(write) => {
-            current_if_unchanged(paths, loaded.as_ref())?;
-            let record = inner.replace(key, loaded.as_ref(), write)?;
+            let current = current_if_unchanged(paths, loaded.as_ref())?;
+            // The file's principal, even if it expired: its marker goes.
+            let previous = current.and_then(|r| r.principal);
+            let record = inner.replace(key, loaded.as_ref(), previous.as_ref(), write)?;
             Ok((
                 Finished::Saved {
                     version: record.version,
@@ -207,14 +209,25 @@ fn apply(
             _ => Err(Error::Gone),
         },
         Finish::Delete => {
-            let was_live = inner.remove_locked(paths)?;
+            let was_live = inner.remove_locked(key, paths)?;
             Ok((Finished::Deleted { was_live }, None))
         }
         Finish::Nothing => Ok((Finished::Nothing, loaded)),
+        // Refused before the write by `finish_blocking`; kept here so that
+        // a rotation can never be half done.
+        Finish::Rotate { .. } => Err(rotation_unsupported()),
         other => Err(Error::Unsupported(format!(
             "the file store does not know the finish {other:?}"
         ))),
     }
+}
+
+/// The file store cannot create one record and delete another in one step
+/// (two files, two renames), so it does not claim
+/// [`Capabilities::rotates_atomically`](cloakroom_core::Capabilities::rotates_atomically)
+/// and the lock engine rotates in two steps instead of sending it this.
+fn rotation_unsupported() -> Error {
+    Error::Unsupported("the file store cannot rotate a session atomically".into())
 }
 
 /// One `finish` on the blocking pool: the size check, then under one hold
@@ -232,6 +245,8 @@ fn finish_blocking(
     let paths = inner.layout.session(key);
     let size = match &op {
         Finish::Save(write) => write.check_size(inner.options.max_record_bytes),
+        // Refused like an oversized save: nothing written, lock released.
+        Finish::Rotate { .. } => Err(rotation_unsupported()),
         _ => Ok(()),
     };
     // No shard, no lock file: someone else took the lock and let it go.

@@ -5,6 +5,9 @@
 //! <root>/<namespace>/<shard>/<id>.lock     the session lock: a lease, see `lease`
 //! <root>/<namespace>/<shard>/.mutex        short write sections of the shard
 //! <root>/<namespace>/<shard>/.<id>.*.tmp   a record being written
+//! <root>/<namespace>/principals/<digest>/<id>
+//!                                          an empty marker: the record <id> may
+//!                                          belong to the principal, see `index`
 //! <root>-owners/<owner>                    one per open store, see `liveness`
 //! ```
 //!
@@ -18,10 +21,15 @@
 //! in name order then each shard in name order lists ids in their sort order,
 //! which is what lets a cursor be simply the last id returned.
 //!
-//! Only a [`SessionId`] and a [`Namespace`] (both strictly parsed, neither can
-//! hold `/`, `.` or a NUL) ever become path components, and names read back
-//! from disk are only acted on after the same parse, so a file that is not a
-//! record of ours is never read as one, nor deleted.
+//! `principals` is longer than a shard name, so walking the shards (listing,
+//! counting, sweeping) never enters it.
+//!
+//! Only a [`SessionId`], a [`Namespace`] (both strictly parsed, neither can
+//! hold `/`, `.` or a NUL) and a principal's [`digest`](Principal::digest)
+//! (43 characters of base64url, whatever the principal holds) ever become
+//! path components, and names read back from disk are only acted on after
+//! the same parse, so a file that is not a record of ours is never read as
+//! one, nor deleted.
 //!
 //! Names differing only in case are different sessions: the store needs a
 //! case-sensitive file system (Linux file systems are; macOS's default is not).
@@ -33,12 +41,14 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cloakroom_core::{Namespace, SessionId, SessionKey};
+use cloakroom_core::{Namespace, Principal, SessionId, SessionKey};
 
 const LOCK_SUFFIX: &str = ".lock";
 const MUTEX_NAME: &str = ".mutex";
 const TEMP_SUFFIX: &str = ".tmp";
 const SHARD_LEN: usize = 2;
+/// The index directory of a namespace; not a shard name (see `shards_from`).
+const PRINCIPALS_DIR: &str = "principals";
 
 /// Paths of one store.
 #[derive(Clone, Debug)]
@@ -79,6 +89,17 @@ impl Layout {
 
     pub fn namespace_dir(&self, namespace: &Namespace) -> PathBuf {
         self.root.join(namespace.as_str())
+    }
+
+    /// The directory of a namespace's principal index.
+    pub fn principals_dir(&self, namespace: &Namespace) -> PathBuf {
+        self.namespace_dir(namespace).join(PRINCIPALS_DIR)
+    }
+
+    /// The marker directory of one principal: named by its digest, never by
+    /// its text.
+    pub fn principal_dir(&self, namespace: &Namespace, principal: &Principal) -> PathBuf {
+        self.principals_dir(namespace).join(principal.digest())
     }
 
     pub fn session(&self, key: &SessionKey) -> SessionPaths {
@@ -184,6 +205,24 @@ pub(crate) fn read_shard(shard: &Path) -> io::Result<ShardEntries> {
     Ok(out)
 }
 
+/// The ids marked in a principal's marker directory, sorted; a missing
+/// directory marks none. Names that are not ids are not ours and ignored.
+pub(crate) fn read_markers(dir: &Path) -> io::Result<Vec<SessionId>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut ids = Vec::new();
+    for entry in entries {
+        if let Some(id) = entry?.file_name().to_str().and_then(|n| SessionId::parse(n).ok()) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,5 +240,20 @@ mod tests {
         );
         assert!(p.temp(&key.id).starts_with(&p.shard));
         assert_ne!(p.temp(&key.id), p.temp(&key.id));
+        let principal = Principal::new("../../etc/passwd").unwrap();
+        assert_eq!(
+            layout.principal_dir(&key.namespace, &principal),
+            PathBuf::from(format!("/srv/s/app/principals/{}", principal.digest()))
+        );
+    }
+
+    #[test]
+    fn the_index_directory_is_not_a_shard() {
+        let dir = std::env::temp_dir().join(format!("cloakroom-layout-{}", SessionId::generate()));
+        create_dirs(&dir.join(PRINCIPALS_DIR)).unwrap();
+        create_dirs(&dir.join("Ab")).unwrap();
+        let shards = shards_from(&dir, None);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(shards.unwrap(), vec!["Ab".to_owned()]);
     }
 }

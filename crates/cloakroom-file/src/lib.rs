@@ -7,6 +7,17 @@
 //!   file, fsync, rename, fsync of the directory when
 //!   [`FileOptions::durable`] is on (the default). A reader never sees a
 //!   partial file, and a damaged one is [`Error::Corrupt`], never a panic.
+//!   A record file holds the session's principal too (format 2; files of
+//!   format 1, from before principals, still read, without one).
+//! - Sessions are listed by principal
+//!   ([`SessionStore::list_by_principal`]) from an index directory per
+//!   principal, `<root>/<namespace>/principals/<digest>/`, named by
+//!   [`Principal::digest`](cloakroom_core::Principal::digest) (never by the
+//!   principal's text) and holding one empty marker file per stored id. A
+//!   marker is made before the record write that gives the record its
+//!   principal and removed after the write or delete that takes it away, so
+//!   a crash leaves at worst a stale marker, never a missing one; a listing
+//!   checks each marker against its record and removes the stale ones.
 //! - Per-session locks are leases written in a separate `<id>.lock` file:
 //!   the holder's token and the end of its lease, set and checked under a
 //!   short per-shard `flock` that is never held across a request. A holder
@@ -16,6 +27,10 @@
 //!   `<root>-owners/` is no longer locked (see
 //!   [`cloakroom_core::liveness`]).
 //! - All file work runs on tokio's blocking pool, never on the async workers.
+//! - A session id rotation is two steps (the lock engine deletes the old
+//!   record, then creates the new one): a record and its successor are two
+//!   files, which no single rename replaces, so the store does not claim
+//!   [`Capabilities::rotates_atomically`](cloakroom_core::Capabilities::rotates_atomically).
 //!
 //! ```no_run
 //! # async fn demo() -> cloakroom_core::Result<()> {
@@ -55,6 +70,7 @@
 mod error;
 mod format;
 mod guard;
+mod index;
 mod layout;
 mod lease;
 mod options;

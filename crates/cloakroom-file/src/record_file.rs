@@ -7,10 +7,10 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use cloakroom_core::{Error, Record, RecordWrite, Result, SessionId, SessionKey, Timestamp};
+use cloakroom_core::{Error, Principal, Record, RecordWrite, Result, SessionId, SessionKey, Timestamp};
 
 use crate::error::io_error;
-use crate::format::{self, Header, HEADER_LEN};
+use crate::format::{self, Header, Meta, HEADER_LEN, META_MAX_LEN};
 use crate::layout::{create_dirs, mutex_path, SessionPaths};
 use crate::store::Inner;
 
@@ -36,6 +36,21 @@ pub(crate) fn read_header(path: &Path) -> Result<Option<Header>> {
         .read_to_end(&mut head)
         .map_err(io_error)?;
     format::decode_header(&head).map(Some)
+}
+
+/// The header and principal of the record at `path`, without its data:
+/// what the principal index and deletes need.
+pub(crate) fn read_meta(path: &Path) -> Result<Option<Meta>> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(e)),
+    };
+    let mut head = Vec::with_capacity(META_MAX_LEN);
+    file.take(META_MAX_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(io_error)?;
+    format::decode_meta(&head).map(Some)
 }
 
 /// Replace the record of `paths` with `record`: write a temporary file in the
@@ -89,7 +104,7 @@ pub(crate) fn remove_record(paths: &SessionPaths, durable: bool) -> Result<bool>
 }
 
 /// fsync a directory, so a rename or unlink in it survives a power cut.
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_error)
 }
 
@@ -192,13 +207,17 @@ impl ShardMutex {
 }
 
 impl Inner {
-    /// Write `write` as the new record, after `current_live` (the record read
-    /// under the shard mutex): keeps `created` and bumps the version, or
-    /// starts a new record at version 1. Returns the record as written.
+    /// Write `write` as the new record, after `current_live` (the live
+    /// record read under the shard mutex): keeps `created` and bumps the
+    /// version, or starts a new record at version 1. `previous` is the
+    /// principal of the record file being replaced, live or not, whose
+    /// index marker goes if the principal changes. Returns the record as
+    /// written.
     pub(crate) fn replace(
         &self,
         key: &SessionKey,
         current_live: Option<&Record>,
+        previous: Option<&Principal>,
         write: RecordWrite,
     ) -> Result<Record> {
         let record = match current_live {
@@ -208,13 +227,13 @@ impl Inner {
             },
             None => write.into_record(1),
         };
-        write_record(&self.layout.session(key), &key.id, &record, self.durable())?;
+        self.write_indexed(key, &record, previous)?;
         Ok(record)
     }
 
-    /// Rewrite the metadata of a record, data and version unchanged (by
-    /// rename, like every write: never in place). Returns the record as
-    /// written.
+    /// Rewrite the metadata of a record, data, version and principal
+    /// unchanged (by rename, like every write: never in place), so its
+    /// index marker stays as it is. Returns the record as written.
     pub(crate) fn retouch(
         &self,
         key: &SessionKey,
@@ -230,22 +249,27 @@ impl Inner {
 
     /// Delete the record of `key`; whether a live one was deleted. A corrupt
     /// record is deleted too (and counts as not live): logging out must work.
+    /// Its index marker goes after it (one of a corrupt record stays, stale,
+    /// until a listing meets it).
     pub(crate) fn remove(&self, key: &SessionKey) -> Result<bool> {
         let paths = self.layout.session(key);
         let Some(_mutex) = ShardMutex::lock_existing(&paths.shard)? else {
             return Ok(false);
         };
-        self.remove_locked(&paths)
+        self.remove_locked(key, &paths)
     }
 
     /// [`remove`](Self::remove), with the shard mutex already held.
-    pub(crate) fn remove_locked(&self, paths: &SessionPaths) -> Result<bool> {
-        let was_live = match read_header(&paths.data) {
-            Ok(h) => h.is_some_and(|h| h.is_live_at(Timestamp::now())),
-            Err(Error::Corrupt { .. }) => false,
+    pub(crate) fn remove_locked(&self, key: &SessionKey, paths: &SessionPaths) -> Result<bool> {
+        let (was_live, principal) = match read_meta(&paths.data) {
+            Ok(Some(meta)) => (meta.header.is_live_at(Timestamp::now()), meta.principal),
+            Ok(None) | Err(Error::Corrupt { .. }) => (false, None),
             Err(e) => return Err(e),
         };
         remove_record(paths, self.durable())?;
+        if let Some(principal) = principal {
+            self.remove_marker(&key.namespace, &principal, &key.id);
+        }
         Ok(was_live)
     }
 }

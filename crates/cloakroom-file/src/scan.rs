@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use cloakroom_core::{
-    Cursor, Error, IdPage, Namespace, Result, SessionId, SessionKey, SweepBatch, Timestamp,
+    Cursor, Error, IdPage, Namespace, Record, Result, SessionId, SessionKey, SweepBatch, SweptRecord,
+    Timestamp,
 };
 
 use crate::error::io_error;
@@ -77,8 +78,11 @@ impl Inner {
                 examined += 1;
                 last = Some(id.clone());
                 let key = SessionKey::new(namespace.clone(), id.clone());
-                if self.sweep_one(&key, now)? {
-                    deleted.push(id.clone());
+                if let Some(record) = self.sweep_one(&key, now)? {
+                    deleted.push(SweptRecord {
+                        id: id.clone(),
+                        record,
+                    });
                 }
             }
             let records_left = entries.records.len() > deleted.len() - deleted_before;
@@ -87,38 +91,48 @@ impl Inner {
         Ok(SweepBatch { deleted, next: None })
     }
 
-    /// Delete one record if it is expired at `now` and nobody holds its lock.
-    /// The check is repeated under the shard mutex, so a touch or save that
-    /// renewed the session between the first look and the delete wins, and
-    /// the session is not deleted from under it.
-    fn sweep_one(&self, key: &SessionKey, now: Timestamp) -> Result<bool> {
+    /// Delete one record if it is expired at `now` and nobody holds its lock,
+    /// and return it as it was. The check is repeated under the shard mutex,
+    /// on the record read whole under it, so a touch or save that renewed
+    /// the session between the first look and the delete wins, and the
+    /// session is not deleted from under it, and what is returned is exactly
+    /// what was deleted.
+    fn sweep_one(&self, key: &SessionKey, now: Timestamp) -> Result<Option<Record>> {
         let paths = self.layout.session(key);
+        // A first look at the header only, so that live records (most of
+        // them) cost neither the mutex nor a read of their data.
         match record_file::read_header(&paths.data) {
             Ok(Some(h)) if !h.is_live_at(now) => {}
-            Ok(_) => return Ok(false),
+            Ok(_) => return Ok(None),
             Err(Error::Corrupt { reason }) => {
                 // Never delete what we cannot read: an operator may want it.
                 tracing::warn!(%key, %reason, "file store sweep skipped a corrupt record");
-                return Ok(false);
+                return Ok(None);
             }
             Err(e) => return Err(e),
         }
         let Some(_mutex) = ShardMutex::lock_existing(&paths.shard)? else {
-            return Ok(false);
+            return Ok(None);
         };
         if read_lease(&paths.lock)?.is_some_and(|l| l.is_live_at(Timestamp::now())) {
-            return Ok(false); // in use by a request: not ours to delete
+            return Ok(None); // in use by a request: not ours to delete
         }
-        match record_file::read_header(&paths.data) {
-            Ok(Some(h)) if !h.is_live_at(now) => {}
-            Ok(_) | Err(Error::Corrupt { .. }) => return Ok(false),
+        let record = match record_file::read_record(&paths.data) {
+            Ok(Some(record)) if !record.is_live_at(now) => record,
+            Ok(_) | Err(Error::Corrupt { .. }) => return Ok(None),
             Err(e) => return Err(e),
+        };
+        if !record_file::remove_record(&paths, self.durable())? {
+            return Ok(None);
         }
-        let deleted = record_file::remove_record(&paths, self.durable())?;
         // The lease that ran out goes with the record (best effort: the
-        // garbage collection of the shard tries again).
+        // garbage collection of the shard tries again), and so does the
+        // index marker, after the record (see `index`).
         let _ = remove_lease(&paths.lock);
-        Ok(deleted)
+        if let Some(principal) = &record.principal {
+            self.remove_marker(&key.namespace, principal, &key.id);
+        }
+        Ok(Some(record))
     }
 
     /// Best-effort cleanup of a fully swept shard, under its mutex: lock

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use cloakroom_core::liveness::Liveness;
 use cloakroom_core::{
-    Acquired, Capabilities, Cursor, Error, IdPage, LockKind, LockOptions, Namespace, Record, RecordWrite,
-    Result, SessionId, SessionKey, SessionStore, StoreUrl, SweepBatch, Timestamp,
+    Acquired, Capabilities, Cursor, Error, IdPage, LockKind, LockOptions, Namespace, Principal, Record,
+    RecordWrite, Result, SessionId, SessionKey, SessionStore, SessionSummary, StoreUrl, SweepBatch,
+    Timestamp,
 };
 
 use crate::error::{io_error, worker_error};
@@ -27,7 +28,11 @@ use crate::record_file::{self, ShardMutex};
 ///
 /// Capabilities: multi-process, durable when [`FileOptions::durable`] is on,
 /// [`LockKind::Lease`] (a lease recorded in a lock file beside the record,
-/// see the crate docs).
+/// see the crate docs). Not
+/// [`rotates_atomically`](Capabilities::rotates_atomically): a record and
+/// its successor are two files that no single rename replaces, so the lock
+/// engine rotates in two steps (and `Finish::Rotate` is
+/// [`Error::Unsupported`]).
 #[derive(Clone, Debug)]
 pub struct FileStore {
     pub(crate) inner: Arc<Inner>,
@@ -182,15 +187,15 @@ impl SessionStore for FileStore {
             let paths = inner.layout.session(&key);
             let _mutex = ShardMutex::lock(&paths.shard)?;
             let current = record_file::read_record(&paths.data)?;
-            if let Some(live) = current.filter(|r| r.is_live_at(Timestamp::now())) {
+            if let Some(live) = current.as_ref().filter(|r| r.is_live_at(Timestamp::now())) {
                 return Err(Error::Conflict {
                     expected: 0,
                     found: live.version,
                 });
             }
-            let record = write.into_record(1);
-            record_file::write_record(&paths, &key.id, &record, inner.durable())?;
-            Ok(record)
+            // An expired record is replaced: its principal's marker goes.
+            let previous = current.and_then(|r| r.principal);
+            inner.replace(&key, None, previous.as_ref(), write)
         })
         .await
     }
@@ -215,7 +220,10 @@ impl SessionStore for FileStore {
                     });
                 }
             }
-            inner.replace(&key, Some(&live), write).map(|r| r.version)
+            let previous = live.principal.clone();
+            inner
+                .replace(&key, Some(&live), previous.as_ref(), write)
+                .map(|r| r.version)
         })
         .await
     }
@@ -260,6 +268,18 @@ impl SessionStore for FileStore {
     async fn count(&self, namespace: &Namespace) -> Result<u64> {
         let namespace = namespace.clone();
         self.blocking(move |inner| inner.count_blocking(&namespace)).await
+    }
+
+    /// Served from the principal's marker directory, each marker checked
+    /// against its record (see the `index` module).
+    async fn list_by_principal(
+        &self,
+        namespace: &Namespace,
+        principal: &Principal,
+    ) -> Result<Vec<SessionSummary>> {
+        let (namespace, principal) = (namespace.clone(), principal.clone());
+        self.blocking(move |inner| inner.list_by_principal_blocking(&namespace, &principal))
+            .await
     }
 
     async fn sweep_expired(

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use cloakroom_conformance::support::TempDir;
 use cloakroom_core::{
-    Acquired, Cursor, Error, Finish, Finished, LockKind, LockOptions, Namespace, RecordWrite, SessionId,
-    SessionKey, SessionStore, Then, Timestamp,
+    Acquired, Cursor, Error, Finish, Finished, LockKind, LockOptions, Namespace, Principal, RecordWrite,
+    SessionId, SessionKey, SessionStore, SweepBatch, Then, Timestamp,
 };
 use cloakroom_file::{FileOptions, FileStore};
 
@@ -52,7 +52,20 @@ fn write(data: &[u8]) -> RecordWrite {
         created: now,
         accessed: now,
         expires: now.saturating_add(Duration::from_secs(3600)),
+        principal: None,
     }
+}
+
+fn write_as(data: &[u8], principal: &Principal) -> RecordWrite {
+    RecordWrite {
+        principal: Some(principal.clone()),
+        ..write(data)
+    }
+}
+
+/// The ids a sweep batch deleted.
+fn swept_ids(batch: &SweepBatch) -> Vec<SessionId> {
+    batch.deleted.iter().map(|swept| swept.id.clone()).collect()
 }
 
 fn expired(data: &[u8]) -> RecordWrite {
@@ -279,7 +292,7 @@ async fn foreign_files_are_ignored_and_never_deleted() {
         .sweep_expired(&ns, Timestamp::now(), None, 100)
         .await
         .unwrap();
-    assert_eq!(batch.deleted, vec![k.id.clone()]);
+    assert_eq!(swept_ids(&batch), vec![k.id.clone()]);
     for f in &foreign {
         assert_eq!(fs::read(f).unwrap(), b"keep me", "{} was touched", f.display());
     }
@@ -330,7 +343,7 @@ async fn lock_files_do_not_pile_up() {
         .sweep_expired(&k.namespace, Timestamp::now(), None, 10)
         .await
         .unwrap();
-    assert_eq!(batch.deleted, vec![k.id.clone()]);
+    assert_eq!(swept_ids(&batch), vec![k.id.clone()]);
     assert_eq!(count_locks(), 0);
     assert_eq!(store.load(&saved).await.unwrap().unwrap().data, b"live");
 }
@@ -814,5 +827,377 @@ async fn a_cancelled_claim_leaves_the_session_free() {
             .await
             .expect("a cancelled claim must not keep the session locked");
         g.unlock().await.unwrap();
+    }
+}
+
+fn principal_dir(root: &Path, ns: &str, principal: &Principal) -> PathBuf {
+    root.join(ns).join("principals").join(principal.digest())
+}
+
+fn marker_path(root: &Path, key: &SessionKey, principal: &Principal) -> PathBuf {
+    principal_dir(root, key.namespace.as_str(), principal).join(key.id.as_str())
+}
+
+async fn listed(store: &FileStore, ns: &Namespace, principal: &Principal) -> Vec<SessionId> {
+    store
+        .list_by_principal(ns, principal)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|summary| summary.id)
+        .collect()
+}
+
+/// The index is one empty marker per record in a directory named by the
+/// principal's digest: the principal's text never names a file, listing
+/// and counting do not take the index for sessions, and the markers and
+/// directories go when the sessions do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_is_a_marker_directory_named_by_digest() {
+    let dir = temp();
+    let store = durable_store(dir.path());
+    let alice = Principal::new("alice/../../etc ' OR 1=1 --").unwrap();
+    let ns = Namespace::new("app").unwrap();
+    let (first, second, anonymous) = (key("app"), key("app"), key("app"));
+    store.create(&first, write_as(b"1", &alice)).await.unwrap();
+    store.create(&second, write_as(b"2", &alice)).await.unwrap();
+    store.create(&anonymous, write(b"3")).await.unwrap();
+
+    for k in [&first, &second] {
+        let marker = marker_path(dir.path(), k, &alice);
+        assert_eq!(fs::read(&marker).unwrap(), b"", "{}", marker.display());
+    }
+    for path in walk(dir.path()) {
+        let path = path.to_string_lossy();
+        assert!(!path.contains("alice") && !path.contains("etc"), "{path}");
+    }
+    assert_eq!(store.count(&ns).await.unwrap(), 3);
+    assert_eq!(store.list_ids(&ns, None, 100).await.unwrap().ids.len(), 3);
+    let batch = store
+        .sweep_expired(&ns, Timestamp::now(), None, 100)
+        .await
+        .unwrap();
+    assert!(batch.deleted.is_empty());
+    assert!(
+        marker_path(dir.path(), &first, &alice).is_file(),
+        "a sweep of live records took a marker"
+    );
+
+    // A save without the principal takes its marker; a delete the last one,
+    // and the directories with it.
+    store.save(&first, write(b"1'"), Some(1)).await.unwrap();
+    assert!(!marker_path(dir.path(), &first, &alice).exists());
+    assert_eq!(listed(&store, &ns, &alice).await, vec![second.id.clone()]);
+    assert!(store.delete(&second).await.unwrap());
+    assert!(listed(&store, &ns, &alice).await.is_empty());
+    assert!(!dir.path().join("app").join("principals").exists());
+}
+
+/// What a crash between a marker step and a record write leaves (a marker
+/// without its record, a marker of a record now someone else's), markers of
+/// expired records, and names that are not ours: none is listed, the stale
+/// markers are removed (without leaving a shard behind), foreign files stay.
+/// A corrupt record behind a marker is skipped, its marker kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_markers_are_not_listed_and_are_cleaned_up() {
+    let dir = temp();
+    let store = fast_store(dir.path());
+    let ns = Namespace::new("app").unwrap();
+    let (alice, bob) = (Principal::new("alice").unwrap(), Principal::new("bob").unwrap());
+    let alices = principal_dir(dir.path(), "app", &alice);
+
+    // Every record in shard "Aa", so that shard "Zz" stays free.
+    let in_aa = || SessionKey::new(ns.clone(), id_in_shard("Aa"));
+    let live = in_aa();
+    store.create(&live, write_as(b"live", &alice)).await.unwrap();
+    // Marked, then the process died before the record was written.
+    let never_written = SessionKey::new(ns.clone(), id_in_shard("Zz"));
+    fs::write(marker_path(dir.path(), &never_written, &alice), b"").unwrap();
+    // Re-saved to bob, then the process died before alice's marker went.
+    let moved = in_aa();
+    store.create(&moved, write_as(b"moved", &bob)).await.unwrap();
+    fs::write(marker_path(dir.path(), &moved, &alice), b"").unwrap();
+    let expired_key = in_aa();
+    store
+        .create(
+            &expired_key,
+            RecordWrite {
+                principal: Some(alice.clone()),
+                ..expired(b"old")
+            },
+        )
+        .await
+        .unwrap();
+    let corrupt = in_aa();
+    store
+        .create(&corrupt, write_as(b"soon torn", &alice))
+        .await
+        .unwrap();
+    fs::write(data_path(dir.path(), &corrupt), b"CLKR torn").unwrap();
+    fs::write(alices.join("README"), b"keep me").unwrap();
+
+    assert_eq!(listed(&store, &ns, &alice).await, vec![live.id.clone()]);
+    let mut left: Vec<String> = fs::read_dir(&alices)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    let mut expected = vec![live.id.to_string(), corrupt.id.to_string(), "README".to_owned()];
+    expected.sort();
+    assert_eq!(left, expected, "stale markers were not removed");
+    assert!(
+        !dir.path().join("app").join("Zz").exists(),
+        "the cleanup left the shard it made for its mutex"
+    );
+    assert_eq!(listed(&store, &ns, &bob).await, vec![moved.id.clone()]);
+    assert_eq!(fs::read(alices.join("README")).unwrap(), b"keep me");
+    // The expired record is still the sweep's to hand over.
+    let batch = store
+        .sweep_expired(&ns, Timestamp::now(), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(swept_ids(&batch), vec![expired_key.id.clone()]);
+    assert_eq!(batch.deleted[0].record.principal.as_ref(), Some(&alice));
+}
+
+/// A sweep returns each record as it was stored and removes its marker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_returns_the_records_and_drops_their_markers() {
+    let dir = temp();
+    let store = fast_store(dir.path());
+    let ns = Namespace::new("app").unwrap();
+    let carol = Principal::new("carol").unwrap();
+    let k = key("app");
+    let stored = store
+        .create(
+            &k,
+            RecordWrite {
+                principal: Some(carol.clone()),
+                ..expired(b"carol's cart")
+            },
+        )
+        .await
+        .unwrap();
+    assert!(marker_path(dir.path(), &k, &carol).is_file());
+    let batch = store
+        .sweep_expired(&ns, Timestamp::now(), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(batch.deleted.len(), 1);
+    assert_eq!(batch.deleted[0].id, k.id);
+    assert_eq!(batch.deleted[0].record, stored);
+    assert!(!marker_path(dir.path(), &k, &carol).exists());
+    assert!(!principal_dir(dir.path(), "app", &carol).exists());
+}
+
+/// A holder's delete takes the marker, a holder's save puts it back, and a
+/// save over an expired record of another principal takes that one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holders_writes_keep_the_index_right() {
+    let dir = temp();
+    let store = fast_store(dir.path());
+    let ns = Namespace::new("app").unwrap();
+    let (dave, erin) = (Principal::new("dave").unwrap(), Principal::new("erin").unwrap());
+    let k = key("app");
+    store.create(&k, write_as(b"v1", &dave)).await.unwrap();
+
+    let mut g = store.lock(&k, opts(30_000, 1_000)).await.unwrap();
+    assert_eq!(g.record().and_then(|r| r.principal.clone()), Some(dave.clone()));
+    assert_eq!(
+        g.finish(Finish::Delete, Then::Keep).await.unwrap(),
+        Finished::Deleted { was_live: true }
+    );
+    assert!(!marker_path(dir.path(), &k, &dave).exists());
+    assert!(listed(&store, &ns, &dave).await.is_empty());
+    g.finish(Finish::Save(write_as(b"again", &dave)), Then::Release)
+        .await
+        .unwrap();
+    assert_eq!(listed(&store, &ns, &dave).await, vec![k.id.clone()]);
+
+    let old = key("app");
+    store
+        .create(
+            &old,
+            RecordWrite {
+                principal: Some(erin.clone()),
+                ..expired(b"erin's, expired")
+            },
+        )
+        .await
+        .unwrap();
+    let g = store.lock(&old, opts(30_000, 1_000)).await.unwrap();
+    assert!(g.record().is_none());
+    g.save_and_unlock(write_as(b"dave's now", &dave)).await.unwrap();
+    assert!(!marker_path(dir.path(), &old, &erin).exists());
+    let mut daves = listed(&store, &ns, &dave).await;
+    daves.sort();
+    let mut expected = vec![k.id.clone(), old.id.clone()];
+    expected.sort();
+    assert_eq!(daves, expected);
+}
+
+/// The file store does not rotate atomically: it says so, and a
+/// `Finish::Rotate` sent anyway is `Unsupported`, writes nothing and frees
+/// the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_is_unsupported_and_changes_nothing() {
+    let dir = temp();
+    let store = fast_store(dir.path());
+    assert!(!store.capabilities().rotates_atomically);
+    let ns = Namespace::new("app").unwrap();
+    let grace = Principal::new("grace").unwrap();
+    let k = key("app");
+    store.create(&k, write_as(b"v1", &grace)).await.unwrap();
+    let to = SessionId::generate();
+    for then in [Then::Keep, Then::Release] {
+        let mut g = store.lock(&k, opts(30_000, 1_000)).await.unwrap();
+        let rotate = Finish::Rotate {
+            to: to.clone(),
+            write: write_as(b"moved", &grace),
+        };
+        match g.finish(rotate, then).await {
+            Err(Error::Unsupported(_)) => {}
+            other => panic!("a rotation must be Unsupported, got {other:?}"),
+        }
+        assert!(matches!(
+            g.finish(Finish::Nothing, Then::Release).await,
+            Err(Error::LeaseLost)
+        ));
+        drop(g);
+        store
+            .lock(&k, opts(30_000, 0))
+            .await
+            .expect("the refused rotation released the lock")
+            .unlock()
+            .await
+            .unwrap();
+    }
+    let record = store.load(&k).await.unwrap().unwrap();
+    assert_eq!((record.version, record.data.as_slice()), (1, &b"v1"[..]));
+    let target = SessionKey::new(ns.clone(), to);
+    assert!(store.load(&target).await.unwrap().is_none());
+    assert!(!data_path(dir.path(), &target).exists());
+    assert_eq!(listed(&store, &ns, &grace).await, vec![k.id.clone()]);
+}
+
+/// A record file written before principals (format 1) loads as a record
+/// without a principal, and its next write makes it format 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_1_record_file_still_loads() {
+    let dir = temp();
+    let store = fast_store(dir.path());
+    let ns = Namespace::new("app").unwrap();
+    let k = key("app");
+    // Made with the store, so the shard exists; then replaced by an old file.
+    store.create(&k, write(b"placeholder")).await.unwrap();
+    let now = Timestamp::now();
+    let expires = now.saturating_add(Duration::from_secs(3600));
+    let mut old = Vec::new();
+    old.extend_from_slice(b"CLKR");
+    old.extend_from_slice(&1u16.to_le_bytes());
+    old.extend_from_slice(&[0, 0]);
+    old.extend_from_slice(&4u64.to_le_bytes());
+    for t in [now, now, expires] {
+        old.extend_from_slice(&t.as_millis().to_le_bytes());
+    }
+    old.extend_from_slice(&3u64.to_le_bytes());
+    old.extend_from_slice(b"old");
+    let sum = old.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    old.extend_from_slice(&sum.to_le_bytes());
+    fs::write(data_path(dir.path(), &k), &old).unwrap();
+
+    let record = store.load(&k).await.unwrap().unwrap();
+    assert_eq!(
+        (record.version, record.data.as_slice(), record.principal),
+        (4, &b"old"[..], None)
+    );
+    assert_eq!(record.expires, expires);
+    let frank = Principal::new("frank").unwrap();
+    assert_eq!(
+        store.save(&k, write_as(b"new", &frank), Some(4)).await.unwrap(),
+        5
+    );
+    let rewritten = fs::read(data_path(dir.path(), &k)).unwrap();
+    assert_eq!(&rewritten[4..6], &2u16.to_le_bytes());
+    assert_eq!(listed(&store, &ns, &frank).await, vec![k.id.clone()]);
+}
+
+/// Writers moving records between principals, deleting and recreating them
+/// (so principal directories empty and come back), race listings that
+/// clean up stale markers: a listing never removes the marker of a record
+/// that a writer has just given that principal, so at the end every record
+/// is listed under its principal and nowhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listings_racing_writers_never_lose_a_marker() {
+    let dir = temp();
+    let ns = Namespace::new("app").unwrap();
+    let principals = [Principal::new("p0").unwrap(), Principal::new("p1").unwrap()];
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut listers = Vec::new();
+    for _ in 0..2 {
+        let (store, ns, principals, stop) = (
+            fast_store(dir.path()),
+            ns.clone(),
+            principals.clone(),
+            stop.clone(),
+        );
+        listers.push(tokio::spawn(async move {
+            let mut listings = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                for p in &principals {
+                    store.list_by_principal(&ns, p).await.unwrap();
+                }
+                listings += 1;
+            }
+            listings
+        }));
+    }
+    let mut writers = Vec::new();
+    for t in 0..4usize {
+        let (store, ns, principals) = (fast_store(dir.path()), ns.clone(), principals.clone());
+        writers.push(tokio::spawn(async move {
+            let k = SessionKey::new(ns, id_in_shard(["Aa", "Bb"][t % 2]));
+            store.create(&k, write_as(b"0", &principals[0])).await.unwrap();
+            for round in 1..150usize {
+                let p = &principals[(t + round) % 2];
+                match round % 5 {
+                    0 => {
+                        store.delete(&k).await.unwrap();
+                        store.create(&k, write_as(b"again", p)).await.unwrap();
+                    }
+                    1 => {
+                        store.save(&k, write(b"nobody's"), None).await.unwrap();
+                    }
+                    _ => {
+                        let g = store.lock(&k, opts(30_000, 5_000)).await.unwrap();
+                        g.save_and_unlock(write_as(b"locked", p)).await.unwrap();
+                    }
+                }
+            }
+            k
+        }));
+    }
+    let mut keys = Vec::new();
+    for w in writers {
+        keys.push(w.await.unwrap());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in listers {
+        assert!(l.await.unwrap() > 0);
+    }
+    let store = fast_store(dir.path());
+    for p in &principals {
+        let mut got = listed(&store, &ns, p).await;
+        got.sort();
+        let mut expected = Vec::new();
+        for k in &keys {
+            if store.load(k).await.unwrap().unwrap().principal.as_ref() == Some(p) {
+                expected.push(k.id.clone());
+            }
+        }
+        expected.sort();
+        assert_eq!(got, expected, "{p}");
     }
 }
