@@ -217,7 +217,8 @@ impl SessionData {
         let values: BTreeMap<String, ByteBuf> =
             rmp_serde::from_read(&mut reader).map_err(|e| corrupt(format!("undecodable body: {e}")))?;
         let settings = if version >= 2 {
-            rmp_serde::from_read(&mut reader).map_err(|e| corrupt(format!("undecodable session settings: {e}")))?
+            rmp_serde::from_read(&mut reader)
+                .map_err(|e| corrupt(format!("undecodable session settings: {e}")))?
         } else {
             Settings::default()
         };

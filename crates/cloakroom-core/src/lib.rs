@@ -50,7 +50,9 @@ pub mod telemetry;
 
 pub use codec::{Expiry, SessionData, FORMAT_VERSION};
 pub use error::{BoxError, Error, Result};
-pub use id::{Namespace, Principal, SessionId, SessionKey, NAMESPACE_MAX_LEN, PRINCIPAL_MAX_LEN, SESSION_ID_LEN};
+pub use id::{
+    Namespace, Principal, SessionId, SessionKey, NAMESPACE_MAX_LEN, PRINCIPAL_MAX_LEN, SESSION_ID_LEN,
+};
 pub use manager::{
     list_ids, sweep_batches, sweep_expired, EndedSession, Manager, ManagerBuilder, Policy, SessionConfig,
     SessionListener, SweepReport,

@@ -572,7 +572,10 @@ impl Manager {
             hold.abandon();
             return Ok(false);
         }
-        let deleted = matches!(hold.finish(Finish::Delete).await?, Finished::Deleted { was_live: true });
+        let deleted = matches!(
+            hold.finish(Finish::Delete).await?,
+            Finished::Deleted { was_live: true }
+        );
         if deleted {
             self.notify_delete(key, record).await;
         }
@@ -583,7 +586,13 @@ impl Manager {
     /// running expiry listeners for each deleted one. Locked and renewed
     /// sessions are never deleted.
     pub async fn sweep_expired(&self, batch: usize) -> Result<SweepReport> {
-        let report = sweep_notifying(self.inner.store.as_ref(), &self.inner.namespace, batch, Some(self)).await;
+        let report = sweep_notifying(
+            self.inner.store.as_ref(),
+            &self.inner.namespace,
+            batch,
+            Some(self),
+        )
+        .await;
         match &report {
             Ok(report) => self.inner.labels.swept(report.deleted),
             Err(_) => self.inner.labels.sweep_failed(),
@@ -663,7 +672,11 @@ impl Manager {
 
     /// Enforce [`SessionConfig::max_sessions_per_principal`] for
     /// `principal`, sparing `current` (the stored id just committed).
-    pub(crate) async fn enforce_principal_cap(&self, principal: &Principal, current: &SessionId) -> Result<u64> {
+    pub(crate) async fn enforce_principal_cap(
+        &self,
+        principal: &Principal,
+        current: &SessionId,
+    ) -> Result<u64> {
         let Some(limit) = self.inner.config.max_sessions_per_principal else {
             return Ok(0);
         };

@@ -147,7 +147,13 @@ impl Shared {
 
     /// Move `id` in the principal index from `before` to `after`. Called
     /// with the table lock held.
-    fn reindex(&self, namespace: &Namespace, id: &SessionId, before: Option<&Principal>, after: Option<&Principal>) {
+    fn reindex(
+        &self,
+        namespace: &Namespace,
+        id: &SessionId,
+        before: Option<&Principal>,
+        after: Option<&Principal>,
+    ) {
         if before == after {
             return;
         }
@@ -382,7 +388,11 @@ impl SessionStore for MemoryStore {
         }))
     }
 
-    async fn list_by_principal(&self, namespace: &Namespace, principal: &Principal) -> Result<Vec<SessionSummary>> {
+    async fn list_by_principal(
+        &self,
+        namespace: &Namespace,
+        principal: &Principal,
+    ) -> Result<Vec<SessionSummary>> {
         let now = Timestamp::now();
         let table = self.shared.table();
         let ids = self
@@ -648,7 +658,12 @@ impl MemoryLockGuard {
             let mut table = shared.table();
             let ns = table.entry(from.namespace.clone()).or_default();
             let checked = match ns.get(&from.id) {
-                Some(slot) if slot.holder.as_ref().is_some_and(|h| h.token == token && h.deadline > Instant::now()) => {
+                Some(slot)
+                    if slot
+                        .holder
+                        .as_ref()
+                        .is_some_and(|h| h.token == token && h.deadline > Instant::now()) =>
+                {
                     check_unchanged(slot, loaded.as_ref(), now).and_then(|()| {
                         if loaded.is_none() {
                             Err(Error::Gone)

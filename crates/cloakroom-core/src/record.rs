@@ -8,7 +8,9 @@ use crate::id::Principal;
 
 /// Wall-clock time as whole milliseconds since the Unix epoch: the unit every
 /// backend can store in an integer column, a Redis hash field or a file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct Timestamp(i64);
 

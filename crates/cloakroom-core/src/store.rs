@@ -426,7 +426,11 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     /// The default is [`Error::Unsupported`](crate::Error::Unsupported), so
     /// that a backend written before principals compiles; the conformance
     /// suite requires it.
-    async fn list_by_principal(&self, namespace: &Namespace, principal: &Principal) -> Result<Vec<SessionSummary>> {
+    async fn list_by_principal(
+        &self,
+        namespace: &Namespace,
+        principal: &Principal,
+    ) -> Result<Vec<SessionSummary>> {
         let _ = (namespace, principal);
         Err(crate::Error::Unsupported(format!(
             "{self:?} keeps no index of sessions by principal"

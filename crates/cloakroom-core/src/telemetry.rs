@@ -392,7 +392,10 @@ impl SessionStore for MeteredStore {
         principal: &crate::Principal,
     ) -> Result<Vec<crate::SessionSummary>> {
         self.meter
-            .measured(Op::ListByPrincipal, self.inner.list_by_principal(namespace, principal))
+            .measured(
+                Op::ListByPrincipal,
+                self.inner.list_by_principal(namespace, principal),
+            )
             .await
     }
 

@@ -69,7 +69,13 @@ impl LeaseMap {
     /// Move `id` in the principal index from `before` to `after`; called
     /// with the namespaces lock held, so the index never disagrees with the
     /// records.
-    fn reindex(&self, namespace: &Namespace, id: &SessionId, before: Option<Principal>, after: Option<&Principal>) {
+    fn reindex(
+        &self,
+        namespace: &Namespace,
+        id: &SessionId,
+        before: Option<Principal>,
+        after: Option<&Principal>,
+    ) {
         if before.as_ref() == after {
             return;
         }
@@ -260,7 +266,11 @@ impl SessionStore for LeaseMapStore {
         Ok(live as u64)
     }
 
-    async fn list_by_principal(&self, namespace: &Namespace, principal: &Principal) -> Result<Vec<SessionSummary>> {
+    async fn list_by_principal(
+        &self,
+        namespace: &Namespace,
+        principal: &Principal,
+    ) -> Result<Vec<SessionSummary>> {
         let now = Timestamp::now();
         let namespaces = self.map.namespaces();
         let principals = self.map.principals.lock().unwrap_or_else(|p| p.into_inner());
@@ -314,8 +324,7 @@ impl SessionStore for LeaseMapStore {
                 continue;
             }
             if let Some(record) = ids.remove(id).and_then(|entry| entry.record) {
-                self.map
-                    .reindex(namespace, id, record.principal.clone(), None);
+                self.map.reindex(namespace, id, record.principal.clone(), None);
                 deleted.push(SweptRecord {
                     id: id.clone(),
                     record,

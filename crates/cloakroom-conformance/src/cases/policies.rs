@@ -267,7 +267,10 @@ pub async fn rollback_discards_and_releases(f: Fixture) {
 /// session only, is kept across requests, and is enforced by the store; the
 /// manager's absolute timeout stays a ceiling.
 pub async fn per_session_expiry_is_kept_and_enforced(f: Fixture) {
-    let m = must(f.manager().idle_timeout(Duration::from_secs(3600)).build(), "manager");
+    let m = must(
+        f.manager().idle_timeout(Duration::from_secs(3600)).build(),
+        "manager",
+    );
     let short = Duration::from_millis(1500);
     let mut s = must(m.open(None).await, "open");
     must(s.insert("hits", &1u64), "insert");
@@ -277,16 +280,27 @@ pub async fn per_session_expiry_is_kept_and_enforced(f: Fixture) {
     must(s.commit().await, "commit");
     let stored = must(f.store.load(&f.key(&id)).await, "load").expect("stored");
     assert!(
-        stored.expires <= Timestamp::now().saturating_add(short) && stored.expires >= before.saturating_add(short),
+        stored.expires <= Timestamp::now().saturating_add(short)
+            && stored.expires >= before.saturating_add(short),
         "the stored expiry follows the session's own expiry, not the manager's hour"
     );
     let reopened = must(m.open(Some(&id)).await, "reopen");
-    assert_eq!(reopened.expiry(), Some(Expiry::OnInactivity(short)), "the expiry is kept with the session");
+    assert_eq!(
+        reopened.expiry(),
+        Some(Expiry::OnInactivity(short)),
+        "the expiry is kept with the session"
+    );
     must(reopened.rollback().await, "rollback");
     let plain = stored_session(&m).await;
     tokio::time::sleep(short + Duration::from_millis(500)).await;
-    assert!(must(m.open_read_only(&id).await, "read").is_none(), "the session outlived its own expiry");
-    assert!(must(m.open_read_only(&plain).await, "read").is_some(), "another session lost the manager's default");
+    assert!(
+        must(m.open_read_only(&id).await, "read").is_none(),
+        "the session outlived its own expiry"
+    );
+    assert!(
+        must(m.open_read_only(&plain).await, "read").is_some(),
+        "another session lost the manager's default"
+    );
 
     // An instant past the manager's absolute timeout is cut to it.
     let capped = must(

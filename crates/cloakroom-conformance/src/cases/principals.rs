@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloakroom_core::{
-    sweep_expired, Finish, Manager, Principal, RecordWrite, SessionId, SessionKey, SessionStore, Then, Timestamp,
+    sweep_expired, Finish, Manager, Principal, RecordWrite, SessionId, SessionKey, SessionStore, Then,
+    Timestamp,
 };
 
 use super::sweep::Recorder;
@@ -40,11 +41,20 @@ pub async fn principal_is_stored_and_listed(f: Fixture) {
     let created = must(s.create(&first, write).await, "create first");
     assert_eq!(created.principal.as_ref(), Some(&alice));
     let second = f.new_key();
-    must(s.create(&second, write_for(b"a2", &alice, HOUR)).await, "create second");
+    must(
+        s.create(&second, write_for(b"a2", &alice, HOUR)).await,
+        "create second",
+    );
     let theirs = f.new_key();
-    must(s.create(&theirs, write_for(b"b1", &bob, HOUR)).await, "create bob's");
+    must(
+        s.create(&theirs, write_for(b"b1", &bob, HOUR)).await,
+        "create bob's",
+    );
     let nobody = f.new_key();
-    must(s.create(&nobody, write_with_nobody()).await, "create without principal");
+    must(
+        s.create(&nobody, write_with_nobody()).await,
+        "create without principal",
+    );
 
     assert_eq!(
         must(s.load(&first).await, "load").and_then(|r| r.principal),
@@ -65,7 +75,10 @@ pub async fn principal_is_stored_and_listed(f: Fixture) {
     );
     assert_eq!(listed(s, &f, &bob).await, vec![theirs.id.clone()]);
     let elsewhere = Fixture::new(Arc::clone(&f.store));
-    assert!(listed(s, &elsewhere, &alice).await.is_empty(), "another namespace lists nothing");
+    assert!(
+        listed(s, &elsewhere, &alice).await.is_empty(),
+        "another namespace lists nothing"
+    );
 
     // Touch keeps the principal; a save moves it; a save without one drops it.
     let later = Timestamp::now().saturating_add(2 * HOUR);
@@ -75,22 +88,33 @@ pub async fn principal_is_stored_and_listed(f: Fixture) {
         Some(alice.clone()),
         "touch keeps the principal"
     );
-    must(s.save(&second, write_for(b"a2'", &bob, HOUR), Some(1)).await, "save to bob");
+    must(
+        s.save(&second, write_for(b"a2'", &bob, HOUR), Some(1)).await,
+        "save to bob",
+    );
     assert_eq!(listed(s, &f, &alice).await, vec![first.id.clone()]);
     assert_eq!(
         listed(s, &f, &bob).await.into_iter().collect::<BTreeSet<_>>(),
         ids(&[&theirs, &second])
     );
-    must(s.save(&theirs, write_with_nobody(), None).await, "save without principal");
+    must(
+        s.save(&theirs, write_with_nobody(), None).await,
+        "save without principal",
+    );
     assert_eq!(listed(s, &f, &bob).await, vec![second.id.clone()]);
 
     // Through a guard as well.
     let mut guard = must(s.lock(&first, opts(30_000, 1_000)).await, "lock");
     must(
-        guard.finish(Finish::Save(write_for(b"a1'", &bob, HOUR)), Then::Release).await,
+        guard
+            .finish(Finish::Save(write_for(b"a1'", &bob, HOUR)), Then::Release)
+            .await,
         "guard save to bob",
     );
-    assert!(listed(s, &f, &alice).await.is_empty(), "the guard's save moved it off alice");
+    assert!(
+        listed(s, &f, &alice).await.is_empty(),
+        "the guard's save moved it off alice"
+    );
     assert_eq!(
         listed(s, &f, &bob).await.into_iter().collect::<BTreeSet<_>>(),
         ids(&[&first, &second])
@@ -112,7 +136,10 @@ pub async fn principal_index_follows_delete_expiry_and_sweep(f: Fixture) {
         must(s.create(key, write_for(b"c", &carol, HOUR)).await, "create");
     }
     let short = Duration::from_millis(600);
-    must(s.create(&keys[3], write_for(b"short", &carol, short)).await, "create short");
+    must(
+        s.create(&keys[3], write_for(b"short", &carol, short)).await,
+        "create short",
+    );
     assert_eq!(listed(s, &f, &carol).await.len(), 4);
 
     assert!(must(s.delete(&keys[0]).await, "delete"));
@@ -181,7 +208,10 @@ pub async fn revoke_all_logs_a_principal_out_everywhere_else(f: Fixture) {
         tokio::spawn(async move { m.revoke_all(&dave, Some(&here)).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!revoking.is_finished(), "revoke_all did not wait for the request holding a session");
+    assert!(
+        !revoking.is_finished(),
+        "revoke_all did not wait for the request holding a session"
+    );
     must(in_flight.commit().await, "the in-flight request commits");
     let revoked = must(must(revoking.await, "join"), "revoke_all");
     assert_eq!(revoked, 3);
@@ -190,16 +220,35 @@ pub async fn revoke_all_logs_a_principal_out_everywhere_else(f: Fixture) {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].id, m.key(&devices[0]).id, "the spared session stays");
     for id in &devices[1..] {
-        assert!(must(m.open_read_only(id).await, "read").is_none(), "a revoked session still opens");
+        assert!(
+            must(m.open_read_only(id).await, "read").is_none(),
+            "a revoked session still opens"
+        );
     }
-    assert!(must(m.open_read_only(&erin).await, "read").is_some(), "another principal lost a session");
-    let mut heard: Vec<_> = recorder.deletes().into_iter().map(|(key, upload, p)| (key.id, upload, p)).collect();
+    assert!(
+        must(m.open_read_only(&erin).await, "read").is_some(),
+        "another principal lost a session"
+    );
+    let mut heard: Vec<_> = recorder
+        .deletes()
+        .into_iter()
+        .map(|(key, upload, p)| (key.id, upload, p))
+        .collect();
     heard.sort();
     let mut expected: Vec<_> = (1..4)
-        .map(|i| (m.key(&devices[i]).id, Some(format!("device-{i}")), Some("dave".to_owned())))
+        .map(|i| {
+            (
+                m.key(&devices[i]).id,
+                Some(format!("device-{i}")),
+                Some("dave".to_owned()),
+            )
+        })
         .collect();
     expected.sort();
-    assert_eq!(heard, expected, "one delete listener call per revoked session, with its data");
+    assert_eq!(
+        heard, expected,
+        "one delete listener call per revoked session, with its data"
+    );
 }
 
 /// A session of `p` holding `upload = label`.
@@ -222,7 +271,13 @@ pub async fn principal_cap_revokes_the_oldest(f: Fixture) {
     let first = logged_in(&m, &frank, "1").await;
     let second = logged_in(&m, &frank, "2").await;
     let third = logged_in(&m, &frank, "3").await;
-    assert!(must(m.open_read_only(&first).await, "read").is_none(), "the oldest session survived the cap");
-    let left: Vec<SessionId> = must(m.sessions_of(&frank).await, "sessions_of").into_iter().map(|s| s.id).collect();
+    assert!(
+        must(m.open_read_only(&first).await, "read").is_none(),
+        "the oldest session survived the cap"
+    );
+    let left: Vec<SessionId> = must(m.sessions_of(&frank).await, "sessions_of")
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
     assert_eq!(left, vec![m.key(&second).id, m.key(&third).id]);
 }

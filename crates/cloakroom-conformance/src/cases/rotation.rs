@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use cloakroom_core::{Error, Finish, Finished, Policy, SessionId, Then};
 
-use super::{must, opts};
 use super::policies::stored_session;
+use super::{must, opts};
 use crate::record::{principal, session_bytes, write_for};
 use crate::Fixture;
 
@@ -18,7 +18,11 @@ pub async fn rotation_moves_the_record(f: Fixture) {
     let grace = principal("grace");
     let old = f.new_key();
     let before = session_bytes(0);
-    must(s.create(&old, write_for(&before, &grace, Duration::from_secs(3600))).await, "create");
+    must(
+        s.create(&old, write_for(&before, &grace, Duration::from_secs(3600)))
+            .await,
+        "create",
+    );
     let created = must(s.load(&old).await, "load").expect("live").created;
     let to = SessionId::generate();
     let m = must(f.manager().build(), "manager");
@@ -30,7 +34,10 @@ pub async fn rotation_moves_the_record(f: Fixture) {
     session.cycle_id();
     let new_id = session.id().clone();
     must(session.commit().await, "commit rotation");
-    assert!(must(s.load(&old).await, "load old").is_none(), "the old id is still live");
+    assert!(
+        must(s.load(&old).await, "load old").is_none(),
+        "the old id is still live"
+    );
     let moved = must(s.load(&f.key(&new_id)).await, "load new").expect("the new id holds the session");
     assert_eq!(moved.version, 1);
     assert_eq!(moved.created, created, "rotation keeps the creation time");
@@ -43,20 +50,50 @@ pub async fn rotation_moves_the_record(f: Fixture) {
 
     if s.capabilities().rotates_atomically {
         let target = f.new_key();
-        must(s.create(&target, write_for(b"taken", &grace, Duration::from_secs(3600))).await, "create target");
+        must(
+            s.create(&target, write_for(b"taken", &grace, Duration::from_secs(3600)))
+                .await,
+            "create target",
+        );
         let mut guard = must(s.lock(&f.key(&new_id), opts(30_000, 1_000)).await, "lock");
         let write = write_for(b"x", &grace, Duration::from_secs(3600));
-        match guard.finish(Finish::Rotate { to: target.id.clone(), write }, Then::Release).await {
+        match guard
+            .finish(
+                Finish::Rotate {
+                    to: target.id.clone(),
+                    write,
+                },
+                Then::Release,
+            )
+            .await
+        {
             Err(Error::Conflict { .. }) => {}
             other => panic!("rotating onto a live id must be Conflict, got {other:?}"),
         }
-        assert!(must(s.load(&f.key(&new_id)).await, "load").is_some(), "a refused rotation deleted the old record");
-        assert_eq!(must(s.load(&target).await, "load").map(|r| r.data), Some(b"taken".to_vec()));
+        assert!(
+            must(s.load(&f.key(&new_id)).await, "load").is_some(),
+            "a refused rotation deleted the old record"
+        );
+        assert_eq!(
+            must(s.load(&target).await, "load").map(|r| r.data),
+            Some(b"taken".to_vec())
+        );
         let mut guard = must(s.lock(&f.key(&new_id), opts(30_000, 1_000)).await, "lock");
         let write = write_for(b"moved", &grace, Duration::from_secs(3600));
-        let finished = guard.finish(Finish::Rotate { to: to.clone(), write }, Then::Release).await;
+        let finished = guard
+            .finish(
+                Finish::Rotate {
+                    to: to.clone(),
+                    write,
+                },
+                Then::Release,
+            )
+            .await;
         assert_eq!(must(finished, "guard rotation"), Finished::Rotated);
-        assert_eq!(must(s.load(&f.key(&to)).await, "load").map(|r| r.data), Some(b"moved".to_vec()));
+        assert_eq!(
+            must(s.load(&f.key(&to)).await, "load").map(|r| r.data),
+            Some(b"moved".to_vec())
+        );
     }
 }
 
@@ -75,8 +112,14 @@ pub async fn rotation_of_a_deleted_session_is_gone(f: Fixture) {
             Err(Error::Gone) => {}
             other => panic!("{policy:?}: rotating a deleted session must be Gone, got {other:?}"),
         }
-        assert!(must(m.open_read_only(&old).await, "read old").is_none(), "{policy:?}: old id revived");
-        assert!(must(m.open_read_only(&new).await, "read new").is_none(), "{policy:?}: new id created");
+        assert!(
+            must(m.open_read_only(&old).await, "read old").is_none(),
+            "{policy:?}: old id revived"
+        );
+        assert!(
+            must(m.open_read_only(&new).await, "read new").is_none(),
+            "{policy:?}: new id created"
+        );
     }
 }
 
@@ -109,11 +152,20 @@ pub async fn rotation_racing_a_delete_never_leaves_both(f: Fixture) {
                 // The rotation won: the delete found the old id gone.
                 let new_live = must(m.open_read_only(&new).await, "read new").is_some();
                 assert!(!old_live, "round {round}: both ids live after a rotation");
-                assert!(!deleted, "round {round}: a delete succeeded before a rotation that did not fail");
-                assert!(new_live, "round {round}: a rotation that succeeded lost the session");
+                assert!(
+                    !deleted,
+                    "round {round}: a delete succeeded before a rotation that did not fail"
+                );
+                assert!(
+                    new_live,
+                    "round {round}: a rotation that succeeded lost the session"
+                );
             }
             Ok(None) | Err(Error::Gone) => {
-                assert!(deleted, "round {round}: nothing deleted, yet the rotation found no session");
+                assert!(
+                    deleted,
+                    "round {round}: nothing deleted, yet the rotation found no session"
+                );
                 assert!(!old_live, "round {round}: the deleted id is live");
             }
             Err(e) => panic!("round {round}: unexpected error {e:?}"),

@@ -3,7 +3,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloakroom_core::{async_trait, sweep_expired, EndedSession, RecordWrite, SessionData, SessionKey, SessionListener, Timestamp};
+use cloakroom_core::{
+    async_trait, sweep_expired, EndedSession, RecordWrite, SessionData, SessionKey, SessionListener,
+    Timestamp,
+};
 
 use super::{must, opts};
 use crate::record::{expired_write, principal, write_expiring_in, write_with};
@@ -142,7 +145,11 @@ pub async fn listeners_hear_deletes_and_expiries(f: Fixture) {
     );
     assert_eq!(
         recorder.deletes(),
-        vec![(f.key(&id), Some("/tmp/upload-1".to_owned()), Some("alice".to_owned()))],
+        vec![(
+            f.key(&id),
+            Some("/tmp/upload-1".to_owned()),
+            Some("alice".to_owned())
+        )],
         "on_delete must run once, for the deleted session only, with its data and principal"
     );
 
