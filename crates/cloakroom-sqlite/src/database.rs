@@ -84,8 +84,10 @@ impl Connector {
     }
 
     /// Open a connection to the store's database, set up as every
-    /// connection of the store needs.
-    pub(crate) fn connect(&self) -> Result<Connection> {
+    /// connection of the store needs, its table upgraded first if it was
+    /// made by an older version (so no statement of `sql` meets a missing
+    /// column).
+    pub(crate) fn connect(&self, sql: &Sql) -> Result<Connection> {
         let o = &self.options;
         self.prepare_file(&o.path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -114,6 +116,7 @@ impl Connector {
         )
         .map_err(sql_error)?;
         conn.set_prepared_statement_cache_capacity(32);
+        crate::schema::upgrade(&conn, sql).map_err(sql_error)?;
         Ok(conn)
     }
 

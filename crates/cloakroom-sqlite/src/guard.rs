@@ -9,6 +9,10 @@
 //! dies is taken over once its lease ends; its late writes are fenced by the
 //! token (`… AND lock_token = ? AND lock_until > now`) and fail with
 //! [`Error::LeaseLost`]. A save and its release are one fenced statement too.
+//! A rotation ([`Finish::Rotate`]) is a few statements in the one
+//! transaction of its writer job: every check first (the fence, the loaded
+//! record still live at its version, no live record under the new id),
+//! then the new row and the old row's delete, so it is all or nothing.
 //!
 //! Every claim, write and release is a request to the store's writer thread
 //! ([`writer`](crate::writer)), batched with other sessions' requests.
@@ -23,14 +27,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use cloakroom_core::{
     check_loaded_is_live, Acquired, Error, Finish, Finished, HeldSession, Lease, LockGuard, LockOptions,
-    Record, Result, SessionKey, Then, Timestamp,
+    Principal, Record, RecordWrite, Result, SessionId, SessionKey, Then, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use crate::database::Database;
 use crate::error::{is_sql_failure, sql_error};
-use crate::row::{now_ms, read_current, record_columns, record_from_columns};
+use crate::row::{now_ms, read_current, record_columns, record_from_columns, write_row};
 use crate::schema::Sql;
 use crate::writer::{stopped, BatchFailure, Job, Ran};
 use cloakroom_core::liveness::Liveness;
@@ -317,9 +321,12 @@ pub(crate) fn finish_in_tx(
     let release_too = then == Then::Release;
     let (ns, id) = (key.namespace.as_str(), key.id.as_str());
     let loaded_param = version_param(loaded.map_or(0, |l| l.version))?;
-    let is_touch = matches!(op, Finish::Touch { .. });
-    // A kind of write added to `Finish` after this store was written.
-    let mut unknown = None;
+    // Writes that need a record: without one they are `Gone`.
+    let needs_record = matches!(op, Finish::Touch { .. } | Finish::Rotate { .. });
+    // A refusal the row alone does not explain (a live record under a
+    // rotation's target, a kind of write added to `Finish` after this
+    // store was written).
+    let mut refused = None;
     let done = if lapsed {
         None
     } else {
@@ -349,6 +356,7 @@ pub(crate) fn finish_in_tx(
                             write.accessed.as_millis(),
                             write.expires.as_millis(),
                             loaded_param,
+                            write.principal.as_ref().map(Principal::as_str),
                         ])
                     })
                     .map_err(sql_error)?;
@@ -416,8 +424,19 @@ pub(crate) fn finish_in_tx(
                 }
                 _ => None,
             },
+            Finish::Rotate { to, write } => {
+                match rotate(conn, sql, key, token, now, loaded, to, &write, then)? {
+                    Ok(done) => Some(done),
+                    Err(e) => {
+                        refused = e;
+                        None
+                    }
+                }
+            }
             other => {
-                unknown = Some(format!("the sqlite store cannot finish with {other:?}"));
+                refused = Some(Error::Unsupported(format!(
+                    "the sqlite store cannot finish with {other:?}"
+                )));
                 None
             }
         }
@@ -435,19 +454,74 @@ pub(crate) fn finish_in_tx(
     if ours.is_some() {
         release(conn, sql, key, token)?;
     }
-    if let Some(unknown) = unknown {
-        return Err(Error::Unsupported(unknown));
+    if let Some(refused) = refused {
+        return Err(refused);
     }
     Err(match ours {
         Some(c) if !lapsed && c.is_locked(now) => {
             match check_loaded_is_live(loaded.map(|l| l.version), c.live_version(now)) {
                 Err(e) => e,
-                Ok(()) if is_touch => Error::Gone,
+                Ok(()) if needs_record => Error::Gone,
                 Ok(()) => Error::backend("a fenced sqlite write matched no row, yet every check holds"),
             }
         }
         _ => Error::LeaseLost,
     })
+}
+
+/// [`Finish::Rotate`], in the transaction of [`finish_in_tx`], so that it
+/// is one atomic step: all checks come first and nothing is written unless
+/// they all pass. `Ok(Err(None))` when the fence or the loaded record failed
+/// (the caller reads the row again to say which), `Ok(Err(Some(e)))` for a
+/// refusal of its own.
+#[allow(clippy::too_many_arguments)]
+fn rotate(
+    conn: &Connection,
+    sql: &Sql,
+    key: &SessionKey,
+    token: &str,
+    now: i64,
+    loaded: Option<Loaded>,
+    to: SessionId,
+    write: &RecordWrite,
+    then: Then,
+) -> Result<std::result::Result<FinishOutcome, Option<Error>>> {
+    // A guard without a record has nothing to move.
+    let Some(loaded) = loaded else {
+        return Ok(Err(None));
+    };
+    let fenced = read_current(conn, sql, key)?.is_some_and(|c| {
+        c.lock_token.as_deref() == Some(token)
+            && c.is_locked(now)
+            && c.live_version(now) == Some(loaded.version)
+    });
+    if !fenced {
+        return Ok(Err(None));
+    }
+    let target = SessionKey::new(key.namespace.clone(), to);
+    // An expired record (or a lock placeholder) under the target is
+    // replaced, as `create` would; a lock someone holds there stays theirs.
+    if let Some(found) = read_current(conn, sql, &target)?.and_then(|c| c.live_version(now)) {
+        return Ok(Err(Some(Error::Conflict { expected: 0, found })));
+    }
+    write_row(
+        conn,
+        &sql.insert_or_replace_expired,
+        &target,
+        1,
+        write.created,
+        write,
+    )?;
+    // The old row is ours (checked above, in this transaction): dropped
+    // with the lock, or kept as a placeholder that carries it.
+    let statement = match then {
+        Then::Release => &sql.delete_row,
+        Then::Keep => &sql.make_placeholder,
+    };
+    conn.prepare_cached(statement)
+        .and_then(|mut stmt| stmt.execute(params![key.namespace.as_str(), key.id.as_str()]))
+        .map_err(sql_error)?;
+    Ok(Ok((Finished::Rotated, None)))
 }
 
 /// A held lock of the [`SqliteStore`](crate::SqliteStore).
@@ -518,7 +592,7 @@ impl LockGuard for SqliteLockGuard {
         if self.spent {
             return Err(Error::LeaseLost);
         }
-        if let Finish::Save(write) = &op {
+        if let Finish::Save(write) | Finish::Rotate { write, .. } = &op {
             if let Err(e) = write.check_size(self.database.max_record_bytes) {
                 // A failed finish releases the lock, this one included.
                 let _ = self.finish(Finish::Nothing, Then::Release).await;
@@ -543,7 +617,7 @@ impl LockGuard for SqliteLockGuard {
         let (finished, written) = out?;
         match finished {
             Finished::Saved { .. } => self.held.record = written,
-            Finished::Deleted { .. } => self.held.record = None,
+            Finished::Deleted { .. } | Finished::Rotated => self.held.record = None,
             Finished::Touched => {
                 if let (Some(r), Some((accessed, expires))) = (self.held.record.as_mut(), touched) {
                     r.accessed = accessed;

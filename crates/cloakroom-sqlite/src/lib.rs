@@ -12,6 +12,20 @@
 //!   released by one statement each and fenced by the holder's token (see
 //!   [`SqliteLockGuard`]), never a transaction held across a request:
 //!   SQLite's write lock is database-wide.
+//! - A session's principal is a column with a partial index on
+//!   `(namespace, principal)`, so
+//!   [`list_by_principal`](SessionStore::list_by_principal) reads only that
+//!   principal's rows. A table made by a version before principals is
+//!   upgraded in place (the column and the index added) by
+//!   [`migrate`](SessionStore::migrate) and by any connection that opens
+//!   it; rows already there belong to nobody.
+//! - Rotating a session to a new id
+//!   ([`Finish::Rotate`](cloakroom_core::Finish::Rotate)) is one
+//!   transaction: the store declares
+//!   [`atomic_rotation`](cloakroom_core::Capabilities::atomic_rotation).
+//! - A sweep deletes and returns the expired rows in one
+//!   `DELETE … RETURNING`, so expiry listeners get each record's data and
+//!   principal.
 //! - All writes of a store go through one writer connection on a thread of
 //!   its own, which commits the queued writes of different sessions together
 //!   in one transaction; so within a process no connection ever waits for

@@ -1,7 +1,8 @@
 //! The reader threads of a store, and the gate that pauses them.
 //!
 //! Writes go to the store's one writer thread ([`writer`](crate::writer));
-//! reads that need no lock (`load`, `list_ids`, `count`) go to a few reader
+//! reads that need no lock (`load`, `list_ids`, `count`,
+//! `list_by_principal`) go to a few reader
 //! threads, each with its own connection. In WAL mode readers never wait for
 //! the writer nor for each other, so they run beside the writer's batches.
 //! SQLite calls never run on the async workers.
@@ -98,7 +99,7 @@ fn serve(queue: &Mutex<mpsc::Receiver<ReadJob>>, connector: &Connector, sql: &Sq
         let _reading = gate.reading();
         let opened = match &conn {
             Some(_) => Ok(()),
-            None => connector.connect().map(|c| {
+            None => connector.connect(sql).map(|c| {
                 conn = Some(c);
             }),
         };

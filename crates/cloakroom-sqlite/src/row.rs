@@ -1,7 +1,7 @@
 //! A session's row: its columns read into what the store works with, and
 //! written from a record.
 
-use cloakroom_core::{Error, Record, RecordWrite, Result, SessionKey, Timestamp};
+use cloakroom_core::{Error, Principal, Record, RecordWrite, Result, SessionKey, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::error::sql_error;
@@ -66,17 +66,30 @@ fn version_from_sql(version: i64) -> Result<u64> {
     })
 }
 
-/// The raw columns `version, data, created, accessed, expires` of a row.
-pub(crate) type RecordColumns = (i64, Option<Vec<u8>>, i64, i64, i64);
+/// The raw columns `version, data, created, accessed, expires, principal`
+/// of a row.
+pub(crate) type RecordColumns = (i64, Option<Vec<u8>>, i64, i64, i64, Option<String>);
 
-/// Read [`RecordColumns`] from a row.
+/// Read [`RecordColumns`] from a row, starting at column `first`.
+pub(crate) fn record_columns_from(row: &Row<'_>, first: usize) -> rusqlite::Result<RecordColumns> {
+    Ok((
+        row.get(first)?,
+        row.get(first + 1)?,
+        row.get(first + 2)?,
+        row.get(first + 3)?,
+        row.get(first + 4)?,
+        row.get(first + 5)?,
+    ))
+}
+
+/// Read [`RecordColumns`] from a row that holds nothing else.
 pub(crate) fn record_columns(row: &Row<'_>) -> rusqlite::Result<RecordColumns> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+    record_columns_from(row, 0)
 }
 
 /// A record from its raw columns; [`Error::Corrupt`] if they cannot be one.
 pub(crate) fn record_from_columns(columns: RecordColumns) -> Result<Record> {
-    let (version, data, created, accessed, expires) = columns;
+    let (version, data, created, accessed, expires, principal) = columns;
     Ok(Record {
         data: data.ok_or_else(|| Error::Corrupt {
             reason: "record row without data".into(),
@@ -85,10 +98,21 @@ pub(crate) fn record_from_columns(columns: RecordColumns) -> Result<Record> {
         created: Timestamp::from_millis(created),
         accessed: Timestamp::from_millis(accessed),
         expires: Timestamp::from_millis(expires),
+        principal: principal.as_deref().map(principal_from_sql).transpose()?,
     })
 }
 
-/// Write `write` as version `version` of the row of `key` (which exists).
+/// A stored principal; [`Error::Corrupt`] if it is not one (the store only
+/// writes valid ones).
+pub(crate) fn principal_from_sql(text: &str) -> Result<Principal> {
+    Principal::new(text).map_err(|_| Error::Corrupt {
+        reason: "a row's principal is not a valid principal".into(),
+    })
+}
+
+/// Write `write` (its principal included) as version `version` of the row
+/// of `key`, with `sql` one of the statements that take these eight
+/// parameters.
 pub(crate) fn write_row(
     tx: &Connection,
     sql: &str,
@@ -108,6 +132,7 @@ pub(crate) fn write_row(
                 created.as_millis(),
                 write.accessed.as_millis(),
                 write.expires.as_millis(),
+                write.principal.as_ref().map(Principal::as_str),
             ])
         })
         .map_err(sql_error)?;

@@ -3,17 +3,19 @@
 //! Every write runs on the store's writer thread ([`writer`](crate::writer)),
 //! inside its batch's `BEGIN IMMEDIATE` transaction (SQLite's write lock
 //! taken up front, so a read-then-write never fails half way with a stale
-//! snapshot); `load`, `list_ids` and `count` run on reader connections. No
-//! transaction outlives a batch: SQLite's write lock is database-wide, and
-//! holding it across a request would serialize every session (Symfony's
-//! SQLite handler held `BEGIN IMMEDIATE` for a whole request and did).
+//! snapshot); `load`, `list_ids`, `count` and `list_by_principal` run on
+//! reader connections. No transaction outlives a batch: SQLite's write lock
+//! is database-wide, and holding it across a request would serialize every
+//! session (Symfony's SQLite handler held `BEGIN IMMEDIATE` for a whole
+//! request and did).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use cloakroom_core::{
-    Acquired, Capabilities, Cursor, Error, IdPage, LockKind, LockOptions, Namespace, Record, RecordWrite,
-    Result, SessionId, SessionKey, SessionStore, StoreUrl, SweepBatch, Timestamp,
+    Acquired, Capabilities, Cursor, Error, IdPage, LockKind, LockOptions, Namespace, Principal, Record,
+    RecordWrite, Result, SessionId, SessionKey, SessionStore, SessionSummary, StoreUrl, SweepBatch,
+    SweptRecord, Timestamp,
 };
 use rusqlite::{params, OptionalExtension};
 use tokio::sync::OnceCell;
@@ -21,7 +23,7 @@ use tokio::sync::OnceCell;
 use crate::database::Database;
 use crate::error::sql_error;
 use crate::options::{SqliteOptions, Synchronous};
-use crate::row::{now_ms, read_current, record_columns, record_from_columns, write_row};
+use crate::row::{now_ms, read_current, record_columns, record_columns_from, record_from_columns, write_row};
 
 /// Sessions in one SQLite database file, safe across threads and OS processes
 /// on one host. Cloning shares the same connections.
@@ -109,13 +111,25 @@ impl SessionStore for SqliteStore {
             .named("sqlite")
             .multi_process()
             .durable(durable)
+            // A rotation is one writer job: one transaction (see `guard`).
+            .atomic_rotation()
             .max_record_bytes(self.inner.options.max_record_bytes)
     }
 
+    /// Creates the table and its indexes, and brings a table made by an
+    /// older version up to date (each connection also does the latter as
+    /// it opens). One transaction holding SQLite's write lock, so two
+    /// processes migrating at once take turns and the second finds the
+    /// work done.
     async fn migrate(&self) -> Result<()> {
         self.database()
             .await?
-            .write(|sql, conn| conn.execute_batch(&sql.migrate).map_err(sql_error))
+            .write(|sql, conn| {
+                conn.execute_batch(&sql.migrate)
+                    .and_then(|()| crate::schema::upgrade_in_tx(conn, sql))
+                    .and_then(|()| conn.execute_batch(&sql.principal_index))
+                    .map_err(sql_error)
+            })
             .await
     }
 
@@ -282,6 +296,40 @@ impl SessionStore for SqliteStore {
             .await
     }
 
+    async fn list_by_principal(
+        &self,
+        namespace: &Namespace,
+        principal: &Principal,
+    ) -> Result<Vec<SessionSummary>> {
+        let (namespace, principal) = (namespace.clone(), principal.clone());
+        self.database()
+            .await?
+            .read(move |sql, conn| {
+                let mut stmt = conn.prepare_cached(&sql.by_principal).map_err(sql_error)?;
+                let rows = stmt
+                    .query_map(params![namespace.as_str(), principal.as_str(), now_ms()], |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, i64>(2)?,
+                            row.get::<_, i64>(3)?,
+                        ))
+                    })
+                    .map_err(sql_error)?;
+                rows.map(|row| {
+                    let (id, created, accessed, expires) = row.map_err(sql_error)?;
+                    Ok(SessionSummary {
+                        id: id_from_sql(id)?,
+                        created: Timestamp::from_millis(created),
+                        accessed: Timestamp::from_millis(accessed),
+                        expires: Timestamp::from_millis(expires),
+                    })
+                })
+                .collect()
+            })
+            .await
+    }
+
     async fn sweep_expired(
         &self,
         namespace: &Namespace,
@@ -309,11 +357,17 @@ impl SessionStore for SqliteStore {
                                     wall_now,
                                     limit_param(limit)
                                 ],
-                                |row| row.get::<_, String>(0),
+                                |row| Ok((row.get::<_, String>(0)?, record_columns_from(row, 1)?)),
                             )
                             .map_err(sql_error)?;
-                        rows.map(|id| id.map_err(sql_error).and_then(id_from_sql))
-                            .collect::<Result<Vec<_>>>()?
+                        rows.map(|row| {
+                            let (id, columns) = row.map_err(sql_error)?;
+                            Ok(SweptRecord {
+                                id: id_from_sql(id)?,
+                                record: record_from_columns(columns)?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?
                     };
                     tx.prepare_cached(&sql.sweep_placeholders)
                         .and_then(|mut stmt| {
@@ -321,9 +375,9 @@ impl SessionStore for SqliteStore {
                         })
                         .map_err(sql_error)?;
                     // RETURNING gives no order; the cursor is the largest id.
-                    deleted.sort_unstable();
+                    deleted.sort_unstable_by(|a, b| a.id.cmp(&b.id));
                     let next = if deleted.len() >= limit {
-                        deleted.last().map(Cursor::after)
+                        deleted.last().map(|swept| Cursor::after(&swept.id))
                     } else {
                         None
                     };

@@ -251,7 +251,7 @@ fn run_batch(
 ) -> std::result::Result<(), BatchFailure> {
     let conn = match conn {
         Some(conn) => conn,
-        None => conn.insert(connector.connect().map_err(|e| BatchFailure::of(&e))?),
+        None => conn.insert(connector.connect(sql).map_err(|e| BatchFailure::of(&e))?),
     };
     let outcome = run_in_transaction(conn, sql, batch);
     if outcome.is_err() && !conn.is_autocommit() {

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use cloakroom_conformance::support::TempDir;
 use cloakroom_core::{
-    Error, Finish, Finished, LockOptions, Namespace, RecordWrite, SessionId, SessionKey, SessionStore,
-    StoreUrl, Then, Timestamp,
+    Error, Finish, Finished, LockOptions, Namespace, Principal, RecordWrite, SessionId, SessionKey,
+    SessionStore, StoreUrl, Then, Timestamp,
 };
 use cloakroom_sqlite::{SqliteOptions, SqliteStore, DEFAULT_TABLE};
 
@@ -32,6 +32,7 @@ fn write(data: &[u8]) -> RecordWrite {
         created: now,
         accessed: now,
         expires: now.saturating_add(Duration::from_secs(3600)),
+        principal: None,
     }
 }
 
@@ -619,4 +620,350 @@ async fn a_kept_write_checks_the_record_is_still_live() {
         .unlock()
         .await
         .unwrap();
+}
+
+/// The table as versions before principals created it, with a live
+/// session, an expired one and a lock placeholder in it.
+fn old_database(path: &Path, live: &SessionKey, expired: &SessionKey) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE {DEFAULT_TABLE} (
+            namespace  TEXT    NOT NULL,
+            id         TEXT    NOT NULL,
+            version    INTEGER NOT NULL,
+            data       BLOB,
+            created    INTEGER NOT NULL,
+            accessed   INTEGER NOT NULL,
+            expires    INTEGER NOT NULL,
+            lock_token TEXT,
+            lock_until INTEGER,
+            PRIMARY KEY (namespace, id)
+         ) WITHOUT ROWID;
+         CREATE INDEX {DEFAULT_TABLE}_expires ON {DEFAULT_TABLE} (namespace, expires);"
+    ))
+    .unwrap();
+    let now = Timestamp::now().as_millis();
+    let insert = format!(
+        "INSERT INTO {DEFAULT_TABLE} (namespace, id, version, data, created, accessed, expires, lock_token, lock_until)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8)"
+    );
+    let add = |k: &SessionKey,
+               version: i64,
+               data: Option<&[u8]>,
+               expires: i64,
+               lock: (Option<&str>, Option<i64>)| {
+        let p = rusqlite::params![
+            k.namespace.as_str(),
+            k.id.as_str(),
+            version,
+            data,
+            now - 60_000,
+            expires,
+            lock.0,
+            lock.1
+        ];
+        conn.execute(&insert, p).unwrap();
+    };
+    add(live, 3, Some(b"old live"), now + 3_600_000, (None, None));
+    add(expired, 1, Some(b"old expired"), now - 1_000, (None, None));
+    // A placeholder left by a holder that died long ago.
+    add(&key("app"), 0, None, 0, (Some("gone"), Some(now - 1_000)));
+}
+
+fn columns(path: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1)").unwrap();
+    let names = stmt
+        .query_map([DEFAULT_TABLE], |row| row.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .unwrap();
+    names
+}
+
+/// A database made before principals is upgraded in place: by `migrate`
+/// run from two stores (two processes) at once, and by a store that only
+/// reads, never migrating. Its rows read with no principal, keep their
+/// versions, and take a principal on the next save.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_old_database_is_upgraded_in_place() {
+    let dir = temp();
+    let path = db(dir.path());
+    let (live, expired) = (key("app"), key("app"));
+    old_database(&path, &live, &expired);
+    assert!(!columns(&path).contains(&"principal".to_owned()));
+
+    let a = SqliteStore::new(SqliteOptions::new(&path)).unwrap();
+    let b = SqliteStore::new(SqliteOptions::new(&path)).unwrap();
+    let (ma, mb) = tokio::join!(a.migrate(), b.migrate());
+    ma.unwrap();
+    mb.unwrap();
+    a.migrate().await.unwrap();
+    let names = columns(&path);
+    assert_eq!(names.iter().filter(|n| *n == "principal").count(), 1, "{names:?}");
+
+    let record = b.load(&live).await.unwrap().expect("the old session is live");
+    assert_eq!(
+        (record.version, record.data.as_slice(), record.principal),
+        (3, b"old live".as_slice(), None)
+    );
+    assert!(b.load(&expired).await.unwrap().is_none());
+    let alice = Principal::new("alice").unwrap();
+    assert!(a
+        .list_by_principal(&live.namespace, &alice)
+        .await
+        .unwrap()
+        .is_empty());
+    let owned = RecordWrite {
+        principal: Some(alice.clone()),
+        ..write(b"new")
+    };
+    assert_eq!(a.save(&live, owned, Some(3)).await.unwrap(), 4);
+    let listed = b.list_by_principal(&live.namespace, &alice).await.unwrap();
+    assert_eq!(
+        listed.into_iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![live.id.clone()]
+    );
+
+    // The sweep hands the old expired row back without a principal, and
+    // drops the dead holder's placeholder.
+    let swept = a
+        .sweep_expired(&live.namespace, Timestamp::now(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(swept.deleted.len(), 1);
+    assert_eq!(swept.deleted[0].id, expired.id);
+    assert_eq!(
+        (
+            swept.deleted[0].record.data.as_slice(),
+            &swept.deleted[0].record.principal
+        ),
+        (b"old expired".as_slice(), &None)
+    );
+    assert_eq!(rows(&path), 1);
+
+    // More processes at once, several times over: each finds the table
+    // either old (and upgrades it under the write lock) or done.
+    for _ in 0..5 {
+        let dir = temp();
+        let path = db(dir.path());
+        old_database(&path, &live, &expired);
+        let racers: Vec<_> = (0..4)
+            .map(|_| {
+                let store = SqliteStore::new(SqliteOptions::new(&path)).unwrap();
+                tokio::spawn(async move { store.migrate().await })
+            })
+            .collect();
+        for racer in racers {
+            racer.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            store_at(&path).await.load(&live).await.unwrap().unwrap().version,
+            3
+        );
+    }
+
+    // A store that never migrates: its first read upgrades the table.
+    let dir = temp();
+    let path = db(dir.path());
+    old_database(&path, &live, &expired);
+    let reader = SqliteStore::new(SqliteOptions::new(&path)).unwrap();
+    let record = reader
+        .load(&live)
+        .await
+        .unwrap()
+        .expect("the old session is live");
+    assert_eq!((record.version, record.principal), (3, None));
+    assert!(columns(&path).contains(&"principal".to_owned()));
+    assert!(reader
+        .list_by_principal(&live.namespace, &alice)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+fn owned_by(data: &[u8], who: &Principal) -> RecordWrite {
+    RecordWrite {
+        principal: Some(who.clone()),
+        ..write(data)
+    }
+}
+
+fn principal_column(path: &Path, k: &SessionKey) -> Option<String> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row(
+        &format!("SELECT principal FROM {DEFAULT_TABLE} WHERE namespace = ?1 AND id = ?2"),
+        [k.namespace.as_str(), k.id.as_str()],
+        |row| row.get(0),
+    )
+    .unwrap()
+}
+
+/// A rotation under Keep: the new id holds the record at version 1 (an
+/// expired record there is replaced), the old one is a placeholder that
+/// still carries the lock and no principal, and the index lists only the
+/// new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_rotation_replaces_an_expired_target_and_keeps_the_lock() {
+    let dir = temp();
+    let path = db(dir.path());
+    let store = store_at(&path).await;
+    assert!(store.capabilities().rotates_atomically);
+    let grace = Principal::new("grace").unwrap();
+    let old = key("rot");
+    let to = SessionKey::new(old.namespace.clone(), SessionId::generate());
+    store.create(&old, owned_by(b"v1", &grace)).await.unwrap();
+    let stale = RecordWrite {
+        expires: Timestamp::now().saturating_sub(Duration::from_secs(1)),
+        ..owned_by(b"stale", &grace)
+    };
+    store.create(&to, stale).await.unwrap();
+    assert_eq!(rows(&path), 2);
+
+    let mut g = store.lock(&old, opts(10_000, 100)).await.unwrap();
+    let moved = owned_by(b"moved", &grace);
+    let created = moved.created;
+    assert_eq!(
+        g.finish(
+            Finish::Rotate {
+                to: to.id.clone(),
+                write: moved
+            },
+            Then::Keep
+        )
+        .await
+        .unwrap(),
+        Finished::Rotated
+    );
+    assert!(g.record().is_none());
+    let r = store.load(&to).await.unwrap().expect("the new id is live");
+    assert_eq!(
+        (r.version, r.data.as_slice(), r.created, r.principal.as_ref()),
+        (1, b"moved".as_slice(), created, Some(&grace))
+    );
+    assert!(store.load(&old).await.unwrap().is_none());
+    assert_eq!(principal_column(&path, &old), None);
+    assert_eq!(
+        store
+            .list_by_principal(&old.namespace, &grace)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect::<Vec<_>>(),
+        vec![to.id.clone()]
+    );
+    assert!(
+        matches!(
+            store.lock(&old, opts(10_000, 0)).await,
+            Err(Error::LockTimeout { .. })
+        ),
+        "a kept rotation released the old id's lock"
+    );
+    g.finish(Finish::Nothing, Then::Release).await.unwrap();
+    assert_eq!(rows(&path), 1, "the release drops the old id's placeholder");
+}
+
+/// Every refused rotation writes nothing but the release of the lock: a
+/// record changed meanwhile (Conflict), one deleted meanwhile and a lock
+/// on a missing session (Gone), a lost lease (LeaseLost, and the thief
+/// keeps the lock), a record over the limit (TooLarge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_rotation_writes_nothing() {
+    let dir = temp();
+    let path = db(dir.path());
+    let store = SqliteStore::new(SqliteOptions::new(&path).max_record_bytes(64)).unwrap();
+    store.migrate().await.unwrap();
+    let grace = Principal::new("grace").unwrap();
+    let old = key("rot");
+    store.create(&old, owned_by(b"v1", &grace)).await.unwrap();
+    let rotate = |to: &SessionKey, data: &[u8]| Finish::Rotate {
+        to: to.id.clone(),
+        write: owned_by(data, &grace),
+    };
+    let unchanged = |version: u64| {
+        let (store, old) = (store.clone(), old.clone());
+        async move {
+            let r = store.load(&old).await.unwrap().expect("the old id is live");
+            assert_eq!(r.version, version);
+            store
+                .lock(&old, opts(10_000, 0))
+                .await
+                .expect("the refused rotation kept the lock")
+                .unlock()
+                .await
+                .unwrap();
+        }
+    };
+    let to = key("rot");
+    let to = SessionKey::new(old.namespace.clone(), to.id);
+
+    let mut g = store.lock(&old, opts(10_000, 100)).await.unwrap();
+    store.save(&old, owned_by(b"v2", &grace), None).await.unwrap();
+    assert!(matches!(
+        g.finish(rotate(&to, b"x"), Then::Release).await,
+        Err(Error::Conflict {
+            expected: 1,
+            found: 2
+        })
+    ));
+    unchanged(2).await;
+
+    let mut g = store.lock(&old, opts(10_000, 100)).await.unwrap();
+    assert!(matches!(
+        g.finish(rotate(&to, &[0; 65]), Then::Keep).await,
+        Err(Error::TooLarge { .. })
+    ));
+    unchanged(2).await;
+
+    let mut g = store.lock(&old, opts(10_000, 100)).await.unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        &format!("UPDATE {DEFAULT_TABLE} SET lock_token = 'thief' WHERE id = ?1"),
+        [old.id.as_str()],
+    )
+    .unwrap();
+    assert!(matches!(
+        g.finish(rotate(&to, b"x"), Then::Release).await,
+        Err(Error::LeaseLost)
+    ));
+    let token: Option<String> = conn
+        .query_row(
+            &format!("SELECT lock_token FROM {DEFAULT_TABLE} WHERE id = ?1"),
+            [old.id.as_str()],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(token.as_deref(), Some("thief"));
+    conn.execute(
+        &format!("UPDATE {DEFAULT_TABLE} SET lock_token = NULL, lock_until = NULL WHERE id = ?1"),
+        [old.id.as_str()],
+    )
+    .unwrap();
+    unchanged(2).await;
+
+    let mut g = store.lock(&old, opts(10_000, 100)).await.unwrap();
+    store.delete(&old).await.unwrap();
+    assert!(matches!(
+        g.finish(rotate(&to, b"x"), Then::Release).await,
+        Err(Error::Gone)
+    ));
+    let nobody = key("rot");
+    let mut g = store.lock(&nobody, opts(10_000, 100)).await.unwrap();
+    assert!(matches!(
+        g.finish(rotate(&to, b"x"), Then::Keep).await,
+        Err(Error::Gone)
+    ));
+
+    assert!(
+        store.load(&to).await.unwrap().is_none(),
+        "a refused rotation created the new id"
+    );
+    assert!(store
+        .list_by_principal(&old.namespace, &grace)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(rows(&path), 0, "a refused rotation left a row behind");
 }
