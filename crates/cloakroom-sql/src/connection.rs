@@ -18,6 +18,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use cloakroom_core::Principal;
 use sqlx::pool::PoolConnection;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Type};
 
@@ -31,6 +32,12 @@ pub(crate) enum Param {
     Int(i64),
     Text(String),
     Bytes(Vec<u8>),
+    /// Text or SQL `NULL` (a Postgres principal).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    NullableText(Option<String>),
+    /// Bytes or SQL `NULL` (a MySQL principal).
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    NullableBytes(Option<Vec<u8>>),
 }
 
 impl From<i64> for Param {
@@ -60,6 +67,45 @@ pub(crate) struct RecordRow {
     pub created: i64,
     pub accessed: i64,
     pub expires: i64,
+    /// The principal's UTF-8 bytes, checked when the row becomes a record.
+    pub principal: Option<Vec<u8>>,
+}
+
+/// A session's listing columns: stored id, created, accessed, expires.
+pub(crate) type SummaryRow = (String, i64, i64, i64);
+
+/// The one column whose SQL type differs between the servers: the principal
+/// is `TEXT` on Postgres and `VARBINARY` on MySQL (where a `_bin` text
+/// collation would ignore trailing spaces when comparing), so it is bound and
+/// read per database.
+pub(crate) trait PrincipalColumn: Database {
+    /// The parameter that stores `principal` (`NULL` for none).
+    fn principal_param(principal: Option<&Principal>) -> Param;
+
+    /// The principal column at `index` of `row`, as bytes.
+    fn read_principal(row: &Self::Row, index: usize) -> sqlx::Result<Option<Vec<u8>>>;
+}
+
+#[cfg(feature = "postgres")]
+impl PrincipalColumn for sqlx::Postgres {
+    fn principal_param(principal: Option<&Principal>) -> Param {
+        Param::NullableText(principal.map(|p| p.as_str().to_owned()))
+    }
+
+    fn read_principal(row: &sqlx::postgres::PgRow, index: usize) -> sqlx::Result<Option<Vec<u8>>> {
+        Ok(row.try_get::<Option<String>, _>(index)?.map(String::into_bytes))
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl PrincipalColumn for sqlx::MySql {
+    fn principal_param(principal: Option<&Principal>) -> Param {
+        Param::NullableBytes(principal.map(|p| p.as_str().as_bytes().to_vec()))
+    }
+
+    fn read_principal(row: &sqlx::mysql::MySqlRow, index: usize) -> sqlx::Result<Option<Vec<u8>>> {
+        row.try_get(index)
+    }
 }
 
 /// `rows_affected` is an inherent method of each driver's result type; this
@@ -83,7 +129,7 @@ impl RowsAffected for sqlx::mysql::MySqlQueryResult {
 }
 
 /// What the store needs from a database connection.
-pub(crate) trait Driver: Database {
+pub(crate) trait Driver: PrincipalColumn {
     /// Run a statement; returns the number of rows it affected (matched, on
     /// MySQL, where sqlx asks for found rows).
     fn run<'a>(
@@ -98,6 +144,20 @@ pub(crate) trait Driver: Database {
         sql: &'a str,
         params: Vec<Param>,
     ) -> BoxFuture<'a, sqlx::Result<Vec<RecordRow>>>;
+
+    /// Rows of an id (as text) followed by [`RecordRow`] columns.
+    fn fetch_keyed_records<'a>(
+        conn: &'a mut Self::Connection,
+        sql: &'a str,
+        params: Vec<Param>,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<(String, RecordRow)>>>;
+
+    /// Rows of [`SummaryRow`] columns.
+    fn fetch_summaries<'a>(
+        conn: &'a mut Self::Connection,
+        sql: &'a str,
+        params: Vec<Param>,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<SummaryRow>>>;
 
     /// The first column of each row, as text.
     fn fetch_texts<'a>(
@@ -120,13 +180,15 @@ pub(crate) trait Driver: Database {
 
 impl<DB> Driver for DB
 where
-    DB: Database,
+    DB: PrincipalColumn,
     DB::QueryResult: RowsAffected,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
+    for<'q> Option<Vec<u8>>: Encode<'q, DB>,
     usize: ColumnIndex<DB::Row>,
 {
     fn run<'a>(
@@ -147,16 +209,32 @@ where
     ) -> BoxFuture<'a, sqlx::Result<Vec<RecordRow>>> {
         Box::pin(async move {
             let rows = bind_all(sqlx::query(sql), params).fetch_all(conn).await?;
+            rows.iter().map(|row| record_at::<DB>(row, 0)).collect()
+        })
+    }
+
+    fn fetch_keyed_records<'a>(
+        conn: &'a mut Self::Connection,
+        sql: &'a str,
+        params: Vec<Param>,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<(String, RecordRow)>>> {
+        Box::pin(async move {
+            let rows = bind_all(sqlx::query(sql), params).fetch_all(conn).await?;
             rows.iter()
-                .map(|row| {
-                    Ok(RecordRow {
-                        data: row.try_get(0)?,
-                        version: row.try_get(1)?,
-                        created: row.try_get(2)?,
-                        accessed: row.try_get(3)?,
-                        expires: row.try_get(4)?,
-                    })
-                })
+                .map(|row| Ok((row.try_get(0)?, record_at::<DB>(row, 1)?)))
+                .collect()
+        })
+    }
+
+    fn fetch_summaries<'a>(
+        conn: &'a mut Self::Connection,
+        sql: &'a str,
+        params: Vec<Param>,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<SummaryRow>>> {
+        Box::pin(async move {
+            let rows = bind_all(sqlx::query(sql), params).fetch_all(conn).await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?)))
                 .collect()
         })
     }
@@ -191,6 +269,24 @@ where
     }
 }
 
+/// The [`RecordRow`] columns of `row`, starting at column `first`.
+fn record_at<DB>(row: &DB::Row, first: usize) -> sqlx::Result<RecordRow>
+where
+    DB: PrincipalColumn,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Decode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    Ok(RecordRow {
+        data: row.try_get(first)?,
+        version: row.try_get(first + 1)?,
+        created: row.try_get(first + 2)?,
+        accessed: row.try_get(first + 3)?,
+        expires: row.try_get(first + 4)?,
+        principal: DB::read_principal(row, first + 5)?,
+    })
+}
+
 fn bind_all<'q, DB>(
     mut query: sqlx::query::Query<'q, DB, DB::Arguments<'q>>,
     params: Vec<Param>,
@@ -200,12 +296,16 @@ where
     i64: Encode<'q, DB> + Type<DB>,
     String: Encode<'q, DB> + Type<DB>,
     Vec<u8>: Encode<'q, DB> + Type<DB>,
+    Option<String>: Encode<'q, DB>,
+    Option<Vec<u8>>: Encode<'q, DB>,
 {
     for p in params {
         query = match p {
             Param::Int(v) => query.bind(v),
             Param::Text(v) => query.bind(v),
             Param::Bytes(v) => query.bind(v),
+            Param::NullableText(v) => query.bind(v),
+            Param::NullableBytes(v) => query.bind(v),
         };
     }
     query

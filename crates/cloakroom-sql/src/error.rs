@@ -14,6 +14,9 @@ pub(crate) enum Failure {
     LockBusy,
     /// A deadlock victim; the statement (on MySQL, the transaction) can be retried.
     Deadlock,
+    /// A schema change found its column or index already there (MySQL):
+    /// a concurrent migration made it first.
+    AlreadyDone,
     /// Anything else.
     Other,
 }
@@ -70,6 +73,8 @@ pub(crate) fn mysql_code(err: &dyn sqlx::error::DatabaseError) -> Failure {
         // ER_LOCK_WAIT_TIMEOUT (also MariaDB's NOWAIT), ER_LOCK_NOWAIT (MySQL 8).
         1205 | 3572 => Failure::LockBusy,
         1213 => Failure::Deadlock,
+        // ER_DUP_FIELDNAME, ER_DUP_KEYNAME.
+        1060 | 1061 => Failure::AlreadyDone,
         // Server shutdown, connection killed, query interrupted by KILL, too
         // many connections, and the client-side "server gone" family.
         1040 | 1053 | 1077 | 1078 | 1079 | 1080 | 1152 | 1153 | 1158 | 1159 | 1160 | 1161 | 1317 | 1927

@@ -19,6 +19,14 @@
 //! kept writes included: an error from `finish` means that nothing of the
 //! uncommitted chain was written, except for a `COMMIT` cut off by a lost
 //! connection, which is `Unavailable` (outcome unknown).
+//!
+//! [`Finish::Rotate`] runs in the same transaction, so it is atomic here
+//! (`Capabilities::rotates_atomically`): the holder deletes its row if it is
+//! still the live record at the version it knows, writes the new id's row
+//! (over an expired one, or new) unless a live record holds it, and then
+//! commits or, with [`Then::Keep`], keeps the transaction open like a kept
+//! save. Any refusal rolls the whole transaction back, so nothing of it is
+//! ever seen. The new id's row is locked by the transaction until it ends.
 
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -27,16 +35,18 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cloakroom_core::{
-    wait_for_lock, Error, Finish, Finished, HeldSession, Lease, LockGuard, LockOptions, Record, Result,
-    SessionKey, Then, Timestamp,
+    wait_for_lock, Error, Finish, Finished, HeldSession, Lease, LockGuard, LockOptions, Record, RecordWrite,
+    Result, SessionId, SessionKey, Then, Timestamp,
 };
 use sqlx::pool::PoolConnection;
 use tokio::task::JoinHandle;
 
 use crate::backend::Backend;
-use crate::connection::{Driver, Param, TxConn};
+use crate::connection::{Driver, Param, PrincipalColumn, TxConn};
 use crate::error::{to_error, Failure};
-use crate::store::{key_params, live_record, version_to_db, RowLockStore};
+use crate::store::{
+    insert_params, key_params, live_record, over_expired_params, version_from_db, version_to_db, RowLockStore,
+};
 
 impl<B: Backend> RowLockStore<B> {
     /// Take the lock on `key`, like
@@ -315,8 +325,23 @@ impl<B: Backend> RowLockGuard<B> {
 
     /// Run one of the holder's statements (`params` without the lease
     /// parameter) in the transaction; returns how many rows it wrote.
-    async fn run_held(&self, tx: &mut TxConn<B::DB>, sql: &str, mut params: Vec<Param>) -> Result<u64> {
-        let written = if self.store.inner.sql.held_sets_lease {
+    async fn run_held(&self, tx: &mut TxConn<B::DB>, sql: &str, params: Vec<Param>) -> Result<u64> {
+        // A failed statement on a lost connection is `LeaseLost`: the server
+        // rolled the transaction back, nothing was written.
+        self.run_held_raw(tx, sql, params)
+            .await
+            .map_err(|e| self.held_error(e))
+    }
+
+    /// [`run_held`](Self::run_held) with the driver's error, for a caller
+    /// that tells some errors apart.
+    async fn run_held_raw(
+        &self,
+        tx: &mut TxConn<B::DB>,
+        sql: &str,
+        mut params: Vec<Param>,
+    ) -> sqlx::Result<u64> {
+        if self.store.inner.sql.held_sets_lease {
             // Rounded up: the server must not end the transaction before our
             // own deadline, or a release that commits kept writes just
             // before it would find the connection gone and have to answer
@@ -329,10 +354,109 @@ impl<B: Backend> RowLockGuard<B> {
                 .map(|rows| u64::try_from(rows.len()).unwrap_or(u64::MAX))
         } else {
             B::DB::run(tx.conn(), sql, params).await
+        }
+    }
+
+    /// [`Finish::Rotate`], in the locking transaction, which the caller
+    /// rolls back if this fails.
+    async fn rotate(
+        &self,
+        tx: &mut TxConn<B::DB>,
+        to: SessionId,
+        write: RecordWrite,
+        now: Timestamp,
+    ) -> Result<Written> {
+        self.check_still_live(now)?;
+        // No record (a new session, or one deleted earlier in this chain):
+        // nothing to move, and a rotation must not create one from nothing.
+        let Some(current) = &self.held.record else {
+            return Err(Error::Gone);
         };
-        // A failed statement on a lost connection is `LeaseLost`: the server
-        // rolled the transaction back, nothing was written.
-        written.map_err(|e| self.held_error(e))
+        let from = &self.held.key;
+        if to == from.id {
+            return Err(Error::Conflict {
+                expected: 0,
+                found: current.version,
+            });
+        }
+        let sql = &self.store.inner.sql;
+        let now_ms = now.as_millis();
+
+        // The row lock keeps other writers out, so the version cannot have
+        // moved; the statement checks it anyway, and the expiry, which time
+        // alone can change.
+        let params = key_params(from, [version_to_db(current.version)?, now_ms]);
+        if self.run_held(tx, &sql.held_rotate_delete, params).await? != 1 {
+            let live = self.live_version_in_tx(tx, from, now_ms).await?;
+            return Err(match live {
+                Some(found) => Error::Conflict {
+                    expected: current.version,
+                    found,
+                },
+                None => Error::Gone,
+            });
+        }
+
+        let target = SessionKey::new(from.namespace.clone(), to);
+        let over_expired = over_expired_params::<B>(&target, &write, now_ms);
+        let mut placed = self
+            .run_target(tx, &sql.held_rotate_over_expired, over_expired)
+            .await?
+            > 0;
+        if !placed {
+            placed = self
+                .run_target(tx, &sql.held_rotate_insert, insert_params::<B>(&target, &write))
+                .await?
+                > 0;
+        }
+        if !placed {
+            // Neither expired nor missing: a live record holds the new id.
+            let found = self.live_version_in_tx(tx, &target, now_ms).await?;
+            return Err(Error::Conflict {
+                expected: 0,
+                found: found.unwrap_or(0),
+            });
+        }
+        Ok(Written {
+            finished: Finished::Rotated,
+            record: Some(None),
+            wrote: true,
+            row: false,
+        })
+    }
+
+    /// One of the rotation's writes to the new id. That row's lock held by
+    /// another transaction (past this one's lock timeout) means another
+    /// request is using the id: `Conflict` (its version unknown, so 0),
+    /// like a live record there.
+    async fn run_target(&self, tx: &mut TxConn<B::DB>, sql: &str, params: Vec<Param>) -> Result<u64> {
+        match self.run_held_raw(tx, sql, params).await {
+            Ok(n) => Ok(n),
+            Err(e) => match self.store.classify(&e) {
+                Failure::LockBusy | Failure::Deadlock => Err(Error::Conflict {
+                    expected: 0,
+                    found: 0,
+                }),
+                _ => Err(self.held_error(e)),
+            },
+        }
+    }
+
+    /// The version of the live record under `key` as this transaction sees it.
+    async fn live_version_in_tx(
+        &self,
+        tx: &mut TxConn<B::DB>,
+        key: &SessionKey,
+        now: i64,
+    ) -> Result<Option<u64>> {
+        let found = B::DB::fetch_ints(
+            tx.conn(),
+            &self.store.inner.sql.live_version,
+            key_params(key, [now]),
+        )
+        .await
+        .map_err(|e| self.held_error(e))?;
+        found.first().map(|&v| version_from_db(v)).transpose()
     }
 
     /// Apply `op` inside the transaction, without committing.
@@ -356,6 +480,7 @@ impl<B: Backend> RowLockGuard<B> {
                     created.as_millis().into(),
                     record.accessed.as_millis().into(),
                     record.expires.as_millis().into(),
+                    B::DB::principal_param(record.principal.as_ref()),
                 ];
                 params.extend(key_params(&self.held.key, []));
                 let statement = if self.row {
@@ -409,6 +534,7 @@ impl<B: Backend> RowLockGuard<B> {
                     row: false,
                 })
             }
+            Finish::Rotate { to, write } => self.rotate(tx, to, write, now).await,
             Finish::Nothing => Ok(Written {
                 finished: Finished::Nothing,
                 record: None,
@@ -467,7 +593,7 @@ impl<B: Backend> LockGuard for RowLockGuard<B> {
 
     async fn finish(&mut self, op: Finish, then: Then) -> Result<Finished> {
         let mut tx = self.take_tx().await?;
-        if let Finish::Save(write) = &op {
+        if let Finish::Save(write) | Finish::Rotate { write, .. } = &op {
             if let Err(too_large) = self.store.check_size(write) {
                 self.abandon(tx).await;
                 return Err(too_large);

@@ -30,6 +30,46 @@
 //!   is held waits for the holder (a row lock blocks every writer), at most
 //!   until the holder's lease runs out.
 //!
+//! - Rotation ([`Finish::Rotate`](cloakroom_core::Finish::Rotate), what
+//!   `cycle_id` does at login) runs inside the locking transaction, so it is
+//!   atomic (`Capabilities::rotates_atomically`): the old row is deleted if
+//!   it is still the live record at the version the holder knows, the new
+//!   id's row is written unless a live record holds that id, and both
+//!   become visible at one commit, or neither.
+//!
+//! # Schema
+//!
+//! [`migrate`](cloakroom_core::SessionStore::migrate) creates one table
+//! (`table` option, default `cloakroom_sessions`):
+//!
+//! | column | Postgres | MySQL / MariaDB |
+//! |---|---|---|
+//! | `namespace` | `TEXT COLLATE "C"` | `VARCHAR(64)` utf8mb4, `utf8mb4_bin` |
+//! | `id` | `TEXT COLLATE "C"` | `VARCHAR(64)` utf8mb4, `utf8mb4_bin` |
+//! | `data` | `BYTEA` | `LONGBLOB` |
+//! | `version`, `created`, `accessed`, `expires` | `BIGINT` (times in ms since the epoch) | `BIGINT` |
+//! | `principal` | `TEXT COLLATE "C"`, nullable | `VARBINARY(256)`, nullable |
+//!
+//! with the primary key `(namespace, id)`, an index `<table>_expires` on
+//! `(namespace, expires)` for sweeps, and an index `<table>_principal` on
+//! `(namespace, principal)` for
+//! [`list_by_principal`](cloakroom_core::SessionStore::list_by_principal)
+//! (partial on Postgres, `WHERE principal IS NOT NULL`, since most sessions
+//! belong to nobody). A row with `version = 0` is a lock placeholder, never
+//! a record.
+//!
+//! A table made by an earlier version of this crate, without `principal`,
+//! is upgraded in place by `migrate`, which stays idempotent and safe to run
+//! from several processes at once: it adds the nullable column (a catalog
+//! change, no rewrite) and builds the index; old records read with no
+//! principal. Adding the column waits for the session locks held at that
+//! moment (at most their leases) and holds up new ones meanwhile, once; on
+//! Postgres the index build also holds up writes for one scan of the table.
+//! Run the first `migrate` of an upgrade at deployment time rather than
+//! under peak load, and before the new version serves requests: its
+//! statements read and write `principal`, so on a table not yet upgraded
+//! they fail. Once done, `migrate` only reads the catalog.
+//!
 //! # Connections and the pool
 //!
 //! Each in-flight locked request holds **one pooled connection** from `lock`

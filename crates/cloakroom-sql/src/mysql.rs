@@ -191,5 +191,6 @@ async fn insert_placeholder(
         created: 0,
         accessed: 0,
         expires: 0,
+        principal: None,
     }))
 }

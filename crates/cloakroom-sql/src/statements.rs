@@ -4,9 +4,11 @@
 //! [`Statements::sweep_delete`], a run of placeholders.
 //!
 //! Columns: `namespace`, `id`, `data`, `version`, `created`, `accessed`,
-//! `expires`; times are BIGINT milliseconds since the epoch, compared with the
-//! client's [`Timestamp::now`](cloakroom_core::Timestamp::now) everywhere so
-//! that one clock decides what is live.
+//! `expires`, `principal`; times are BIGINT milliseconds since the epoch,
+//! compared with the client's [`Timestamp::now`](cloakroom_core::Timestamp::now)
+//! everywhere so that one clock decides what is live. `principal` is nullable
+//! (a session of nobody) and indexed with its namespace, for
+//! `list_by_principal`.
 //!
 //! A row with `version = 0` is a *lock placeholder*: `lock` inserts it to
 //! have a row to lock for a session that does not exist yet. It lives inside
@@ -23,7 +25,7 @@ pub(crate) enum Dialect {
 }
 
 /// The columns a record-reading statement selects, in [`RecordRow`](crate::connection::RecordRow) order.
-const RECORD_COLUMNS: &str = "data, version, created, accessed, expires";
+const RECORD_COLUMNS: &str = "data, version, created, accessed, expires, principal";
 
 /// The statements of one store.
 #[derive(Debug)]
@@ -32,15 +34,18 @@ pub(crate) struct Statements {
     table: TableName,
     /// Idempotent schema script (several statements, no parameters).
     pub migrate: String,
+    /// MySQL: what `migrate` checks and adds to a table made before
+    /// principals (Postgres does it in `migrate`'s script).
+    pub mysql_upgrade: Option<MysqlUpgrade>,
     /// `(ns, id, now)` → the live record.
     pub load: String,
     /// `(ns, id, now)` → version of the live record, to tell `Conflict` from `Gone`.
     pub live_version: String,
-    /// `(data, created, accessed, expires, ns, id, now)`: reuse an expired row for a new record.
+    /// `(data, created, accessed, expires, principal, ns, id, now)`: reuse an expired row for a new record.
     pub create_over_expired: String,
-    /// `(ns, id, data, created, accessed, expires)`: insert a new record unless the key exists.
+    /// `(ns, id, data, created, accessed, expires, principal)`: insert a new record unless the key exists.
     pub create_insert: String,
-    /// `(data, accessed, expires, ns, id, expected, now)`: compare-and-set save of a live record.
+    /// `(data, accessed, expires, principal, ns, id, expected, now)`: compare-and-set save of a live record.
     pub save_cas: String,
     /// `(ns, id, now)`: delete a live record.
     pub delete_live: String,
@@ -50,24 +55,43 @@ pub(crate) struct Statements {
     pub list_ids: String,
     /// `(ns, now)` → number of live records.
     pub count: String,
-    /// `(ns, after, now, limit)` → ids of expired, unlocked records, now locked by this transaction.
+    /// `(ns, principal, now)` → id, created, accessed, expires of the live
+    /// records of a principal, oldest first, through the principal index.
+    pub list_by_principal: String,
+    /// `(ns, after, now, limit)` → id and record of expired, unlocked
+    /// records, now locked by this transaction (so what it reads is what
+    /// the sweep deletes).
     pub sweep_select: String,
     /// `(ns, after, now, limit)` → ids of expired records, locking nothing
     /// (the sweep's fallback when a locked page runs into a row lock).
     pub sweep_candidates: String,
-    /// `(ns, id, now)`: delete one record if it is still expired (the fallback).
-    pub sweep_delete_one: String,
-    /// `(data, version, created, accessed, expires, ns, id)`: the lock holder's
-    /// write over the locked row (a record, an expired one, or a placeholder).
+    /// `(ns, id, now)` → id and record of one record if it is still
+    /// expired, locked (the fallback; waits for a holder within the sweep's
+    /// lock timeout).
+    pub sweep_lock_one: String,
+    /// `(data, version, created, accessed, expires, principal, ns, id)`: the
+    /// lock holder's write over the locked row (a record, an expired one, or
+    /// a placeholder).
     pub held_save: String,
-    /// `(data, version, created, accessed, expires, ns, id)`: the lock holder's
-    /// write after it deleted the row earlier in the same transaction.
+    /// `(data, version, created, accessed, expires, principal, ns, id)`: the
+    /// lock holder's write after it deleted the row earlier in the same
+    /// transaction.
     pub held_insert: String,
     /// `(accessed, expires, ns, id)`: the lock holder's touch.
     pub held_touch: String,
     /// `(ns, id)`: the lock holder's delete.
     pub held_delete: String,
-    /// Whether the four `held_*` statements take one more parameter, the
+    /// `(ns, id, version, now)`: the first step of the lock holder's
+    /// rotation, deleting its row only if it still holds the live record at
+    /// the version the holder knows.
+    pub held_rotate_delete: String,
+    /// `(data, created, accessed, expires, principal, ns, id, now)`: the
+    /// rotation's new record over an expired row of the new id.
+    pub held_rotate_over_expired: String,
+    /// `(ns, id, data, created, accessed, expires, principal)`: the
+    /// rotation's new record where the new id has no row.
+    pub held_rotate_insert: String,
+    /// Whether the `held_*` statements take one more parameter, the
     /// lease left (text such as `'1500ms'`), and return one row per row they
     /// wrote instead of a count (Postgres). They set the transaction's
     /// `idle_in_transaction_session_timeout` to what is left of the lease,
@@ -132,28 +156,43 @@ impl Statements {
             Dialect::Postgres => " RETURNING set_config('idle_in_transaction_session_timeout', ?, true)",
             Dialect::MySql => "",
         };
+        // Placeholders leave `principal` NULL: they belong to nobody.
         let placeholder_values = format!("(?, ?, {empty_bytes}, 0, 0, 0, 0)");
         let columns = "(namespace, id, data, version, created, accessed, expires)";
         let lock = format!("SELECT {RECORD_COLUMNS} FROM {pk} WHERE namespace = ? AND id = ? FOR UPDATE");
-        let sweep_page = format!(
-            "SELECT {id_text} FROM {t} WHERE namespace = ? AND id > ? AND version > 0 AND expires <= ? \
-             ORDER BY id LIMIT ?"
+        let sweep_page = |selected: &str| {
+            format!(
+                "SELECT {selected} FROM {t} WHERE namespace = ? AND id > ? AND version > 0 AND expires <= ? \
+                 ORDER BY id LIMIT ?"
+            )
+        };
+        // Only the principal index can serve this without reading the whole
+        // namespace; MySQL is told so, as it is for point statements (see
+        // `pk`). Postgres' index is partial (`principal IS NOT NULL`), which
+        // `principal = ?` implies.
+        let by_principal = match dialect {
+            Dialect::Postgres => t.to_owned(),
+            Dialect::MySql => format!("{t} FORCE INDEX ({t}_principal)"),
+        };
+        let over_expired = format!(
+            "UPDATE {pk} SET data = ?, version = 1, created = ?, accessed = ?, expires = ?, principal = ? \
+             WHERE namespace = ? AND id = ? AND (version = 0 OR expires <= ?)"
+        );
+        let insert_new = format!(
+            "{insert_ignore} {t} (namespace, id, data, version, created, accessed, expires, principal) \
+             VALUES (?, ?, ?, 1, ?, ?, ?, ?){on_conflict_nothing}"
         );
         Statements {
             dialect,
             table: table.clone(),
             migrate: migrate_script(dialect, t),
+            mysql_upgrade: (dialect == Dialect::MySql).then(|| MysqlUpgrade::new(t)),
             load: s(format!("SELECT {RECORD_COLUMNS} FROM {pk} WHERE {live}")),
             live_version: s(format!("SELECT version FROM {pk} WHERE {live}")),
-            create_over_expired: s(format!(
-                "UPDATE {pk} SET data = ?, version = 1, created = ?, accessed = ?, expires = ? \
-                 WHERE namespace = ? AND id = ? AND (version = 0 OR expires <= ?)"
-            )),
-            create_insert: s(format!(
-                "{insert_ignore} {t} {columns} VALUES (?, ?, ?, 1, ?, ?, ?){on_conflict_nothing}"
-            )),
+            create_over_expired: s(over_expired.clone()),
+            create_insert: s(insert_new.clone()),
             save_cas: s(format!(
-                "UPDATE {pk} SET data = ?, version = version + 1, accessed = ?, expires = ? \
+                "UPDATE {pk} SET data = ?, version = version + 1, accessed = ?, expires = ?, principal = ? \
                  WHERE namespace = ? AND id = ? AND version = ? AND version > 0 AND expires > ?"
             )),
             delete_live: s(format!("{delete_pk} WHERE {live}")),
@@ -165,26 +204,44 @@ impl Statements {
             count: s(format!(
                 "SELECT COUNT(*) FROM {t} WHERE namespace = ? AND version > 0 AND expires > ?"
             )),
+            list_by_principal: s(format!(
+                "SELECT {id_text}, created, accessed, expires FROM {by_principal} \
+                 WHERE namespace = ? AND principal = ? AND version > 0 AND expires > ? \
+                 ORDER BY created, id"
+            )),
             // SKIP LOCKED: a session whose lock is held is in use and is not
             // swept; the rows returned are locked by the sweeping transaction
-            // until it commits, so nobody renews them between this and the delete.
-            sweep_select: s(format!("{sweep_page} FOR UPDATE SKIP LOCKED")),
-            sweep_candidates: s(sweep_page),
-            sweep_delete_one: s(format!(
-                "{delete_pk} WHERE namespace = ? AND id = ? AND version > 0 AND expires <= ?"
+            // until it commits, so nobody renews or rewrites them between
+            // this and the delete, and the records read here are the ones
+            // deleted. (Not `DELETE … RETURNING`: MySQL 8 has none, and
+            // MariaDB's does not take the multi-table form that forces the
+            // primary key.)
+            sweep_select: s(format!(
+                "{} FOR UPDATE SKIP LOCKED",
+                sweep_page(&format!("{id_text}, {RECORD_COLUMNS}"))
+            )),
+            sweep_candidates: s(sweep_page(id_text)),
+            sweep_lock_one: s(format!(
+                "SELECT {id_text}, {RECORD_COLUMNS} FROM {pk} \
+                 WHERE namespace = ? AND id = ? AND version > 0 AND expires <= ? FOR UPDATE"
             )),
             held_save: s(format!(
-                "UPDATE {pk} SET data = ?, version = ?, created = ?, accessed = ?, expires = ? \
+                "UPDATE {pk} SET data = ?, version = ?, created = ?, accessed = ?, expires = ?, principal = ? \
                  WHERE namespace = ? AND id = ?{held_lease}"
             )),
             held_insert: s(format!(
-                "INSERT INTO {t} (data, version, created, accessed, expires, namespace, id) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?){held_lease}"
+                "INSERT INTO {t} (data, version, created, accessed, expires, principal, namespace, id) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?){held_lease}"
             )),
             held_touch: s(format!(
                 "UPDATE {pk} SET accessed = ?, expires = ? WHERE namespace = ? AND id = ?{held_lease}"
             )),
             held_delete: s(format!("{delete_pk} WHERE namespace = ? AND id = ?{held_lease}")),
+            held_rotate_delete: s(format!(
+                "{delete_pk} WHERE namespace = ? AND id = ? AND version = ? AND version > 0 AND expires > ?{held_lease}"
+            )),
+            held_rotate_over_expired: s(format!("{over_expired}{held_lease}")),
+            held_rotate_insert: s(format!("{insert_new}{held_lease}")),
             held_sets_lease: dialect == Dialect::Postgres,
             insert_placeholder: s(format!(
                 "{insert_ignore} {t} {columns} VALUES {placeholder_values}{on_conflict_nothing}"
@@ -239,6 +296,13 @@ fn migrate_script(dialect: Dialect, t: &str) -> String {
         // lock and makes every new writer queue behind it, so an application
         // instance starting up (or each test opening a store) stalled all
         // traffic until the holders' leases ran out.
+        //
+        // A table made before principals existed gets the column and its
+        // index here. Adding a nullable column without a default only
+        // changes the catalog, but it waits for the session locks held at
+        // the time (their leases bound that), once. The index is partial:
+        // most sessions belong to nobody, and on an upgraded table it starts
+        // empty, so building it is one scan without writing entries.
         Dialect::Postgres => format!(
             "BEGIN; \
              SELECT pg_advisory_xact_lock(7093921512344); \
@@ -252,10 +316,19 @@ fn migrate_script(dialect: Dialect, t: &str) -> String {
                    created BIGINT NOT NULL, \
                    accessed BIGINT NOT NULL, \
                    expires BIGINT NOT NULL, \
+                   principal TEXT COLLATE \"C\", \
                    PRIMARY KEY (namespace, id)); \
                END IF; \
                IF to_regclass('{t}_expires') IS NULL THEN \
                  CREATE INDEX {t}_expires ON {t} (namespace, expires); \
+               END IF; \
+               IF NOT EXISTS (SELECT 1 FROM pg_attribute \
+                   WHERE attrelid = to_regclass('{t}') AND attname = 'principal' AND NOT attisdropped) THEN \
+                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS principal TEXT COLLATE \"C\"; \
+               END IF; \
+               IF to_regclass('{t}_principal') IS NULL THEN \
+                 CREATE INDEX IF NOT EXISTS {t}_principal ON {t} (namespace, principal) \
+                   WHERE principal IS NOT NULL; \
                END IF; \
              END $migrate$; \
              COMMIT"
@@ -264,6 +337,11 @@ fn migrate_script(dialect: Dialect, t: &str) -> String {
         // are not; and the charset must be the connection's (utf8mb4), or a
         // bound id is converted and the primary key cannot be used, turning
         // point updates into locking scans that wait on other sessions' locks.
+        // The principal is VARBINARY: compared byte for byte (a `_bin` text
+        // collation pads, so `alice` would find `alice `), 256 bytes as
+        // `Principal` allows, and small enough to index with the namespace.
+        // A table made before principals existed is upgraded by
+        // [`MysqlUpgrade`].
         Dialect::MySql => format!(
             "CREATE TABLE IF NOT EXISTS {t} ( \
                namespace VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
@@ -273,10 +351,54 @@ fn migrate_script(dialect: Dialect, t: &str) -> String {
                created BIGINT NOT NULL, \
                accessed BIGINT NOT NULL, \
                expires BIGINT NOT NULL, \
+               principal {MYSQL_PRINCIPAL}, \
                PRIMARY KEY (namespace, id), \
-               KEY {t}_expires (namespace, expires) \
+               KEY {t}_expires (namespace, expires), \
+               KEY {t}_principal (namespace, principal) \
              ) ENGINE = InnoDB"
         ),
+    }
+}
+
+/// The MySQL principal column's type.
+const MYSQL_PRINCIPAL: &str = "VARBINARY(256) NULL";
+
+/// How `migrate` brings a MySQL table made before principals up to date.
+///
+/// MySQL has no `DO` block to test the catalog in, and MySQL 8 no `IF NOT
+/// EXISTS` on columns and indexes; and even where MariaDB has them, a no-op
+/// `ALTER TABLE` waits for a metadata lock behind every held session lock. So
+/// the store asks `information_schema` first and alters only what is
+/// missing; a concurrent migration that got there first makes the `ALTER`
+/// fail with a duplicate column or key (1060, 1061), which `migrate` takes as
+/// done.
+#[derive(Debug)]
+pub(crate) struct MysqlUpgrade {
+    /// `(table)` → 1 if the principal column exists, else 0.
+    pub column_exists: String,
+    /// Adds the principal column (an instant, catalog-only change in InnoDB).
+    pub add_column: String,
+    /// `(table, index)` → the number of columns of the principal index (0: missing).
+    pub index_exists: String,
+    /// Adds the principal index (built online: writes go on meanwhile).
+    pub add_index: String,
+    /// The principal index's name, the second parameter of `index_exists`.
+    pub index_name: String,
+}
+
+impl MysqlUpgrade {
+    fn new(t: &str) -> Self {
+        MysqlUpgrade {
+            column_exists: "SELECT COUNT(*) FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'principal'"
+                .to_owned(),
+            add_column: format!("ALTER TABLE {t} ADD COLUMN principal {MYSQL_PRINCIPAL}"),
+            index_exists: "SELECT COUNT(*) FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND INDEX_NAME = ?"
+                .to_owned(),
+            add_index: format!("CREATE INDEX {t}_principal ON {t} (namespace, principal)"),
+            index_name: format!("{t}_principal"),
+        }
     }
 }
 
@@ -310,9 +432,17 @@ mod tests {
         let s = Statements::new(Dialect::Postgres, &TableName::new("t").unwrap());
         assert_eq!(
             s.load,
-            "SELECT data, version, created, accessed, expires FROM t \
+            "SELECT data, version, created, accessed, expires, principal FROM t \
              WHERE namespace = $1 AND id = $2 AND version > 0 AND expires > $3"
         );
+        assert_eq!(
+            s.list_by_principal,
+            "SELECT id, created, accessed, expires FROM t \
+             WHERE namespace = $1 AND principal = $2 AND version > 0 AND expires > $3 \
+             ORDER BY created, id"
+        );
+        assert!(s.mysql_upgrade.is_none());
+        assert!(s.migrate.contains("ADD COLUMN IF NOT EXISTS principal TEXT"));
         assert_eq!(
             s.sweep_delete(3),
             "DELETE FROM t WHERE namespace = $1 AND id IN ($2, $3, $4)"
@@ -321,13 +451,23 @@ mod tests {
         assert!(s.held_sets_lease);
         assert_eq!(
             s.held_save,
-            "UPDATE t SET data = $1, version = $2, created = $3, accessed = $4, expires = $5 \
-             WHERE namespace = $6 AND id = $7 \
-             RETURNING set_config('idle_in_transaction_session_timeout', $8, true)"
+            "UPDATE t SET data = $1, version = $2, created = $3, accessed = $4, expires = $5, principal = $6 \
+             WHERE namespace = $7 AND id = $8 \
+             RETURNING set_config('idle_in_transaction_session_timeout', $9, true)"
         );
         assert!(s
             .held_delete
             .ends_with("id = $2 RETURNING set_config('idle_in_transaction_session_timeout', $3, true)"));
+        assert_eq!(
+            s.held_rotate_insert,
+            "INSERT INTO t (namespace, id, data, version, created, accessed, expires, principal) \
+             VALUES ($1, $2, $3, 1, $4, $5, $6, $7) ON CONFLICT (namespace, id) DO NOTHING \
+             RETURNING set_config('idle_in_transaction_session_timeout', $8, true)"
+        );
+        assert!(s.held_rotate_delete.ends_with(
+            "version = $3 AND version > 0 AND expires > $4 \
+             RETURNING set_config('idle_in_transaction_session_timeout', $5, true)"
+        ));
     }
 
     #[test]
@@ -336,9 +476,18 @@ mod tests {
         assert!(!s.held_sets_lease);
         assert_eq!(
             s.held_insert,
-            "INSERT INTO t (data, version, created, accessed, expires, namespace, id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO t (data, version, created, accessed, expires, principal, namespace, id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         );
         assert!(s.held_touch.ends_with("WHERE namespace = ? AND id = ?"));
+        assert!(s
+            .list_by_principal
+            .contains("FROM t FORCE INDEX (t_principal) WHERE"));
+        let upgrade = s.mysql_upgrade.as_ref().unwrap();
+        assert_eq!(
+            upgrade.add_column,
+            "ALTER TABLE t ADD COLUMN principal VARBINARY(256) NULL"
+        );
+        assert_eq!(upgrade.index_name, "t_principal");
     }
 }

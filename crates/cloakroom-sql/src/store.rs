@@ -14,17 +14,18 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use cloakroom_core::{
-    Acquired, Capabilities, Cursor, Error, IdPage, LockKind, LockOptions, Namespace, Record, RecordWrite,
-    Result, SessionId, SessionKey, SessionStore, SweepBatch, Timestamp,
+    Acquired, Capabilities, Cursor, Error, IdPage, LockKind, LockOptions, Namespace, Principal, Record,
+    RecordWrite, Result, SessionId, SessionKey, SessionStore, SessionSummary, SweepBatch, SweptRecord,
+    Timestamp,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::Pool;
 
 use crate::backend::{Backend, ConnectOptionsOf};
-use crate::connection::{Driver, Param, RecordRow, TxConn};
+use crate::connection::{Driver, Param, PrincipalColumn, RecordRow, TxConn};
 use crate::error::{classify, to_error, Failure};
 use crate::options::SqlOptions;
-use crate::statements::Statements;
+use crate::statements::{MysqlUpgrade, Statements};
 
 /// Largest sweep batch; bounds the statement's parameter count and the time
 /// the sweep holds row locks.
@@ -145,6 +146,37 @@ impl<B: Backend> RowLockStore<B> {
         write.check_size(self.inner.options.max_record_bytes)
     }
 
+    /// Bring a MySQL table made before principals up to date (see
+    /// [`MysqlUpgrade`]): add what the catalog says is missing.
+    async fn upgrade_mysql(&self, conn: &mut PoolConnection<B::DB>, upgrade: &MysqlUpgrade) -> Result<()> {
+        let table = self.inner.options.table.as_str();
+        let count = |rows: Vec<i64>| rows.first().copied().unwrap_or(0);
+        let columns = B::DB::fetch_ints(conn, &upgrade.column_exists, vec![table.into()])
+            .await
+            .map_err(|e| self.map_err(e))?;
+        if count(columns) == 0 {
+            self.alter_unless_done(conn, &upgrade.add_column).await?;
+        }
+        let params = vec![table.into(), upgrade.index_name.as_str().into()];
+        let indexed = B::DB::fetch_ints(conn, &upgrade.index_exists, params)
+            .await
+            .map_err(|e| self.map_err(e))?;
+        if count(indexed) == 0 {
+            self.alter_unless_done(conn, &upgrade.add_index).await?;
+        }
+        Ok(())
+    }
+
+    /// Run one `ALTER` of a MySQL upgrade; a concurrent migration that made
+    /// the same change first makes it fail as a duplicate, which is success.
+    async fn alter_unless_done(&self, conn: &mut PoolConnection<B::DB>, sql: &str) -> Result<()> {
+        match B::DB::run_script(conn, sql).await {
+            Ok(()) => Ok(()),
+            Err(e) if self.classify(&e) == Failure::AlreadyDone => Ok(()),
+            Err(e) => Err(self.map_err(e)),
+        }
+    }
+
     /// The version of the live record under `key`, if any: what a write that
     /// matched no row finds, to answer `Conflict` rather than `Gone`.
     async fn live_version(&self, key: &SessionKey) -> Result<Option<u64>> {
@@ -163,6 +195,9 @@ impl<B: Backend> SessionStore for RowLockStore<B> {
             .named(B::NAME)
             .multi_process()
             .durable(true)
+            // Required of a row-lock store (kept writes wait for the commit):
+            // `Finish::Rotate` runs in the locking transaction, see `guard.rs`.
+            .atomic_rotation()
             .max_record_bytes(self.inner.options.max_record_bytes)
     }
 
@@ -170,7 +205,11 @@ impl<B: Backend> SessionStore for RowLockStore<B> {
         let mut conn = self.conn().await?;
         B::DB::run_script(&mut conn, &self.inner.sql.migrate)
             .await
-            .map_err(|e| self.map_err(e))
+            .map_err(|e| self.map_err(e))?;
+        if let Some(upgrade) = &self.inner.sql.mysql_upgrade {
+            self.upgrade_mysql(&mut conn, upgrade).await?;
+        }
+        Ok(())
     }
 
     async fn load(&self, key: &SessionKey) -> Result<Option<Record>> {
@@ -196,26 +235,18 @@ impl<B: Backend> SessionStore for RowLockStore<B> {
         // probe makes the probe find nothing, and then the key is free again.
         for _ in 0..2 {
             let now = Timestamp::now().as_millis();
-            let over_expired = vec![
-                Param::Bytes(write.data.clone()),
-                write.created.as_millis().into(),
-                write.accessed.as_millis().into(),
-                write.expires.as_millis().into(),
-                key.namespace.as_str().into(),
-                key.id.as_str().into(),
-                now.into(),
-            ];
-            let mut done = self.run(&sql.create_over_expired, over_expired).await? > 0;
+            let mut done = self
+                .run(
+                    &sql.create_over_expired,
+                    over_expired_params::<B>(key, &write, now),
+                )
+                .await?
+                > 0;
             if !done {
-                let insert = vec![
-                    key.namespace.as_str().into(),
-                    key.id.as_str().into(),
-                    Param::Bytes(write.data.clone()),
-                    write.created.as_millis().into(),
-                    write.accessed.as_millis().into(),
-                    write.expires.as_millis().into(),
-                ];
-                done = self.run(&sql.create_insert, insert).await? > 0;
+                done = self
+                    .run(&sql.create_insert, insert_params::<B>(key, &write))
+                    .await?
+                    > 0;
             }
             if done {
                 return Ok(write.into_record(1));
@@ -244,6 +275,7 @@ impl<B: Backend> SessionStore for RowLockStore<B> {
                 Param::Bytes(write.data.clone()),
                 write.accessed.as_millis().into(),
                 write.expires.as_millis().into(),
+                B::DB::principal_param(write.principal.as_ref()),
                 key.namespace.as_str().into(),
                 key.id.as_str().into(),
                 version_to_db(base)?.into(),
@@ -307,6 +339,35 @@ impl<B: Backend> SessionStore for RowLockStore<B> {
         Ok(n.first().copied().unwrap_or(0).max(0).unsigned_abs())
     }
 
+    /// One indexed read of committed rows: a session deleted, expired,
+    /// rotated away or given another principal is not in it, and a kept
+    /// write that no release has committed yet is not either.
+    async fn list_by_principal(
+        &self,
+        namespace: &Namespace,
+        principal: &Principal,
+    ) -> Result<Vec<SessionSummary>> {
+        let params = vec![
+            namespace.as_str().into(),
+            B::DB::principal_param(Some(principal)),
+            Timestamp::now().as_millis().into(),
+        ];
+        let mut conn = self.conn().await?;
+        let rows = B::DB::fetch_summaries(&mut conn, &self.inner.sql.list_by_principal, params)
+            .await
+            .map_err(|e| self.map_err(e))?;
+        rows.into_iter()
+            .map(|(id, created, accessed, expires)| {
+                Ok(SessionSummary {
+                    id: parse_id(&id)?,
+                    created: Timestamp::from_millis(created),
+                    accessed: Timestamp::from_millis(accessed),
+                    expires: Timestamp::from_millis(expires),
+                })
+            })
+            .collect()
+    }
+
     async fn sweep_expired(
         &self,
         namespace: &Namespace,
@@ -323,9 +384,9 @@ impl<B: Backend> SessionStore for RowLockStore<B> {
             limit_to_db(limit),
         ];
         let (deleted, next) = match self.sweep_locked_page(namespace, page.clone()).await? {
-            Some(ids) => {
-                let next = next_page(&ids, limit);
-                (ids, next)
+            Some(rows) => {
+                let next = next_page(rows.len(), rows.last().map(|(id, _)| id), limit);
+                (rows, next)
             }
             None => {
                 tracing::warn!(
@@ -334,22 +395,31 @@ impl<B: Backend> SessionStore for RowLockStore<B> {
                     "a sweep batch ran into a row lock; sweeping that page row by row"
                 );
                 let ids = self.texts(&self.inner.sql.sweep_candidates, page).await?;
-                let next = next_page(&ids, limit);
+                let next = next_page(ids.len(), ids.last(), limit);
                 (self.sweep_one_by_one(namespace, now, &ids).await?, next)
             }
         };
-        Ok(SweepBatch {
-            deleted: parse_ids(deleted)?,
-            next,
-        })
+        let deleted = deleted
+            .into_iter()
+            .map(|(id, row)| {
+                Ok(SweptRecord {
+                    id: parse_id(&id)?,
+                    record: stored_record(row)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(SweepBatch { deleted, next })
     }
 }
 
-/// Where the sweep goes on after a page of `ids`: a full page may be
-/// followed by more.
-fn next_page(ids: &[String], limit: usize) -> Option<Cursor> {
-    if ids.len() == limit {
-        ids.last().map(|id| Cursor(id.clone()))
+/// A record row and the id it was stored under, as a sweep read it.
+type KeyedRow = (String, RecordRow);
+
+/// Where the sweep goes on after a page of `len` ids ending at `last`: a
+/// full page may be followed by more.
+fn next_page(len: usize, last: Option<&String>, limit: usize) -> Option<Cursor> {
+    if len == limit {
+        last.map(|id| Cursor(id.clone()))
     } else {
         None
     }
@@ -370,22 +440,22 @@ impl<B: Backend> RowLockStore<B> {
         &self,
         namespace: &Namespace,
         page: Vec<Param>,
-    ) -> Result<Option<Vec<String>>> {
+    ) -> Result<Option<Vec<KeyedRow>>> {
         let mut tx = TxConn::new(self.conn().await?);
         B::DB::run_script(tx.conn(), B::SWEEP_BEGIN)
             .await
             .map_err(|e| self.map_err(e))?;
         match self.select_and_delete(&mut tx, namespace, page).await {
-            Ok((ids, deleted)) if deleted == ids.len() as u64 => {
+            Ok((rows, deleted)) if deleted == rows.len() as u64 => {
                 tx.end(B::COMMIT).await.map_err(|e| self.map_err(e))?;
-                Ok(Some(ids))
+                Ok(Some(rows))
             }
-            Ok((ids, deleted)) => {
+            Ok((rows, deleted)) => {
                 let _ = tx.end(B::ROLLBACK).await;
                 Err(Error::backend(format!(
                     "{}: sweep deleted {deleted} of {} locked rows",
                     B::NAME,
-                    ids.len()
+                    rows.len()
                 )))
             }
             Err(e) if self.classify(&e) == Failure::LockBusy => {
@@ -397,36 +467,47 @@ impl<B: Backend> RowLockStore<B> {
     }
 
     /// The locking select of a sweep page and the delete of what it locked:
-    /// the ids and how many rows went.
+    /// the rows (as they were deleted) and how many went.
     async fn select_and_delete(
         &self,
         tx: &mut TxConn<B::DB>,
         namespace: &Namespace,
         page: Vec<Param>,
-    ) -> sqlx::Result<(Vec<String>, u64)> {
+    ) -> sqlx::Result<(Vec<KeyedRow>, u64)> {
         let sql = &self.inner.sql;
-        let ids = B::DB::fetch_texts(tx.conn(), &sql.sweep_select, page).await?;
-        if ids.is_empty() {
-            return Ok((ids, 0));
+        let rows = B::DB::fetch_keyed_records(tx.conn(), &sql.sweep_select, page).await?;
+        if rows.is_empty() {
+            return Ok((rows, 0));
         }
+        let deleted = self.delete_locked(tx, namespace, &rows).await?;
+        Ok((rows, deleted))
+    }
+
+    /// Delete `rows`, which this sweep transaction has locked, by key.
+    async fn delete_locked(
+        &self,
+        tx: &mut TxConn<B::DB>,
+        namespace: &Namespace,
+        rows: &[KeyedRow],
+    ) -> sqlx::Result<u64> {
         let mut delete = vec![namespace.as_str().into()];
-        delete.extend(ids.iter().map(|id| Param::Text(id.clone())));
-        let deleted = B::DB::run(tx.conn(), &sql.sweep_delete(ids.len()), delete).await?;
-        Ok((ids, deleted))
+        delete.extend(rows.iter().map(|(id, _)| Param::Text(id.clone())));
+        B::DB::run(tx.conn(), &self.inner.sql.sweep_delete(rows.len()), delete).await
     }
 
     /// Delete each of `ids` that is still expired at `now`, each in a short
     /// transaction of its own with the same bounded lock wait. A row whose
     /// lock stays held is a session in use and is left for a later sweep (a
     /// sweep must never delete a session someone holds), at the cost of that
-    /// wait; the expiry check in the statement keeps a session renewed since
-    /// the page was read.
+    /// wait; the expiry check in the locking select keeps a session renewed
+    /// since the page was read, and the lock it takes keeps the row as read
+    /// until the delete.
     async fn sweep_one_by_one(
         &self,
         namespace: &Namespace,
         now: Timestamp,
         ids: &[String],
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<KeyedRow>> {
         let mut deleted = Vec::new();
         for id in ids {
             let mut tx = TxConn::new(self.conn().await?);
@@ -438,12 +519,27 @@ impl<B: Backend> RowLockStore<B> {
                 Param::Text(id.clone()),
                 now.as_millis().into(),
             ];
-            match B::DB::run(tx.conn(), &self.inner.sql.sweep_delete_one, params).await {
-                Ok(n) => {
+            let swept =
+                match B::DB::fetch_keyed_records(tx.conn(), &self.inner.sql.sweep_lock_one, params).await {
+                    Ok(rows) if rows.is_empty() => Ok(rows),
+                    Ok(rows) => match self.delete_locked(&mut tx, namespace, &rows).await {
+                        Ok(n) if n == rows.len() as u64 => Ok(rows),
+                        Ok(n) => {
+                            let _ = tx.end(B::ROLLBACK).await;
+                            return Err(Error::backend(format!(
+                                "{}: sweep deleted {n} of {} locked rows",
+                                B::NAME,
+                                rows.len()
+                            )));
+                        }
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                };
+            match swept {
+                Ok(rows) => {
                     tx.end(B::COMMIT).await.map_err(|e| self.map_err(e))?;
-                    if n > 0 {
-                        deleted.push(id.clone());
-                    }
+                    deleted.extend(rows);
                 }
                 Err(e) if self.classify(&e) == Failure::LockBusy => {
                     let _ = tx.end(B::ROLLBACK).await;
@@ -467,13 +563,59 @@ pub(crate) fn live_record(row: RecordRow, now: Timestamp) -> Result<Option<Recor
     if row.version <= 0 || row.expires <= now.as_millis() {
         return Ok(None);
     }
-    Ok(Some(Record {
+    stored_record(row).map(Some)
+}
+
+/// The record in `row` as stored, live or not.
+fn stored_record(row: RecordRow) -> Result<Record> {
+    Ok(Record {
         data: row.data,
         version: version_from_db(row.version)?,
         created: Timestamp::from_millis(row.created),
         accessed: Timestamp::from_millis(row.accessed),
         expires: Timestamp::from_millis(row.expires),
-    }))
+        principal: row.principal.map(principal_from_db).transpose()?,
+    })
+}
+
+/// A stored principal; one that is not a valid [`Principal`] was not written
+/// by this store.
+fn principal_from_db(bytes: Vec<u8>) -> Result<Principal> {
+    let corrupt = || Error::Corrupt {
+        reason: "a stored principal is not a valid principal".into(),
+    };
+    let text = String::from_utf8(bytes).map_err(|_| corrupt())?;
+    Principal::new(&text).map_err(|_| corrupt())
+}
+
+/// `(data, created, accessed, expires, principal, ns, id, now)`: a new
+/// record written over an expired row (`create_over_expired`,
+/// `held_rotate_over_expired`).
+pub(crate) fn over_expired_params<B: Backend>(key: &SessionKey, write: &RecordWrite, now: i64) -> Vec<Param> {
+    vec![
+        Param::Bytes(write.data.clone()),
+        write.created.as_millis().into(),
+        write.accessed.as_millis().into(),
+        write.expires.as_millis().into(),
+        B::DB::principal_param(write.principal.as_ref()),
+        key.namespace.as_str().into(),
+        key.id.as_str().into(),
+        now.into(),
+    ]
+}
+
+/// `(ns, id, data, created, accessed, expires, principal)`: a new record
+/// inserted where its key has no row (`create_insert`, `held_rotate_insert`).
+pub(crate) fn insert_params<B: Backend>(key: &SessionKey, write: &RecordWrite) -> Vec<Param> {
+    vec![
+        key.namespace.as_str().into(),
+        key.id.as_str().into(),
+        Param::Bytes(write.data.clone()),
+        write.created.as_millis().into(),
+        write.accessed.as_millis().into(),
+        write.expires.as_millis().into(),
+        B::DB::principal_param(write.principal.as_ref()),
+    ]
 }
 
 pub(crate) fn version_from_db(v: i64) -> Result<u64> {
@@ -502,13 +644,13 @@ fn cursor_to_db(cursor: Option<Cursor>) -> Result<String> {
 }
 
 fn parse_ids(ids: Vec<String>) -> Result<Vec<SessionId>> {
-    ids.iter()
-        .map(|id| {
-            SessionId::parse(id).map_err(|_| Error::Corrupt {
-                reason: "a stored session id does not parse".into(),
-            })
-        })
-        .collect()
+    ids.iter().map(|id| parse_id(id)).collect()
+}
+
+fn parse_id(id: &str) -> Result<SessionId> {
+    SessionId::parse(id).map_err(|_| Error::Corrupt {
+        reason: "a stored session id does not parse".into(),
+    })
 }
 
 /// Writes a public store type: a newtype over the [`RowLockStore`] of one
@@ -647,6 +789,14 @@ macro_rules! public_store {
                 self.0.count(namespace).await
             }
 
+            async fn list_by_principal(
+                &self,
+                namespace: &cloakroom_core::Namespace,
+                principal: &cloakroom_core::Principal,
+            ) -> cloakroom_core::Result<Vec<cloakroom_core::SessionSummary>> {
+                self.0.list_by_principal(namespace, principal).await
+            }
+
             async fn sweep_expired(
                 &self,
                 namespace: &cloakroom_core::Namespace,
@@ -729,6 +879,7 @@ mod tests {
             created: now,
             accessed: now,
             expires: now.saturating_add(ttl),
+            principal: Some(cloakroom_core::Principal::new("swept").unwrap()),
         }
     }
 
@@ -760,10 +911,15 @@ mod tests {
             .iter()
             .map(|k| k.id.as_str().to_owned())
             .collect();
-        let mut deleted = store
+        let swept = store
             .sweep_one_by_one(&namespace, Timestamp::now(), &ids)
             .await
             .unwrap();
+        for (_, row) in &swept {
+            assert_eq!(row.data, b"x", "a swept row comes back as stored");
+            assert_eq!(row.principal.as_deref(), Some(&b"swept"[..]));
+        }
+        let mut deleted: Vec<String> = swept.into_iter().map(|(id, _)| id).collect();
         deleted.sort();
         let mut expected = vec![gone_a.id.as_str().to_owned(), gone_b.id.as_str().to_owned()];
         expected.sort();
@@ -774,10 +930,13 @@ mod tests {
         );
 
         Box::new(guard).unlock().await.unwrap();
-        let again = store
+        let again: Vec<String> = store
             .sweep_one_by_one(&namespace, Timestamp::now(), &ids)
             .await
-            .unwrap();
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         assert_eq!(again, vec![held.id.as_str().to_owned()], "once released it goes");
     }
 

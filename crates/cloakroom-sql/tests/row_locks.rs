@@ -1,8 +1,9 @@
 //! Backend-specific tests of the row-lock stores, run on both servers: the
 //! things the conformance suite cannot see from the trait (SQL injection
 //! through the table name, killed connections, pool exhaustion, placeholder
-//! rows, an unreachable server), the row-lock meaning of `Then::Keep`, and
-//! the round trips of one lock cycle.
+//! rows, an unreachable server), the row-lock meaning of `Then::Keep`, the
+//! upgrade of a table made before principals, rotation inside the locking
+//! transaction, and the round trips of one lock cycle.
 #![cfg(all(feature = "postgres", feature = "mysql"))]
 
 use std::future::Future;
@@ -13,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use cloakroom_conformance::support::{skip_or_fail, Server};
 use cloakroom_core::{
-    Error, Finish, Finished, LockGuard, LockOptions, Namespace, RecordWrite, SessionId, SessionKey,
-    SessionStore, StoreUrl, Then, Timestamp,
+    Error, Finish, Finished, LockGuard, LockOptions, Namespace, Principal, RecordWrite, SessionId,
+    SessionKey, SessionStore, StoreUrl, Then, Timestamp,
 };
 use cloakroom_sql::{MysqlLockGuard, MysqlStore, PostgresLockGuard, PostgresStore, SqlOptions, TableName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,6 +44,17 @@ trait SqlStore: SessionStore + Clone + Sized + 'static {
     fn kill(&self, id: i64) -> impl Future<Output = ()> + Send;
     /// Rows of any kind (placeholders too) in `namespace`.
     fn raw_rows(&self, namespace: &Namespace) -> impl Future<Output = i64> + Send;
+    /// Create `table` as this crate made it before principals existed.
+    fn create_old_table(&self, table: &str) -> impl Future<Output = ()> + Send;
+    /// Insert a record into an old-shaped `table`, as the old crate did.
+    fn insert_old_row(
+        &self,
+        table: &str,
+        key: &SessionKey,
+        expires: Timestamp,
+    ) -> impl Future<Output = ()> + Send;
+    /// Drop `table`.
+    fn drop_table(&self, table: &str) -> impl Future<Output = ()> + Send;
 }
 
 /// A store's own guard type.
@@ -92,6 +104,45 @@ impl SqlStore for PostgresStore {
             .await
             .unwrap()
     }
+
+    async fn create_old_table(&self, table: &str) {
+        let ddl = format!(
+            "CREATE TABLE {table} ( \
+               namespace TEXT COLLATE \"C\" NOT NULL, \
+               id TEXT COLLATE \"C\" NOT NULL, \
+               data BYTEA NOT NULL, \
+               version BIGINT NOT NULL, \
+               created BIGINT NOT NULL, \
+               accessed BIGINT NOT NULL, \
+               expires BIGINT NOT NULL, \
+               PRIMARY KEY (namespace, id)); \
+             CREATE INDEX {table}_expires ON {table} (namespace, expires)"
+        );
+        sqlx::raw_sql(&ddl).execute(self.pool()).await.unwrap();
+    }
+
+    async fn insert_old_row(&self, table: &str, key: &SessionKey, expires: Timestamp) {
+        let now = Timestamp::now().as_millis();
+        sqlx::query(&format!(
+            "INSERT INTO {table} (namespace, id, data, version, created, accessed, expires) \
+             VALUES ($1, $2, $3, 1, $4, $4, $5)"
+        ))
+        .bind(key.namespace.as_str())
+        .bind(key.id.as_str())
+        .bind(b"old".to_vec())
+        .bind(now)
+        .bind(expires.as_millis())
+        .execute(self.pool())
+        .await
+        .unwrap();
+    }
+
+    async fn drop_table(&self, table: &str) {
+        sqlx::raw_sql(&format!("DROP TABLE {table}"))
+            .execute(self.pool())
+            .await
+            .unwrap();
+    }
 }
 
 impl HeldRow for PostgresLockGuard {
@@ -140,6 +191,47 @@ impl SqlStore for MysqlStore {
             .fetch_one(self.pool())
             .await
             .unwrap()
+    }
+
+    async fn create_old_table(&self, table: &str) {
+        let ddl = format!(
+            "CREATE TABLE {table} ( \
+               namespace VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+               id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+               data LONGBLOB NOT NULL, \
+               version BIGINT NOT NULL, \
+               created BIGINT NOT NULL, \
+               accessed BIGINT NOT NULL, \
+               expires BIGINT NOT NULL, \
+               PRIMARY KEY (namespace, id), \
+               KEY {table}_expires (namespace, expires) \
+             ) ENGINE = InnoDB"
+        );
+        sqlx::raw_sql(&ddl).execute(self.pool()).await.unwrap();
+    }
+
+    async fn insert_old_row(&self, table: &str, key: &SessionKey, expires: Timestamp) {
+        let now = Timestamp::now().as_millis();
+        sqlx::query(&format!(
+            "INSERT INTO {table} (namespace, id, data, version, created, accessed, expires) \
+             VALUES (?, ?, ?, 1, ?, ?, ?)"
+        ))
+        .bind(key.namespace.as_str())
+        .bind(key.id.as_str())
+        .bind(b"old".to_vec())
+        .bind(now)
+        .bind(now)
+        .bind(expires.as_millis())
+        .execute(self.pool())
+        .await
+        .unwrap();
+    }
+
+    async fn drop_table(&self, table: &str) {
+        sqlx::raw_sql(&format!("DROP TABLE {table}"))
+            .execute(self.pool())
+            .await
+            .unwrap();
     }
 }
 
@@ -194,7 +286,20 @@ fn write(data: &[u8]) -> RecordWrite {
         created: now,
         accessed: now,
         expires: now.saturating_add(Duration::from_secs(600)),
+        principal: None,
     }
+}
+
+/// A write of `data` for `principal`.
+fn write_for(data: &[u8], principal: &Principal) -> RecordWrite {
+    RecordWrite {
+        principal: Some(principal.clone()),
+        ..write(data)
+    }
+}
+
+fn listed(summaries: Vec<cloakroom_core::SessionSummary>) -> Vec<SessionId> {
+    summaries.into_iter().map(|s| s.id).collect()
 }
 
 fn opts(lease_ms: u64, wait_ms: u64) -> LockOptions {
@@ -701,6 +806,166 @@ async fn a_lock_that_may_not_wait_takes_a_free_session<S: SqlStore>() {
         .unwrap();
 }
 
+/// A table made before principals existed, with a live and an expired
+/// record in it, is upgraded in place by `migrate` (two processes at once,
+/// then again: idempotent); its old records read with no principal, and
+/// everything new works on it.
+async fn an_old_table_is_upgraded_in_place<S: SqlStore>() {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let table = format!("cloakroom_upgrade_{}_{nanos}", std::process::id());
+    let operator = store::<S>().await;
+    operator.create_old_table(&table).await;
+    let (live, expired) = (key(), key());
+    let expired = SessionKey::new(live.namespace.clone(), expired.id);
+    let hour = Timestamp::now().saturating_add(Duration::from_secs(3600));
+    operator.insert_old_row(&table, &live, hour).await;
+    operator
+        .insert_old_row(&table, &expired, Timestamp::from_millis(1))
+        .await;
+
+    let open = || S::new(options::<S>().table(TableName::new(&table).unwrap())).unwrap();
+    let (a, b) = (open(), open());
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    ra.unwrap();
+    rb.unwrap();
+    a.migrate().await.unwrap();
+
+    let old = a.load(&live).await.unwrap().unwrap();
+    assert_eq!(
+        (old.data.as_slice(), old.version, old.principal),
+        (&b"old"[..], 1, None)
+    );
+    let nobody = Principal::new("nobody").unwrap();
+    assert!(a
+        .list_by_principal(&live.namespace, &nobody)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // A principal given to an old record, through the guard, and to a new one.
+    let alice = Principal::new("alice").unwrap();
+    let guard = a.lock(&live, opts(10_000, 1_000)).await.unwrap();
+    assert_eq!(guard.record().unwrap().principal, None);
+    assert_eq!(guard.save_and_unlock(write_for(b"v2", &alice)).await.unwrap(), 2);
+    let fresh = SessionKey::new(live.namespace.clone(), SessionId::generate());
+    b.create(&fresh, write_for(b"new", &alice)).await.unwrap();
+    let mut mine = listed(b.list_by_principal(&live.namespace, &alice).await.unwrap());
+    mine.sort();
+    let mut expected = vec![live.id.clone(), fresh.id.clone()];
+    expected.sort();
+    assert_eq!(mine, expected);
+
+    // The old expired record is swept with no principal.
+    let swept = a
+        .sweep_expired(&live.namespace, Timestamp::now(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(swept.deleted.len(), 1);
+    assert_eq!(swept.deleted[0].id, expired.id);
+    assert_eq!(swept.deleted[0].record.principal, None);
+    assert_eq!(swept.deleted[0].record.data, b"old");
+
+    operator.drop_table(&table).await;
+}
+
+/// Rotation runs in the locking transaction: refused, it rolls everything
+/// back (kept writes included) and the guard is spent; kept, nothing is
+/// visible to others until the release commits both ids at once.
+async fn a_rotation_is_one_transaction<S: SqlStore>() {
+    let store = store_with::<S>(
+        options::<S>()
+            .table(TableName::new(TABLE).unwrap())
+            .max_record_bytes(64),
+    )
+    .await;
+    assert!(store.capabilities().rotates_atomically);
+    let bob = Principal::new("bob").unwrap();
+    let old = key();
+    let to = |k: &SessionKey| SessionKey::new(k.namespace.clone(), SessionId::generate());
+    store.create(&old, write_for(b"v1", &bob)).await.unwrap();
+
+    // Onto a live id: Conflict, and the kept save before it is rolled back.
+    let taken = to(&old);
+    store.create(&taken, write(b"taken")).await.unwrap();
+    let mut guard = store.lock(&old, opts(10_000, 1_000)).await.unwrap();
+    guard.finish(save(b"kept"), Then::Keep).await.unwrap();
+    let rotate = |to: &SessionKey, data: &[u8]| Finish::Rotate {
+        to: to.id.clone(),
+        write: write_for(data, &bob),
+    };
+    let refused = guard.finish(rotate(&taken, b"moved"), Then::Keep).await;
+    assert!(matches!(refused, Err(Error::Conflict { .. })), "{refused:?}");
+    let spent = guard.finish(Finish::Nothing, Then::Release).await;
+    assert!(matches!(spent, Err(Error::LeaseLost)), "{spent:?}");
+    let seen = store.load(&old).await.unwrap().unwrap();
+    assert_eq!((seen.version, seen.data.as_slice()), (1, &b"v1"[..]));
+    assert_eq!(store.load(&taken).await.unwrap().unwrap().data, b"taken");
+
+    // Onto its own id, too large, without a record, after a kept delete:
+    // refused, nothing written.
+    let mut guard = store.lock(&old, opts(10_000, 1_000)).await.unwrap();
+    let own = guard.finish(rotate(&old, b"x"), Then::Release).await;
+    assert!(matches!(own, Err(Error::Conflict { .. })), "{own:?}");
+    let mut guard = store.lock(&old, opts(10_000, 1_000)).await.unwrap();
+    let large = guard.finish(rotate(&to(&old), &[7; 100]), Then::Release).await;
+    assert!(matches!(large, Err(Error::TooLarge { .. })), "{large:?}");
+    let mut guard = store.lock(&key(), opts(10_000, 1_000)).await.unwrap();
+    let nothing = guard.finish(rotate(&to(&old), b"x"), Then::Release).await;
+    assert!(matches!(nothing, Err(Error::Gone)), "{nothing:?}");
+    let mut guard = store.lock(&old, opts(10_000, 1_000)).await.unwrap();
+    guard.finish(Finish::Delete, Then::Keep).await.unwrap();
+    let deleted = guard.finish(rotate(&to(&old), b"x"), Then::Release).await;
+    assert!(matches!(deleted, Err(Error::Gone)), "{deleted:?}");
+    assert_eq!(store.load(&old).await.unwrap().unwrap().version, 1);
+
+    // Kept: invisible until the release, then both at once.
+    let new = to(&old);
+    let mut guard = store.lock(&old, opts(10_000, 1_000)).await.unwrap();
+    assert_eq!(
+        guard.finish(rotate(&new, b"moved"), Then::Keep).await.unwrap(),
+        Finished::Rotated
+    );
+    assert!(
+        guard.record().is_none(),
+        "the guard holds the old id with no record"
+    );
+    assert!(store.load(&old).await.unwrap().is_some());
+    assert!(store.load(&new).await.unwrap().is_none());
+    assert_eq!(
+        listed(store.list_by_principal(&old.namespace, &bob).await.unwrap()),
+        vec![old.id.clone()]
+    );
+    guard.unlock().await.unwrap();
+    assert!(store.load(&old).await.unwrap().is_none());
+    let moved = store.load(&new).await.unwrap().unwrap();
+    assert_eq!((moved.version, moved.data.as_slice()), (1, &b"moved"[..]));
+    assert_eq!(moved.principal.as_ref(), Some(&bob));
+    assert_eq!(
+        listed(store.list_by_principal(&old.namespace, &bob).await.unwrap()),
+        vec![new.id.clone()]
+    );
+    assert_eq!(store.raw_rows(&old.namespace).await, 2, "the new id and `taken`");
+
+    // Over an expired record of the new id.
+    let stale = to(&old);
+    let mut expired = write(b"stale");
+    expired.expires = Timestamp::from_millis(1);
+    store.create(&stale, expired).await.unwrap();
+    let mut guard = store.lock(&new, opts(10_000, 1_000)).await.unwrap();
+    assert_eq!(
+        guard
+            .finish(rotate(&stale, b"again"), Then::Release)
+            .await
+            .unwrap(),
+        Finished::Rotated
+    );
+    assert_eq!(store.load(&stale).await.unwrap().unwrap().data, b"again");
+    assert!(store.load(&new).await.unwrap().is_none());
+}
+
 macro_rules! on_both_servers {
     ($($test:ident),* $(,)?) => {
         mod postgres {
@@ -748,6 +1013,8 @@ on_both_servers!(
     a_failed_finish_rolls_back_the_kept_writes,
     a_lock_on_a_dead_idle_connection_takes_another,
     a_lock_that_may_not_wait_takes_a_free_session,
+    an_old_table_is_upgraded_in_place,
+    a_rotation_is_one_transaction,
 );
 
 /// A TCP proxy in front of the server that counts round trips: every time
