@@ -4,18 +4,18 @@
 use std::time::{Duration, Instant};
 
 use cloakroom_core::{
-    async_trait, Acquired, Error, Finish, Finished, HeldSession, Lease, LockGuard, LockOptions, Record,
-    RecordWrite, Result, SessionKey, Then, Timestamp,
+    async_trait, Acquired, Error, Finish, Finished, HeldSession, Lease, LockGuard, LockOptions, Principal,
+    Record, RecordWrite, Result, SessionId, SessionKey, Then, Timestamp,
 };
 use redis::{ScriptInvocation, Value};
 
 use crate::error::{map_redis, unexpected_reply};
 use crate::keys::SessionKeys;
 use crate::owner::{owner_is_gone, OWNER_TTL};
-use crate::reply::{self, LockReply, Status, RECORD_FIELDS};
+use crate::reply::{self, Done, LockReply, Status, RECORD_FIELDS};
 use crate::scripts::SCRIPTS;
 use crate::shared::SharedConn;
-use crate::store::RedisStore;
+use crate::store::{principal_arg, until_arg, RedisStore};
 use crate::wait::Woken;
 
 /// Longest single wait on a wake list before re-checking the lock. Only a
@@ -93,9 +93,14 @@ pub(crate) async fn try_lock(store: &RedisStore, key: &SessionKey, options: Lock
         in_flight.armed = false;
         drop(in_flight);
         let pttl = match reply::lock_reply(replies, Timestamp::now()) {
-            Ok(LockReply::Acquired(record)) => {
+            Ok(LockReply::Acquired(stored)) => {
+                let (record, indexed_until) = match stored {
+                    Some(stored) => (Some(stored.record), stored.indexed_until),
+                    None => (None, None),
+                };
                 return Ok(Acquired::Locked(Box::new(RedisLockGuard {
                     store: store.clone(),
+                    indexed_until,
                     held: HeldSession {
                         key: key.clone(),
                         record,
@@ -234,7 +239,7 @@ fn release_detached(store: &RedisStore, keys: SessionKeys, token: String) {
 /// Release without writing, token-checked.
 async fn release(store: &RedisStore, keys: &SessionKeys, token: &str) -> Result<()> {
     let mut conn = store.conn().await?;
-    finish_script(keys, token, Op::Nothing, Then::Release, 0)
+    finish_script(store, keys, token, Op::Nothing, Then::Release, 0, None)
         .invoke_async::<Value>(&mut conn)
         .await
         .map_err(map_redis)
@@ -250,6 +255,9 @@ pub(crate) struct RedisLockGuard {
     store: RedisStore,
     held: HeldSession,
     keys: SessionKeys,
+    /// The `indexed_until` of the held record (see `principals`): whether a
+    /// write needs the principal's set extended first.
+    indexed_until: Option<i64>,
     /// The lock is released (or was never ours any more): the guard is spent.
     released: bool,
 }
@@ -258,25 +266,40 @@ pub(crate) struct RedisLockGuard {
 #[derive(Clone, Copy)]
 enum Op<'a> {
     Save(&'a RecordWrite),
-    Touch { accessed: Timestamp, expires: Timestamp },
+    Touch {
+        accessed: Timestamp,
+        expires: Timestamp,
+    },
     Delete,
+    /// Single node only: the new id's record key is in another slot.
+    Rotate {
+        target: &'a SessionKeys,
+        write: &'a RecordWrite,
+    },
     Nothing,
 }
+
+/// The principal whose set the client added the id to before the script,
+/// and until when it keeps the set.
+type Indexed = Option<(Principal, i64)>;
 
 /// The finish script (`lua/finish.lua`) for one session, ready to invoke.
 /// `loaded` is the version the holder loaded under the lock, 0 for none.
 fn finish_script(
+    store: &RedisStore,
     keys: &SessionKeys,
     token: &str,
     op: Op<'_>,
     then: Then,
     loaded: u64,
+    indexed: Option<&(Principal, i64)>,
 ) -> ScriptInvocation<'static> {
     let (name, then) = (
         match op {
             Op::Save(_) => "save",
             Op::Touch { .. } => "touch",
             Op::Delete => "delete",
+            Op::Rotate { .. } => "rotate",
             Op::Nothing => "nothing",
         },
         match then {
@@ -285,30 +308,49 @@ fn finish_script(
         },
     );
     let mut invocation = SCRIPTS.finish.key(&keys.record);
+    invocation.key(&keys.lock).key(&keys.wake).key(&keys.waiting);
+    if let Op::Rotate { target, .. } = op {
+        invocation.key(&target.record);
+    }
     invocation
-        .key(&keys.lock)
-        .key(&keys.wake)
-        .key(&keys.waiting)
         .arg(token)
         .arg(name)
         .arg(then)
         .arg(Timestamp::now().as_millis())
         .arg(loaded)
         .arg(WAKE_TTL_MS);
+    let until = until_arg(indexed.map(|(_, until)| *until));
     match op {
-        Op::Save(write) => {
+        Op::Save(write) | Op::Rotate { write, .. } => {
             invocation
                 .arg(&write.data)
                 .arg(write.created.as_millis())
                 .arg(write.accessed.as_millis())
-                .arg(write.expires.as_millis());
+                .arg(write.expires.as_millis())
+                .arg(store.key_expiry(write.expires).as_millis())
+                .arg(principal_arg(write.principal.as_ref()))
+                .arg(until);
         }
         Op::Touch { accessed, expires } => {
-            invocation.arg(accessed.as_millis()).arg(expires.as_millis());
+            invocation
+                .arg(accessed.as_millis())
+                .arg(expires.as_millis())
+                .arg(store.key_expiry(expires).as_millis())
+                .arg(principal_arg(indexed.map(|(p, _)| p)))
+                .arg(until);
         }
         Op::Delete | Op::Nothing => {}
     }
     invocation
+}
+
+/// An index step left for after a write (see `RedisStore::after_write`).
+struct AfterWrite {
+    key: SessionKey,
+    prev: Option<String>,
+    prev_live: bool,
+    new: Option<Principal>,
+    until: Option<i64>,
 }
 
 impl RedisLockGuard {
@@ -322,12 +364,51 @@ impl RedisLockGuard {
         }
     }
 
-    /// The guard after a script that answered `status`: the outcome, and the
-    /// record as written.
-    fn apply(&mut self, op: Finish, status: Status) -> Result<Finished> {
+    /// The key of the new id of a rotation.
+    fn target(&self, to: &SessionId) -> SessionKey {
+        SessionKey::new(self.held.key.namespace.clone(), to.clone())
+    }
+
+    /// The principal's set step before a write, when the held record is not
+    /// indexed for it yet (the script would refuse it): a save or rotation
+    /// that gives the record a principal it did not have, or any write that
+    /// moves the record's key expiry past what its set is kept for.
+    async fn index_first(&self, op: &Finish) -> Result<Indexed> {
+        let loaded = self.held.record.as_ref();
+        let covers = |expires: Timestamp| {
+            self.indexed_until
+                .is_some_and(|until| until >= self.store.key_expiry(expires).as_millis())
+        };
+        let (key, principal, expires) = match op {
+            Finish::Save(write) => match &write.principal {
+                Some(p)
+                    if loaded.is_some_and(|r| r.principal.as_ref() == Some(p)) && covers(write.expires) =>
+                {
+                    return Ok(None)
+                }
+                Some(p) => (self.held.key.clone(), p, write.expires),
+                None => return Ok(None),
+            },
+            Finish::Touch { expires, .. } => match loaded.and_then(|r| r.principal.as_ref()) {
+                Some(p) if !covers(*expires) => (self.held.key.clone(), p, *expires),
+                _ => return Ok(None),
+            },
+            Finish::Rotate { to, write } => match &write.principal {
+                Some(p) => (self.target(to), p, write.expires),
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        let until = self.store.index_before(&key, principal, expires).await?;
+        Ok(Some((principal.clone(), until)))
+    }
+
+    /// The guard after a script that answered `status`: the outcome, the
+    /// record as written, and the index steps left to take.
+    fn apply(&mut self, op: Finish, status: Status, indexed: Indexed) -> Result<(Finished, Vec<AfterWrite>)> {
         let loaded = self.held.record.as_ref().map(|r| (r.version, r.created));
-        let n = match status {
-            Status::Ok(n) => n,
+        let done: Done = match status {
+            Status::Ok(done) => done,
             Status::Lost => return Err(Error::LeaseLost),
             Status::Gone => return Err(Error::Gone),
             Status::Conflict(found) => {
@@ -336,31 +417,83 @@ impl RedisLockGuard {
                     found,
                 })
             }
+            Status::Taken(found) => return Err(Error::Conflict { expected: 0, found }),
+            Status::Index(_) => {
+                return Err(Error::backend(
+                    "redis: a finish asked twice for its principal's set",
+                ))
+            }
         };
+        let until = indexed.as_ref().map(|(_, until)| *until);
         match op {
             Finish::Save(write) => {
-                let version = u64::try_from(n).map_err(|_| unexpected_reply("finish", &Value::Int(n)))?;
+                let version =
+                    u64::try_from(done.n).map_err(|_| unexpected_reply("finish", &Value::Int(done.n)))?;
                 // An existing record keeps its `created` (the script does not
                 // write it); a new one takes the write's.
                 let created = loaded.map_or(write.created, |(_, created)| created);
+                let after = AfterWrite {
+                    key: self.held.key.clone(),
+                    prev: done.prev,
+                    prev_live: loaded.is_some(),
+                    new: write.principal.clone(),
+                    until,
+                };
+                self.indexed_until = match &write.principal {
+                    Some(_) => until.or(self.indexed_until),
+                    None => None,
+                };
                 self.held.record = Some(Record {
                     created,
                     ..write.into_record(version)
                 });
-                Ok(Finished::Saved { version })
+                Ok((Finished::Saved { version }, vec![after]))
             }
             Finish::Touch { accessed, expires } => {
                 if let Some(record) = self.held.record.as_mut() {
                     record.accessed = accessed;
                     record.expires = expires;
                 }
-                Ok(Finished::Touched)
+                self.indexed_until = until.or(self.indexed_until);
+                Ok((Finished::Touched, Vec::new()))
             }
             Finish::Delete => {
                 self.held.record = None;
-                Ok(Finished::Deleted { was_live: n == 1 })
+                self.indexed_until = None;
+                let after = AfterWrite {
+                    key: self.held.key.clone(),
+                    prev: done.prev,
+                    prev_live: false,
+                    new: None,
+                    until: None,
+                };
+                Ok((
+                    Finished::Deleted {
+                        was_live: done.n == 1,
+                    },
+                    vec![after],
+                ))
             }
-            _ => Ok(Finished::Nothing),
+            Finish::Rotate { to, write } => {
+                self.held.record = None;
+                self.indexed_until = None;
+                let old = AfterWrite {
+                    key: self.held.key.clone(),
+                    prev: done.prev,
+                    prev_live: true,
+                    new: None,
+                    until: None,
+                };
+                let new = AfterWrite {
+                    key: self.target(&to),
+                    prev: done.target_prev,
+                    prev_live: false,
+                    new: write.principal,
+                    until,
+                };
+                Ok((Finished::Rotated, vec![old, new]))
+            }
+            _ => Ok((Finished::Nothing, Vec::new())),
         }
     }
 }
@@ -391,70 +524,170 @@ impl LockGuard for RedisLockGuard {
         Ok(())
     }
 
-    /// One `EVALSHA` of the finish script. If our own clock says the lease is
-    /// over, nothing is written (the server may not have noticed yet, by a
-    /// few milliseconds): the lock is only released, token-checked.
+    /// One `EVALSHA` of the finish script, preceded by an index step only
+    /// when the write gives the record a principal's set it is not in yet
+    /// (see `principals`). If our own clock says the lease is over, nothing
+    /// is written (the server may not have noticed yet, by a few
+    /// milliseconds): the lock is only released, token-checked.
+    ///
+    /// A rotation is one script on a single node; on a Cluster the two ids
+    /// are in different slots, the capabilities do not claim atomic
+    /// rotation, and a rotation is refused as unsupported (the lock engine
+    /// rotates in two steps there).
     async fn finish(&mut self, op: Finish, then: Then) -> Result<Finished> {
         if self.released {
             return Err(Error::LeaseLost);
         }
-        let script_op = match &op {
-            Finish::Save(write) => {
+        match &op {
+            Finish::Save(write) | Finish::Rotate { write, .. } => {
                 if let Err(too_large) = self.store.check_size(write) {
                     self.release_before_writing().await;
                     return Err(too_large);
                 }
-                Op::Save(write)
             }
-            Finish::Touch { accessed, expires } => Op::Touch {
-                accessed: *accessed,
-                expires: *expires,
-            },
-            Finish::Delete => Op::Delete,
-            Finish::Nothing => Op::Nothing,
+            Finish::Touch { .. } | Finish::Delete | Finish::Nothing => {}
             _ => {
                 self.release_before_writing().await;
                 return Err(Error::backend(
                     "redis: a kind of finish this backend does not know",
                 ));
             }
-        };
+        }
+        if matches!(op, Finish::Rotate { .. }) && self.store.is_cluster() {
+            self.release_before_writing().await;
+            return Err(Error::Unsupported(
+                "redis cluster: the old and the new id of a rotation are in different slots, so no \
+                 script can move a session in one step; rotate by delete, then create"
+                    .into(),
+            ));
+        }
         if Instant::now() >= self.held.lease.deadline {
             self.release_before_writing().await;
             return Err(Error::LeaseLost);
         }
-        let loaded = self.held.record.as_ref().map_or(0, |r| r.version);
-        let invocation = finish_script(&self.keys, &self.held.lease.token, script_op, then, loaded);
-        // `released` stays false while the script is in flight: if this call
-        // is cancelled, dropping the guard releases (token-checked, so a
-        // no-op if the script did release).
-        let reply = match self.store.conn().await {
-            Ok(mut conn) => invocation
-                .invoke_async::<Value>(&mut conn)
-                .await
-                .map_err(map_redis)
-                .and_then(|reply| reply::status("finish", &reply)),
-            Err(err) => Err(err),
-        };
-        let status = match reply {
-            Ok(status) => status,
+        let mut indexed = match self.index_first(&op).await {
+            Ok(indexed) => indexed,
             Err(err) => {
-                // The script may or may not have run (and kept the lock):
-                // release in the background, token-checked.
-                self.released = true;
-                release_detached(&self.store, self.keys.clone(), self.held.lease.token.clone());
+                self.release_before_writing().await;
                 return Err(err);
             }
         };
+        let target = match &op {
+            Finish::Rotate { to, .. } => Some(self.store.keys().session(&self.target(to))),
+            _ => None,
+        };
+        let loaded = self.held.record.as_ref().map_or(0, |r| r.version);
+        let mut asked = false;
+        let status = loop {
+            let script_op = match (&op, &target) {
+                (Finish::Save(write), _) => Op::Save(write),
+                (Finish::Touch { accessed, expires }, _) => Op::Touch {
+                    accessed: *accessed,
+                    expires: *expires,
+                },
+                (Finish::Delete, _) => Op::Delete,
+                (Finish::Rotate { write, .. }, Some(target)) => Op::Rotate { target, write },
+                _ => Op::Nothing,
+            };
+            let invocation = finish_script(
+                &self.store,
+                &self.keys,
+                &self.held.lease.token,
+                script_op,
+                then,
+                loaded,
+                indexed.as_ref(),
+            );
+            // `released` stays false while the script is in flight: if this
+            // call is cancelled, dropping the guard releases (token-checked,
+            // so a no-op if the script did release).
+            let reply = match self.store.conn().await {
+                Ok(mut conn) => invocation
+                    .invoke_async::<Value>(&mut conn)
+                    .await
+                    .map_err(map_redis)
+                    .and_then(|reply| reply::status("finish", &reply)),
+                Err(err) => Err(err),
+            };
+            match reply {
+                // The script wrote nothing and kept the lock: the record is
+                // not indexed as the guard thought. Only possible if it
+                // changed under the lock, which the version check would have
+                // caught; add the id once and try again all the same.
+                Ok(Status::Index(stored)) if !asked => {
+                    asked = true;
+                    let step = match (&op, stored) {
+                        (Finish::Save(write), _) | (Finish::Rotate { write, .. }, _) => {
+                            write.principal.clone().map(|p| (p, write.expires))
+                        }
+                        (Finish::Touch { expires, .. }, Some(stored)) => {
+                            Principal::new(&stored).ok().map(|p| (p, *expires))
+                        }
+                        _ => None,
+                    };
+                    let key = match &op {
+                        Finish::Rotate { to, .. } => self.target(to),
+                        _ => self.held.key.clone(),
+                    };
+                    let added = match step {
+                        Some((principal, expires)) => self
+                            .store
+                            .index_before(&key, &principal, expires)
+                            .await
+                            .map(|until| Some((principal, until))),
+                        None => Err(Error::backend(
+                            "redis: a finish asked for a principal's set it has no principal for",
+                        )),
+                    };
+                    match added {
+                        Ok(added) if Instant::now() < self.held.lease.deadline => indexed = added,
+                        Ok(_) => {
+                            self.release_before_writing().await;
+                            return Err(Error::LeaseLost);
+                        }
+                        Err(err) => {
+                            self.release_before_writing().await;
+                            return Err(err);
+                        }
+                    }
+                }
+                Ok(Status::Index(_)) => {
+                    self.release_before_writing().await;
+                    return Err(Error::backend(
+                        "redis: a finish asked twice for its principal's set",
+                    ));
+                }
+                Ok(status) => break status,
+                Err(err) => {
+                    // The script may or may not have run (and kept the lock):
+                    // release in the background, token-checked.
+                    self.released = true;
+                    release_detached(&self.store, self.keys.clone(), self.held.lease.token.clone());
+                    return Err(err);
+                }
+            }
+        };
         let wrote = matches!(status, Status::Ok(_));
-        let outcome = self.apply(op, status);
+        let outcome = self.apply(op, status, indexed);
         self.released = then == Then::Release || outcome.is_err();
         if then == Then::Keep && wrote && outcome.is_err() {
             // The script kept the lock, but its answer makes no sense: do not
             // keep a lock the caller is told it lost.
             release_detached(&self.store, self.keys.clone(), self.held.lease.token.clone());
         }
-        outcome
+        let (finished, after) = outcome?;
+        for step in after {
+            self.store
+                .after_write(
+                    &step.key,
+                    step.prev.as_deref(),
+                    step.prev_live,
+                    step.new.as_ref(),
+                    step.until,
+                )
+                .await;
+        }
+        Ok(finished)
     }
 }
 

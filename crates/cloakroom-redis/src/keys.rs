@@ -3,18 +3,33 @@
 //! script may touch them all:
 //!
 //! ```text
-//! <prefix>{<ns>:<id>}           hash: data, version, created, accessed, expires
+//! <prefix>{<ns>:<id>}           hash: data, version, created, accessed, expires,
+//!                               and, for a session with a principal,
+//!                               principal, indexed_until; PEXPIREAT
+//!                               expires + expired_grace
 //! <prefix>{<ns>:<id>}:lock      string: the holder's random token, PX lease
 //! <prefix>{<ns>:<id>}:waiting   string flag, PX: a lock attempt failed lately
 //! <prefix>{<ns>:<id>}:wake      list: at most one element, pushed on release
 //!                               while the waiting flag is up
+//! <prefix>principal:{<ns>:p:<digest>}
+//!                               set: stored ids of the sessions of one
+//!                               principal (a superset: see `principals`);
+//!                               PEXPIREAT at least the latest indexed_until
 //! ```
+//!
+//! A principal set is named by [`Principal::digest`] (43 characters of
+//! base64url), never by the principal's text, and carries a hash tag of its
+//! own: the `p:` in it can never be part of a session's tag, so the set lives
+//! in a slot of its own choosing, usually not its sessions' (which is why no
+//! session script touches it). It does not match
+//! [`scan_pattern`](KeyLayout::scan_pattern), which wants a `{` right after
+//! the prefix.
 //!
 //! Namespaces and ids are strictly parsed (`A-Z a-z 0-9 - _`), so they cannot
 //! contain braces, colons or glob characters; the prefix is checked when the
 //! store is configured.
 
-use cloakroom_core::{Error, Namespace, Result, SessionId, SessionKey};
+use cloakroom_core::{Error, Namespace, Principal, Result, SessionId, SessionKey};
 
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "cloakroom:";
@@ -72,6 +87,16 @@ impl KeyLayout {
             wake: format!("{record}:wake"),
             record,
         }
+    }
+
+    /// The set of the stored ids of `principal`'s sessions in `namespace`.
+    pub fn principal_set(&self, namespace: &Namespace, principal: &Principal) -> String {
+        format!(
+            "{}principal:{{{}:p:{}}}",
+            self.prefix,
+            namespace.as_str(),
+            principal.digest()
+        )
     }
 
     /// `SCAN MATCH` pattern for the record keys of `namespace`: the trailing
@@ -166,5 +191,24 @@ mod tests {
         assert_eq!(slot_of(&keys.record), slot_of(&keys.wake));
         assert_eq!(slot_of(&keys.record), slot_of(&keys.waiting));
         assert!(KeyLayout::new("a{b").is_err());
+    }
+
+    #[test]
+    fn principal_sets_are_named_by_digest_and_never_scanned_as_records() {
+        let layout = KeyLayout::new("app*:").unwrap();
+        let ns = Namespace::new("shop").unwrap();
+        let hostile = Principal::new("} * ? [x] {evil:1}").unwrap();
+        let set = layout.principal_set(&ns, &hostile);
+        assert_eq!(set, format!("app*:principal:{{shop:p:{}}}", hostile.digest()));
+        assert!(!set.contains("evil"), "{set}");
+        assert_eq!(layout.id_of(&ns, set.as_bytes()), None);
+        // The pattern wants `{` right after the (escaped) prefix.
+        assert!(!set.starts_with("app*:{"));
+        let other = layout.principal_set(&ns, &Principal::new("zoe").unwrap());
+        assert_ne!(set, other);
+        assert_ne!(
+            layout.principal_set(&Namespace::new("shop2").unwrap(), &hostile),
+            set
+        );
     }
 }

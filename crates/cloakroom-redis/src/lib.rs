@@ -16,8 +16,32 @@
 //!   per-session wake list, and waiters `BLPOP` on it (on dedicated
 //!   connections), bounded by their deadline and by the holder's remaining
 //!   lease. No fixed sleeps, and no wake-up traffic when nobody waits.
-//! - **Expiry**: records are hashes expired by Redis itself (`PEXPIREAT`);
-//!   a sweep has nothing to delete.
+//! - **Expiry**: records are hashes expired by Redis itself, with
+//!   `PEXPIREAT` at `expires + expired_grace` (an hour by default). Past
+//!   `expires` a record counts as missing everywhere (load, lock, every
+//!   script, listing, counting); within the grace a sweep finds it with
+//!   `SCAN` (every master, on a Cluster) and deletes it, only if it is still
+//!   expired and unlocked, in the same script that hands it back for expiry
+//!   listeners. **`on_expire` fires on Redis when a sweeper finds the record
+//!   within `expired_grace` of its expiry; after that Redis drops it
+//!   unseen.** With `expired_grace=0s` Redis drops records at `expires`, a
+//!   sweep deletes nothing and the capabilities say `expires_natively`.
+//!   Keyspace notifications (`expired` events) were not used instead: they
+//!   carry only the key name, not the data and principal a listener needs
+//!   (the key is already gone when the event is sent), they must be turned
+//!   on in the server's configuration, and they are fire-and-forget pub/sub,
+//!   lost whenever no subscriber is connected (a deploy, a restart, a
+//!   network blip), and sent by each Cluster node to its own subscribers only.
+//! - **Principals**: a record's principal is a field of its hash; a set per
+//!   `(namespace, principal)`, named by [`Principal::digest`](cloakroom_core::Principal::digest),
+//!   holds a superset of the ids of its sessions, kept before and after each
+//!   write (see the key layout in [`SessionKeys`]); `list_by_principal`
+//!   checks each member against its record and drops stale ones.
+//! - **Rotation**: on one node, a rotation is one script (check the old
+//!   record, refuse a live target, create it, delete the old one, release or
+//!   keep the lock). On a Cluster the two ids live in different slots, so the
+//!   capabilities leave out atomic rotation and the lock engine rotates in
+//!   two steps (delete, then create).
 //! - **Cluster**: every key of a session carries the hash tag `{ns:id}`, so a
 //!   script only ever touches one slot. Listing scans each master in turn.
 //!
@@ -34,6 +58,7 @@
 //! | `prefix` | `cloakroom:` | put before every key; no `{` or `}` |
 //! | `max_record_bytes` | 4 MiB | larger records are refused with `TooLarge` |
 //! | `connections` | 4 | multiplexed connections, 1 to 64 (waiters' blocking connections come on top) |
+//! | `expired_grace` | `1h` | how long Redis keeps a record past its `expires` for sweepers (and expiry listeners) to find; `0s` to drop it at `expires`; at most `168h`; a duration such as `250ms`, `30s`, `15m`, `1h` |
 //! | `cluster` | `false` | use the Cluster client for a `redis://` URL (as `redis+cluster://` does) |
 //! | `protocol` | `resp2` | passed on to redis-rs (`resp2` or `resp3`) |
 //! | `tls_ca` | webpki roots | `rediss://` only: PEM file of the CA(s) to trust instead of the built-in roots |
@@ -86,6 +111,7 @@ mod guard;
 mod keys;
 mod options;
 mod owner;
+mod principals;
 mod reply;
 mod scripts;
 mod shared;
@@ -98,7 +124,7 @@ use std::sync::Arc;
 use cloakroom_core::{Opener, Result, SessionStore, StoreUrl};
 
 pub use keys::{SessionKeys, DEFAULT_PREFIX};
-pub use options::{RedisOptions, DEFAULT_CONNECTIONS};
+pub use options::{RedisOptions, DEFAULT_CONNECTIONS, DEFAULT_EXPIRED_GRACE};
 pub use store::RedisStore;
 
 /// Opens `redis://`, `redis+cluster://`, and with the `tls` feature
@@ -127,7 +153,13 @@ mod tests {
             .open("redis://127.0.0.1:1/?prefix=p:&max_record_bytes=9")
             .unwrap();
         assert_eq!(store.capabilities().max_record_bytes, 9);
-        assert!(store.capabilities().expires_natively);
+        // Expired records are kept an hour for sweepers by default.
+        assert!(!store.capabilities().expires_natively);
+        assert!(store.capabilities().rotates_atomically);
+        let native = registry.open("redis://127.0.0.1:1/?expired_grace=0s").unwrap();
+        assert!(native.capabilities().expires_natively);
+        let cluster = registry.open("redis+cluster://127.0.0.1:1").unwrap();
+        assert!(!cluster.capabilities().rotates_atomically, "two slots, two steps");
         assert!(registry.open("redis+cluster://127.0.0.1:1,127.0.0.1:2").is_ok());
         let tls = registry.open("rediss://127.0.0.1:1?tls_ca=/nowhere/ca.pem");
         if cfg!(feature = "tls") {

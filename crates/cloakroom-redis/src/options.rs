@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use cloakroom_core::{Error, Result, StoreUrl, DEFAULT_MAX_RECORD_BYTES};
 use serde::Deserialize;
@@ -16,6 +17,15 @@ pub const DEFAULT_CONNECTIONS: usize = 4;
 
 /// The most multiplexed connections one store opens.
 const MAX_CONNECTIONS: usize = 64;
+
+/// Default [`RedisOptions::expired_grace`]: an hour, so that a sweeper
+/// running every few minutes (or one that was down for a while) still finds
+/// each expired record and can run expiry listeners on it.
+pub const DEFAULT_EXPIRED_GRACE: Duration = Duration::from_secs(3600);
+
+/// Longest [`RedisOptions::expired_grace`]: a week. Longer keeps dead
+/// sessions' data in memory for no sweeper schedule anyone runs.
+const MAX_EXPIRED_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Query keys that are redis-rs's, not cloakroom's: they stay in the node
 /// URLs handed to redis-rs. Its TCP URL parser reads no other key.
@@ -71,6 +81,16 @@ pub struct RedisOptions {
     pub connections: usize,
     /// Connect with the Cluster client (follows slot moves).
     pub cluster: bool,
+    /// How long Redis keeps a record after its `expires` (default
+    /// [`DEFAULT_EXPIRED_GRACE`], at most a week; `0s` allowed): its key
+    /// expires at `expires + expired_grace`. Within that time the record is
+    /// treated as missing by every operation, but a sweep can still find it,
+    /// delete it and hand it to expiry listeners; after it, Redis drops the
+    /// key by itself, unseen. Zero makes Redis drop records at `expires`
+    /// (the capabilities then say `expires_natively`, and sweeps delete
+    /// nothing).
+    #[serde(with = "cloakroom_core::store_url::duration")]
+    pub expired_grace: Duration,
     /// The CA (PEM file, one or more certificates) that TLS connections
     /// trust instead of the built-in webpki (Mozilla) roots. Read when the
     /// store connects, not when it is built. Only with `rediss://` nodes.
@@ -86,6 +106,7 @@ impl RedisOptions {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             connections: DEFAULT_CONNECTIONS,
             cluster: false,
+            expired_grace: DEFAULT_EXPIRED_GRACE,
             tls_ca: None,
         }
     }
@@ -189,6 +210,14 @@ impl RedisOptions {
         self
     }
 
+    /// Keep records for `grace` past their expiry, for sweepers to find
+    /// (see [`expired_grace`](Self::expired_grace)); `Duration::ZERO` lets
+    /// Redis drop them at `expires`.
+    pub fn expired_grace(mut self, grace: Duration) -> Self {
+        self.expired_grace = grace;
+        self
+    }
+
     /// Trust the CA certificates in the PEM file at `path` (instead of the
     /// built-in webpki roots) for TLS connections. The file is read when the
     /// store connects; one that cannot be read then is [`Error::Config`]
@@ -242,6 +271,17 @@ impl RedisOptions {
                 self.connections
             ));
         }
+        if self.expired_grace > MAX_EXPIRED_GRACE {
+            return bad(format!(
+                "expired_grace must be at most 168h (a week), got {}s",
+                self.expired_grace.as_secs()
+            ));
+        }
+        if !self.expired_grace.subsec_nanos().is_multiple_of(1_000_000) {
+            // Keys expire at whole milliseconds; a finer grace would be
+            // rounded silently.
+            return bad("expired_grace must be a whole number of milliseconds".into());
+        }
         KeyLayout::new(&self.prefix).map(drop)
     }
 }
@@ -256,6 +296,7 @@ impl fmt::Debug for RedisOptions {
             .field("max_record_bytes", &self.max_record_bytes)
             .field("connections", &self.connections)
             .field("cluster", &self.cluster)
+            .field("expired_grace", &self.expired_grace)
             .field("tls_ca", &self.tls_ca)
             .finish()
     }
@@ -407,6 +448,61 @@ mod tests {
             .validate()
             .unwrap();
         assert!(matches!(parse("rediss://a?tls_ca="), Err(Error::Config(m)) if m.contains("tls_ca")));
+    }
+
+    #[test]
+    fn expired_grace_is_a_duration_option_defaulting_to_an_hour() {
+        assert_eq!(parse("redis://a").unwrap().expired_grace, DEFAULT_EXPIRED_GRACE);
+        assert_eq!(DEFAULT_EXPIRED_GRACE, Duration::from_secs(3600));
+        for (text, want) in [
+            ("0s", Duration::ZERO),
+            ("0ms", Duration::ZERO),
+            ("250ms", Duration::from_millis(250)),
+            ("90s", Duration::from_secs(90)),
+            ("15m", Duration::from_secs(900)),
+            ("2h", Duration::from_secs(7200)),
+            ("168h", Duration::from_secs(7 * 24 * 3600)),
+        ] {
+            let o = parse(&format!("redis://a?expired_grace={text}")).unwrap();
+            assert_eq!(o.expired_grace, want, "{text}");
+            // Not a driver option: it stays out of the node URL.
+            assert_eq!(o.nodes(), ["redis://a"], "{text}");
+        }
+        let o = parse("redis+cluster://a:1,b:2?expired_grace=30s&prefix=x:").unwrap();
+        assert_eq!(o.expired_grace, Duration::from_secs(30));
+        assert!(format!("{o:?}").contains("expired_grace: 30s"), "{o:?}");
+    }
+
+    #[test]
+    fn bad_expired_graces_are_config_errors() {
+        for (url, says) in [
+            ("redis://a?expired_grace=soon", "duration"),
+            ("redis://a?expired_grace=10", "duration"),
+            ("redis://a?expired_grace=-1s", "duration"),
+            ("redis://a?expired_grace=1d", "duration"),
+            ("redis://a?expired_grace=", "duration"),
+            ("redis://a?expired_grace=169h", "at most 168h"),
+            ("redis://a?expired_grace=99999999999999999999h", "duration"),
+        ] {
+            match parse(url) {
+                Err(Error::Config(message)) => assert!(message.contains(says), "{url}: {message}"),
+                other => panic!("{url}: expected a Config error, got {other:?}"),
+            }
+        }
+        let built = RedisOptions::new("redis://a")
+            .expired_grace(Duration::from_secs(169 * 3600))
+            .validate()
+            .unwrap_err();
+        let from_url = parse("redis://a?expired_grace=169h").unwrap_err();
+        assert_eq!(built.to_string(), from_url.to_string());
+        let sub_milli = RedisOptions::new("redis://a")
+            .expired_grace(Duration::from_micros(1500))
+            .validate();
+        assert!(matches!(sub_milli, Err(Error::Config(m)) if m.contains("milliseconds")));
+        RedisOptions::new("redis://a")
+            .expired_grace(Duration::ZERO)
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! [`Script`] sends `EVALSHA` and, on `NOSCRIPT` (a restarted or failed-over
 //! server), loads the script and retries, so a script costs one round trip in
 //! the steady state. Every script touches only the keys of one session, which
-//! share a hash tag and hence a Cluster slot.
+//! share a hash tag and hence a Cluster slot, except a rotation (two
+//! sessions: single node only) and `index_add` (one principal set, and
+//! nothing else).
 
 use std::sync::LazyLock;
 
@@ -26,8 +28,8 @@ fn with_common(body: &str) -> Script {
 
 /// All scripts, built once per process.
 pub(crate) struct Scripts {
-    /// Save, touch, delete or nothing, then release or keep the lock: the
-    /// guard's writes.
+    /// Save, touch, delete, rotate or nothing, then release or keep the
+    /// lock: the guard's writes.
     pub finish: Script,
     /// Token-checked lease extension.
     pub renew: Script,
@@ -41,6 +43,10 @@ pub(crate) struct Scripts {
     pub delete: Script,
     /// Delete a stopped holder's lock if it still holds it (see `owner`).
     pub take_over: Script,
+    /// Delete one record if expired and unlocked, and return it.
+    pub sweep: Script,
+    /// Add ids to a principal's set and keep the set long enough.
+    pub index_add: Script,
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -51,4 +57,6 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     touch: with_common(include_str!("lua/touch.lua")),
     delete: with_common(include_str!("lua/delete.lua")),
     take_over: Script::new(include_str!("lua/take_over.lua")),
+    sweep: Script::new(include_str!("lua/sweep.lua")),
+    index_add: Script::new(include_str!("lua/index_add.lua")),
 });

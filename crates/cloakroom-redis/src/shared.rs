@@ -3,6 +3,9 @@
 //! (follows slot moves and reconnects by itself). Everything except waiting
 //! goes through them; a waiter blocks on a dedicated connection (`wait.rs`).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use cloakroom_core::Result;
@@ -10,10 +13,75 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, RedisFuture, Value};
+use redis::{Cmd, FromRedisValue, RedisFuture, ScriptInvocation, Value};
 
 use crate::error::{map_redis, unexpected_reply};
 use crate::options::RedisOptions;
+
+/// Most commands [`concurrently`] has in flight at once.
+const IN_FLIGHT: usize = 256;
+
+/// One command on its own clone of a shared connection, owning everything
+/// it needs (so a batch of them is `Send` whatever borrowed the ids they
+/// were made from).
+pub(crate) type Call<T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'static>>;
+
+/// `cmd` on `conn`, as a [`Call`].
+pub(crate) fn call<T: FromRedisValue + Send + 'static>(conn: &SharedConn, cmd: Cmd) -> Call<T> {
+    let mut conn = conn.clone();
+    Box::pin(async move { cmd.query_async::<T>(&mut conn).await.map_err(map_redis) })
+}
+
+/// A script invocation on `conn`, as a [`Call`].
+pub(crate) fn call_script(conn: &SharedConn, invocation: ScriptInvocation<'static>) -> Call<Value> {
+    let mut conn = conn.clone();
+    Box::pin(async move {
+        invocation
+            .invoke_async::<Value>(&mut conn)
+            .await
+            .map_err(map_redis)
+    })
+}
+
+/// Run `calls` (single-key commands) at the same time, at most
+/// [`IN_FLIGHT`] at once, and return their outcomes in order. The
+/// multiplexed connections pipeline concurrent requests, so a batch costs
+/// about one round trip; a real `Pipeline` would not do on a Cluster, whose
+/// client refuses one that spans slots.
+pub(crate) async fn concurrently<T>(calls: Vec<Call<T>>) -> Vec<Result<T>> {
+    let mut outputs = Vec::with_capacity(calls.len());
+    let mut calls = calls.into_iter();
+    loop {
+        let batch: Vec<Call<T>> = calls.by_ref().take(IN_FLIGHT).collect();
+        if batch.is_empty() {
+            return outputs;
+        }
+        outputs.extend(join_all(batch).await);
+    }
+}
+
+async fn join_all<T>(mut calls: Vec<Call<T>>) -> Vec<Result<T>> {
+    let mut outputs: Vec<Option<Result<T>>> = calls.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (call, output) in calls.iter_mut().zip(outputs.iter_mut()) {
+            // A finished future must not be polled again.
+            if output.is_none() {
+                match call.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
 
 /// How long one command may take before it counts as a lost connection.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -190,5 +258,46 @@ impl ConnectionLike for SharedConn {
             SharedConn::Single(c) => c.get_db(),
             SharedConn::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Outcomes come back in the order of the calls, however they finish,
+    /// past one batch of `IN_FLIGHT`, and the calls of a batch overlap.
+    #[tokio::test]
+    async fn concurrent_calls_keep_their_order() {
+        let n = IN_FLIGHT * 2 + 7;
+        let calls: Vec<Call<usize>> = (0..n)
+            .map(|i| -> Call<usize> {
+                Box::pin(async move {
+                    // Later calls finish first within a batch.
+                    let wait = (IN_FLIGHT - i % IN_FLIGHT) as u64;
+                    tokio::time::sleep(Duration::from_micros(wait * 20)).await;
+                    if i == 3 {
+                        return Err(cloakroom_core::Error::backend("three"));
+                    }
+                    Ok(i)
+                })
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let outputs = concurrently(calls).await;
+        assert_eq!(outputs.len(), n);
+        for (i, output) in outputs.into_iter().enumerate() {
+            match output {
+                Ok(value) => assert_eq!(value, i),
+                Err(_) => assert_eq!(i, 3),
+            }
+        }
+        // Run one after another they would take over half a second.
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(concurrently(Vec::<Call<()>>::new()).await.is_empty());
     }
 }

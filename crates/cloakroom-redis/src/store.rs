@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cloakroom_core::{
-    async_trait, Acquired, Capabilities, Cursor, Error, IdPage, LockKind, LockOptions, Namespace, Record,
-    RecordWrite, Result, SessionId, SessionKey, SessionStore, StoreUrl, SweepBatch, Timestamp,
+    async_trait, Acquired, Capabilities, Cursor, Error, IdPage, LockKind, LockOptions, Namespace, Principal,
+    Record, RecordWrite, Result, SessionId, SessionKey, SessionStore, SessionSummary, StoreUrl, SweepBatch,
+    SweptRecord, Timestamp,
 };
 use redis::Value;
 use tokio::sync::OnceCell;
@@ -18,7 +19,7 @@ use crate::options::RedisOptions;
 use crate::owner::Owner;
 use crate::reply::{self, Status, RECORD_FIELDS};
 use crate::scripts::SCRIPTS;
-use crate::shared::{masters, SharedConn, SlotRange};
+use crate::shared::{call, call_script, concurrently, masters, Call, SharedConn, SlotRange};
 use crate::wait::WaiterPool;
 
 /// Sessions in Redis or Redis Cluster. Cloning shares the connections.
@@ -28,9 +29,12 @@ use crate::wait::WaiterPool;
 /// [`migrate`](SessionStore::migrate) is how a caller checks that the server
 /// answers.
 ///
-/// Records expire by themselves (`PEXPIREAT`), so
-/// [`sweep_expired`](SessionStore::sweep_expired) deletes nothing and the
-/// capabilities say [`expires_natively`](Capabilities::expires_natively).
+/// Records expire by themselves (`PEXPIREAT`), [`expired_grace`](RedisOptions::expired_grace)
+/// after their `expires`; within that grace a
+/// [`sweep_expired`](SessionStore::sweep_expired) finds them, deletes them
+/// and hands them to expiry listeners. With a zero grace Redis drops them at
+/// `expires`, a sweep deletes nothing, and the capabilities say
+/// [`expires_natively`](Capabilities::expires_natively).
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -93,6 +97,13 @@ impl RedisStore {
         self.inner.keys.session(key)
     }
 
+    /// The Redis key of the set that indexes the sessions of `principal` in
+    /// `namespace` (named by [`Principal::digest`], never by its text). For
+    /// tests and operators inspecting the server.
+    pub fn principal_set(&self, namespace: &Namespace, principal: &Principal) -> String {
+        self.inner.keys.principal_set(namespace, principal)
+    }
+
     /// The next of the store's connections, in turn, after connecting them
     /// all if no operation has yet.
     pub(crate) async fn conn(&self) -> Result<SharedConn> {
@@ -129,6 +140,12 @@ impl RedisStore {
 
     pub(crate) fn waiters(&self) -> &WaiterPool {
         &self.inner.waiters
+    }
+
+    /// Whether this store talks to a Cluster (where one script cannot touch
+    /// two sessions).
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.inner.options.cluster
     }
 
     pub(crate) fn check_size(&self, write: &RecordWrite) -> Result<()> {
@@ -197,13 +214,22 @@ impl ListPosition {
 
 #[async_trait]
 impl SessionStore for RedisStore {
+    /// `expires_natively` only without a grace (Redis then drops records
+    /// at `expires`); atomic rotation only on one node (on a Cluster the two
+    /// ids are in different slots, out of reach of one script).
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(LockKind::Lease)
+        let mut caps = Capabilities::new(LockKind::Lease)
             .named("redis")
             .multi_process()
             .durable(true)
-            .max_record_bytes(self.inner.options.max_record_bytes)
-            .expiring_natively()
+            .max_record_bytes(self.inner.options.max_record_bytes);
+        if self.inner.options.expired_grace.is_zero() {
+            caps = caps.expiring_natively();
+        }
+        if !self.inner.options.cluster {
+            caps = caps.atomic_rotation();
+        }
+        caps
     }
 
     /// Connects, if no operation has yet: nothing else to set up.
@@ -222,12 +248,18 @@ impl SessionStore for RedisStore {
         let Value::Array(fields) = reply else {
             return Err(unexpected_reply("HMGET", &reply));
         };
-        reply::live_record(fields, Timestamp::now())
+        Ok(reply::live_record(fields, Timestamp::now())?.map(|stored| stored.record))
     }
 
+    /// With a principal: its set first, then the record, then the set once
+    /// more (see `principals`).
     async fn create(&self, key: &SessionKey, write: RecordWrite) -> Result<Record> {
         self.check_size(&write)?;
         let keys = self.inner.keys.session(key);
+        let indexed = match &write.principal {
+            Some(principal) => Some(self.index_before(key, principal, write.expires).await?),
+            None => None,
+        };
         let reply: Value = SCRIPTS
             .create
             .key(&keys.record)
@@ -236,65 +268,133 @@ impl SessionStore for RedisStore {
             .arg(write.created.as_millis())
             .arg(write.accessed.as_millis())
             .arg(write.expires.as_millis())
+            .arg(self.key_expiry(write.expires).as_millis())
+            .arg(principal_arg(write.principal.as_ref()))
+            .arg(until_arg(indexed))
             .invoke_async(&mut self.conn().await?)
             .await
             .map_err(map_redis)?;
         match reply::status("create", &reply)? {
-            Status::Ok(_) => Ok(write.into_record(1)),
+            Status::Ok(done) => {
+                self.after_write(
+                    key,
+                    done.prev.as_deref(),
+                    false,
+                    write.principal.as_ref(),
+                    indexed,
+                )
+                .await;
+                Ok(write.into_record(1))
+            }
+            // A stale member the pre-write add may have left is dropped by
+            // the next listing.
             Status::Conflict(found) => Err(Error::Conflict { expected: 0, found }),
             _ => Err(unexpected_reply("create", &reply)),
         }
     }
 
+    /// Tries without touching the principal's set first; the script asks
+    /// for it (`index`) only when the record is not yet indexed for this
+    /// write (see `principals`).
     async fn save(&self, key: &SessionKey, write: RecordWrite, expected: Option<u64>) -> Result<u64> {
         self.check_size(&write)?;
         let keys = self.inner.keys.session(key);
-        let reply: Value = SCRIPTS
-            .save
-            .key(&keys.record)
-            .arg(Timestamp::now().as_millis())
-            .arg(expected.map(|v| v.to_string()).unwrap_or_default())
-            .arg(&write.data)
-            .arg(write.accessed.as_millis())
-            .arg(write.expires.as_millis())
-            .invoke_async(&mut self.conn().await?)
-            .await
-            .map_err(map_redis)?;
-        match reply::status("save", &reply)? {
-            Status::Ok(version) => u64::try_from(version).map_err(|_| unexpected_reply("save", &reply)),
-            Status::Gone => Err(Error::Gone),
-            Status::Conflict(found) => Err(Error::Conflict {
-                expected: expected.unwrap_or(0),
-                found,
-            }),
-            Status::Lost => Err(unexpected_reply("save", &reply)),
+        let mut indexed = None;
+        for _ in 0..2 {
+            let reply: Value = SCRIPTS
+                .save
+                .key(&keys.record)
+                .arg(Timestamp::now().as_millis())
+                .arg(expected.map(|v| v.to_string()).unwrap_or_default())
+                .arg(&write.data)
+                .arg(write.accessed.as_millis())
+                .arg(write.expires.as_millis())
+                .arg(self.key_expiry(write.expires).as_millis())
+                .arg(principal_arg(write.principal.as_ref()))
+                .arg(until_arg(indexed))
+                .invoke_async(&mut self.conn().await?)
+                .await
+                .map_err(map_redis)?;
+            match (reply::status("save", &reply)?, &write.principal) {
+                (Status::Ok(done), _) => {
+                    let version = u64::try_from(done.n).map_err(|_| unexpected_reply("save", &reply))?;
+                    self.after_write(key, done.prev.as_deref(), true, write.principal.as_ref(), indexed)
+                        .await;
+                    return Ok(version);
+                }
+                (Status::Index(_), Some(principal)) if indexed.is_none() => {
+                    indexed = Some(self.index_before(key, principal, write.expires).await?);
+                }
+                (Status::Gone, _) => return Err(Error::Gone),
+                (Status::Conflict(found), _) => {
+                    return Err(Error::Conflict {
+                        expected: expected.unwrap_or(0),
+                        found,
+                    })
+                }
+                _ => return Err(unexpected_reply("save", &reply)),
+            }
         }
+        Err(Error::backend(
+            "redis: a save asked twice for its principal's set",
+        ))
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<bool> {
         let keys = self.inner.keys.session(key);
-        let deleted: i64 = SCRIPTS
+        let reply: Value = SCRIPTS
             .delete
             .key(&keys.record)
             .arg(Timestamp::now().as_millis())
             .invoke_async(&mut self.conn().await?)
             .await
             .map_err(map_redis)?;
-        Ok(deleted == 1)
+        match reply::status("delete", &reply)? {
+            Status::Ok(done) => {
+                self.after_write(key, done.prev.as_deref(), false, None, None)
+                    .await;
+                Ok(done.n == 1)
+            }
+            _ => Err(unexpected_reply("delete", &reply)),
+        }
     }
 
+    /// A touch keeps the principal, but may outlive what its set was kept
+    /// for: then the script names the principal, whose set is extended first.
     async fn touch(&self, key: &SessionKey, accessed: Timestamp, expires: Timestamp) -> Result<bool> {
         let keys = self.inner.keys.session(key);
-        let touched: i64 = SCRIPTS
-            .touch
-            .key(&keys.record)
-            .arg(Timestamp::now().as_millis())
-            .arg(accessed.as_millis())
-            .arg(expires.as_millis())
-            .invoke_async(&mut self.conn().await?)
-            .await
-            .map_err(map_redis)?;
-        Ok(touched == 1)
+        let mut indexed: Option<(Principal, i64)> = None;
+        // The stored principal can change between two attempts (an unlocked
+        // save): a few rounds, each after extending the set it names.
+        for _ in 0..4 {
+            let reply: Value = SCRIPTS
+                .touch
+                .key(&keys.record)
+                .arg(Timestamp::now().as_millis())
+                .arg(accessed.as_millis())
+                .arg(expires.as_millis())
+                .arg(self.key_expiry(expires).as_millis())
+                .arg(principal_arg(indexed.as_ref().map(|(p, _)| p)))
+                .arg(until_arg(indexed.as_ref().map(|(_, until)| *until)))
+                .invoke_async(&mut self.conn().await?)
+                .await
+                .map_err(map_redis)?;
+            match reply::status("touch", &reply)? {
+                Status::Ok(_) => return Ok(true),
+                Status::Gone => return Ok(false),
+                Status::Index(Some(stored)) => {
+                    let principal = Principal::new(&stored).map_err(|_| Error::Corrupt {
+                        reason: "redis session hash: field principal is not a valid principal".into(),
+                    })?;
+                    let until = self.index_before(key, &principal, expires).await?;
+                    indexed = Some((principal, until));
+                }
+                _ => return Err(unexpected_reply("touch", &reply)),
+            }
+        }
+        Err(Error::backend(
+            "redis: a touch kept finding another principal on its record",
+        ))
     }
 
     /// One `SET NX PX` pipeline per attempt; see `guard::try_lock`.
@@ -336,6 +436,7 @@ impl SessionStore for RedisStore {
                 .collect();
             batch.sort();
             batch.dedup();
+            let mut batch = self.live_only(&conn, namespace, batch).await?;
             if batch.len() > room {
                 pos.pending = batch.split_off(room);
                 ids.extend(batch);
@@ -358,10 +459,11 @@ impl SessionStore for RedisStore {
             let mut scan = 0;
             loop {
                 let (next, keys) = conn.scan(node.as_ref(), scan, &pattern, 1000).await?;
-                total += keys
+                let ids: Vec<SessionId> = keys
                     .iter()
-                    .filter(|k| self.inner.keys.id_of(namespace, k).is_some())
-                    .count() as u64;
+                    .filter_map(|k| self.inner.keys.id_of(namespace, k))
+                    .collect();
+                total += self.live_only(&conn, namespace, ids).await?.len() as u64;
                 if next == 0 {
                     break;
                 }
@@ -371,15 +473,159 @@ impl SessionStore for RedisStore {
         Ok(total)
     }
 
+    async fn list_by_principal(
+        &self,
+        namespace: &Namespace,
+        principal: &Principal,
+    ) -> Result<Vec<SessionSummary>> {
+        self.sessions_of(namespace, principal).await
+    }
+
+    /// Walks the namespace's record keys with `SCAN` (every master in turn
+    /// on a Cluster) and runs the sweep script on each: it deletes the
+    /// record only if it is expired at `now` and unlocked, in one step, and
+    /// returns it. `limit` bounds the keys examined per call. Records are
+    /// only found within `expired_grace` of their expiry; without a grace
+    /// Redis has dropped them already and there is nothing to do.
     async fn sweep_expired(
         &self,
-        _namespace: &Namespace,
-        _now: Timestamp,
-        _cursor: Option<Cursor>,
-        _limit: usize,
+        namespace: &Namespace,
+        now: Timestamp,
+        cursor: Option<Cursor>,
+        limit: usize,
     ) -> Result<SweepBatch> {
-        // Redis deletes each record at its PEXPIREAT time by itself: there is
-        // nothing left to delete, and no expired record is ever returned.
-        Ok(SweepBatch::default())
+        if self.inner.options.expired_grace.is_zero() {
+            return Ok(SweepBatch::default());
+        }
+        let limit = limit.max(1);
+        let mut pos = ListPosition::parse(cursor)?;
+        let mut candidates: Vec<SessionId> = std::mem::take(&mut pos.pending);
+        if candidates.len() > limit {
+            pos.pending = candidates.split_off(limit);
+        }
+        let nodes = self.masters().await?;
+        let pattern = self.inner.keys.scan_pattern(namespace);
+        let mut conn = self.conn().await?;
+        // SCAN also walks other namespaces' keys; bound those calls too, so
+        // one call stays short in a large keyspace.
+        let mut scans = 0;
+        while pos.pending.is_empty() && candidates.len() < limit && scans < MAX_SCANS_PER_SWEEP {
+            let Some(node) = nodes.get(pos.node) else { break };
+            let room = limit - candidates.len();
+            let (next_scan, keys) = conn
+                .scan(node.as_ref(), pos.scan, &pattern, room.clamp(10, 1000))
+                .await?;
+            scans += 1;
+            if next_scan == 0 {
+                pos.node += 1;
+                pos.scan = 0;
+            } else {
+                pos.scan = next_scan;
+            }
+            let mut batch: Vec<SessionId> = keys
+                .iter()
+                .filter_map(|k| self.inner.keys.id_of(namespace, k))
+                .collect();
+            batch.sort();
+            batch.dedup();
+            if batch.len() > room {
+                pos.pending = batch.split_off(room);
+            }
+            candidates.extend(batch);
+        }
+        let calls: Vec<Call<Value>> = candidates
+            .iter()
+            .map(|id| {
+                let keys = self
+                    .inner
+                    .keys
+                    .session(&SessionKey::new(namespace.clone(), id.clone()));
+                let mut invocation = SCRIPTS.sweep.key(&keys.record);
+                invocation.key(&keys.lock).arg(now.as_millis());
+                call_script(&conn, invocation)
+            })
+            .collect();
+        let replies = concurrently(calls).await;
+        let mut deleted = Vec::new();
+        let mut failed = None;
+        for (id, reply) in candidates.into_iter().zip(replies) {
+            match reply.and_then(reply::swept) {
+                Ok(Some(record)) => deleted.push(SweptRecord { id, record }),
+                Ok(None) => {}
+                // Keep what was deleted: those records are gone either way,
+                // and their index entries still need dropping.
+                Err(err) => failed = Some(err),
+            }
+        }
+        let mut by_principal: Vec<(&Principal, Vec<SessionId>)> = Vec::new();
+        for swept in &deleted {
+            if let Some(principal) = &swept.record.principal {
+                match by_principal.iter_mut().find(|(p, _)| *p == principal) {
+                    Some((_, ids)) => ids.push(swept.id.clone()),
+                    None => by_principal.push((principal, vec![swept.id.clone()])),
+                }
+            }
+        }
+        for (principal, ids) in by_principal {
+            self.unindex(namespace, principal, ids).await;
+        }
+        if let Some(err) = failed {
+            if deleted.is_empty() {
+                return Err(err);
+            }
+            tracing::warn!(error = %err, "a sweep script failed; the record is retried by the next sweep");
+        }
+        let done = pos.node >= nodes.len() && pos.pending.is_empty();
+        Ok(SweepBatch {
+            deleted,
+            next: (!done).then(|| pos.cursor()),
+        })
+    }
+}
+
+/// Most `SCAN` calls one sweep call makes.
+const MAX_SCANS_PER_SWEEP: usize = 32;
+
+/// A principal as a script argument: `''` for none.
+pub(crate) fn principal_arg(principal: Option<&Principal>) -> &str {
+    principal.map_or("", Principal::as_str)
+}
+
+/// An `indexed_until` as a script argument: `''` when the client did not
+/// add the id to the principal's set.
+pub(crate) fn until_arg(until: Option<i64>) -> String {
+    until.map(|t| t.to_string()).unwrap_or_default()
+}
+
+impl RedisStore {
+    /// The ids among `ids` whose record is live. Without a grace, Redis
+    /// hides expired keys from `SCAN` itself, so every id found is live;
+    /// with one, expired records stay until swept and are left out here.
+    async fn live_only(
+        &self,
+        conn: &SharedConn,
+        namespace: &Namespace,
+        ids: Vec<SessionId>,
+    ) -> Result<Vec<SessionId>> {
+        if self.inner.options.expired_grace.is_zero() || ids.is_empty() {
+            return Ok(ids);
+        }
+        let calls: Vec<Call<Option<i64>>> = ids
+            .iter()
+            .map(|id| {
+                let mut hget = redis::cmd("HGET");
+                hget.arg(self.record_key(namespace, id)).arg("expires");
+                call(conn, hget)
+            })
+            .collect();
+        let expiries = concurrently(calls).await;
+        let now = Timestamp::now().as_millis();
+        let mut live = Vec::with_capacity(ids.len());
+        for (id, expires) in ids.into_iter().zip(expiries) {
+            if expires?.is_some_and(|expires| expires > now) {
+                live.push(id);
+            }
+        }
+        Ok(live)
     }
 }

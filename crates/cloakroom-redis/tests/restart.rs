@@ -85,6 +85,7 @@ fn write(data: &[u8]) -> RecordWrite {
         created: now,
         accessed: now,
         expires: now.saturating_add(Duration::from_secs(60)),
+        principal: None,
     }
 }
 
