@@ -14,6 +14,11 @@ use cloakroom_http::Reply;
 ///   `503` with `Retry-After: 1`, see
 ///   [`SessionMiddleware::on_lock_timeout`](crate::SessionMiddleware::on_lock_timeout));
 /// - [`Error::Unavailable`]: `503` with `Retry-After: 1`;
+/// - [`Error::Conflict`]: `409 Conflict` (an optimistic session that
+///   another request saved first; the client may send the request again);
+/// - [`Error::Released`]: `500`, logged as the bug it is (a change after
+///   [`Session::commit_now`](crate::Session::commit_now) or
+///   [`Session::rollback`](crate::Session::rollback));
 /// - anything else: `500`. Details go to the log, never to the client.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
@@ -41,10 +46,7 @@ impl SessionError {
 
 impl ResponseError for SessionError {
     fn status_code(&self) -> StatusCode {
-        match self.0 {
-            Error::LockTimeout { .. } | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        StatusCode::from_u16(Reply::status_for(&self.0).as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     fn error_response(&self) -> HttpResponse {

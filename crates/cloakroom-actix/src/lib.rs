@@ -13,6 +13,24 @@
 //!   [`Session::delete`] on logout.
 //! - [`SessionReader`] reads without ever locking, for pages that only show.
 //!
+//! Beyond `get`/`insert`/`remove`, the handle has:
+//!
+//! - [`Session::set_expiry`]: an expiry of this session's own, stored with
+//!   it — `Expiry::OnInactivity(30 days)` for "remember me" (the cookie's
+//!   `Max-Age` becomes 30 days and stays so on later requests),
+//!   `Expiry::OnBrowserClose` for a cookie without `Max-Age`, `None` for the
+//!   manager's default. [`Session::expiry`], [`Session::created`],
+//!   [`Session::accessed`] and [`Session::expires`] read the times.
+//! - [`Session::set_principal`] on login, so the manager can list a user's
+//!   sessions and end them all ([`Session::principal`] reads it).
+//! - [`Session::flush`]: delete the session and go on with a fresh, empty
+//!   one in the same request ("log out, keep the cart").
+//! - [`Session::commit_now`]: commit now and release the lock before a long
+//!   operation (PHP's `session_write_close`), so the visitor's other
+//!   requests are not kept waiting; reads still work afterwards, changes
+//!   fail with `Error::Released`. [`Session::rollback`] releases early
+//!   without writing.
+//!
 //! ```no_run
 //! use actix_web::{get, post, App, HttpServer};
 //! use cloakroom_actix::{Session, SessionError, SessionMiddleware, SessionReader};
@@ -65,6 +83,42 @@
 //! wrong alphabet, a path — never reaches the store; the request simply gets
 //! a fresh session if it uses one. An unknown id gets a fresh session with a
 //! new id, never the one offered.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use actix_web::post;
+//! use cloakroom_core::{Expiry, Principal};
+//! use cloakroom_actix::{Session, SessionError};
+//!
+//! #[post("/login")]
+//! async fn login(session: Session) -> Result<&'static str, SessionError> {
+//!     session.cycle_id().await?;
+//!     session.set_principal(Some(Principal::new("ann")?)).await?;
+//!     // "Remember me": this session lasts 30 days unused, cookie included.
+//!     session
+//!         .set_expiry(Some(Expiry::OnInactivity(Duration::from_secs(30 * 86_400))))
+//!         .await?;
+//!     Ok("welcome")
+//! }
+//!
+//! #[post("/report")]
+//! async fn report(session: Session) -> Result<String, SessionError> {
+//!     let user: Option<String> = session.get("user").await?;
+//!     session.insert("report", "started").await?;
+//!     // Saved and unlocked now: the visitor's other tabs go on meanwhile.
+//!     session.commit_now().await?;
+//!     Ok(format!("a long report for {user:?}")) // slow work here
+//! }
+//! ```
+//!
+//! # Optimistic conflicts
+//!
+//! Under `Policy::Optimistic` a request whose session another request
+//! saved first answers `409 Conflict`.
+//! [`SessionMiddleware::retry_conflicts`] runs safe, body-less requests
+//! (`GET`, `HEAD`, `OPTIONS`) again instead; since actix-web cannot build a
+//! request anew inside a middleware, the run again re-routes the same
+//! `HttpRequest`, with the limits that method's docs spell out.
 //!
 //! # Panics and clients that go away
 //!

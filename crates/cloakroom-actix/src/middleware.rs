@@ -32,12 +32,14 @@ pub fn default_lock_timeout_response(waited: Duration) -> HttpResponse {
 struct Config {
     http: HttpConfig,
     on_lock_timeout: LockTimeoutResponder,
+    retry_conflicts: u32,
 }
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("http", &self.http)
+            .field("retry_conflicts", &self.retry_conflicts)
             .finish_non_exhaustive()
     }
 }
@@ -82,9 +84,21 @@ impl fmt::Debug for Config {
 ///   a logout or when its id named no session;
 /// - if the session was deleted meanwhile (logged out from another tab or
 ///   by an administrator), the save is dropped, the cookie cleared, and the
-///   response goes out unchanged; any other commit failure turns the
-///   response into a `500` (`503` if the store is unavailable), since the
-///   page may announce a change that was not saved.
+///   response goes out unchanged; an optimistic conflict (another request
+///   saved the session first, under `Policy::Optimistic`) turns the
+///   response into a `409 Conflict`, or runs a safe request again with
+///   [`retry_conflicts`](SessionMiddleware::retry_conflicts); any other
+///   commit failure turns the response into a `500` (`503` if the store is
+///   unavailable), since the page may announce a change that was not saved;
+/// - a handler that finished the session itself
+///   ([`Session::commit_now`](crate::Session::commit_now),
+///   [`Session::rollback`](crate::Session::rollback)) gets no second
+///   commit; the id is still sent for a session its early commit created.
+///
+/// The cookie's `Max-Age` is the session's stored expiry minus now: the
+/// manager's timeouts, or the session's own
+/// [`Expiry`](cloakroom_core::Expiry) ("remember me"); a session set to
+/// `Expiry::OnBrowserClose` gets a cookie without `Max-Age`.
 ///
 /// The commit runs on its own task, so a client that disconnects after the
 /// handler finished cannot cut it short. If the handler panics or the
@@ -115,6 +129,7 @@ impl SessionMiddleware {
             config: Arc::new(Config {
                 http: HttpConfig::default(),
                 on_lock_timeout: Arc::new(default_lock_timeout_response),
+                retry_conflicts: 0,
             }),
         }
     }
@@ -145,6 +160,34 @@ impl SessionMiddleware {
     pub fn on_lock_timeout(self, f: impl Fn(Duration) -> HttpResponse + Send + Sync + 'static) -> Self {
         let f = Arc::new(f);
         self.edit(|c| c.on_lock_timeout = f)
+    }
+
+    /// Run the handler again, up to `retries` more times, when the session's
+    /// commit fails with an optimistic [`Error::Conflict`](cloakroom_core::Error::Conflict)
+    /// (another request saved the same session between this one's load and
+    /// its commit, under `Policy::Optimistic`); without it such a request
+    /// answers `409 Conflict`.
+    ///
+    /// Only requests that can be replayed are retried: `GET`, `HEAD` and
+    /// `OPTIONS` with no body (no `Content-Length` above 0, no
+    /// `Transfer-Encoding`), see [`cloakroom_http::replayable`]. Payloads
+    /// are streamed to the handler, not buffered, so one that was read
+    /// cannot be read again; and unsafe methods may have done other things
+    /// than change the session, which must not happen twice. Each run gets a
+    /// fresh session (reloaded, with the other request's save); the
+    /// responses of the runs that conflicted are dropped unsent. When the
+    /// retries run out the answer is the `409`.
+    ///
+    /// actix-web has no way to build a request anew inside a middleware, so
+    /// a run again goes through the app's routing with the same
+    /// `HttpRequest` (its match information reset). What that implies:
+    /// request extensions added on an earlier run, by the handler or by
+    /// middleware inside this one, are still there on the next; and a
+    /// handler must not keep a clone of its `HttpRequest` alive after it
+    /// returned (in a task it spawned), since actix-web's routing panics on
+    /// a shared request. Leave this off (the default) where either matters.
+    pub fn retry_conflicts(self, retries: u32) -> Self {
+        self.edit(|c| c.retry_conflicts = retries)
     }
 }
 
@@ -222,50 +265,87 @@ where
     forward_ready!(inner);
 
     fn call(&self, request: ServiceRequest) -> Self::Future {
-        // Parsing the offered id is all the work a request pays for up
-        // front: no store call and no lock until a handler asks.
-        let scope = Scope::new(
-            self.manager.clone(),
-            &self.config.http,
-            &Headers(request.headers()),
-        );
-        request.extensions_mut().insert(scope.session());
+        let retries = match cloakroom_http::replayable(request.method().as_str(), &Headers(request.headers()))
+        {
+            true => self.config.retry_conflicts,
+            false => 0,
+        };
+        let inner = Rc::clone(&self.inner);
+        let manager = self.manager.clone();
         let config = Arc::clone(&self.config);
-        let call = self.inner.call(request);
         Box::pin(async move {
-            // Dropped unfinished if this future is (panic, client gone):
-            // the open session is released and nothing is written.
-            let scope = scope;
-            let mut response = match call.await {
-                Ok(response) => response.map_into_left_body(),
-                // Handlers' and extractors' errors arrive as responses; an
-                // `Err` comes from another middleware, and goes on as it is
-                // (the request is gone with it, so no header can be added):
-                // the session is finished by the status it will answer with.
-                Err(e) => {
-                    let status = status(e.as_response_error().status_code());
-                    drop(scope.finish(status, &config.http).await);
-                    return Err(e);
+            let mut request = request;
+            let mut retries = retries;
+            loop {
+                let (response, conflict) = run_once(&inner, &manager, &config, request).await?;
+                if !conflict || retries == 0 {
+                    return Ok(response);
                 }
-            };
-            let timed_out = response
-                .response()
-                .error()
-                .and_then(|e| e.as_error::<SessionError>())
-                .and_then(SessionError::lock_timeout);
-            if let Some(waited) = timed_out {
-                response = replace(response, (config.on_lock_timeout)(waited));
+                retries -= 1;
+                // The same request goes through routing again: actix-web
+                // offers no other way to rebuild one here (see
+                // `SessionMiddleware::retry_conflicts`).
+                let (http_request, dropped) = response.into_parts();
+                drop(dropped);
+                tracing::debug!(
+                    method = %http_request.method(),
+                    path = http_request.path(),
+                    "session commit conflicted; running the request again"
+                );
+                request = ServiceRequest::from_request(http_request);
+                request.match_info_mut().reset();
             }
-            let finish = scope.finish(status(response.status()), &config.http).await;
-            if let Some(reply) = finish.replace {
-                return Ok(replace(response, crate::error::response(reply)));
-            }
-            for header in finish.headers {
-                apply(header, response.headers_mut());
-            }
-            Ok(response)
         })
     }
+}
+
+/// One run of the inner service under a session scope of its own: the
+/// response to send, and whether the session's commit conflicted.
+async fn run_once<S, B>(
+    inner: &S,
+    manager: &Manager,
+    config: &Config,
+    request: ServiceRequest,
+) -> Result<(ServiceResponse<EitherBody<B>>, bool), actix_web::Error>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    // Parsing the offered id is all the work a request pays for up front:
+    // no store call and no lock until a handler asks.
+    let scope = Scope::new(manager.clone(), &config.http, &Headers(request.headers()));
+    // Replaces the session of an earlier run, if any.
+    request.extensions_mut().insert(scope.session());
+    // Dropped unfinished if this future is (panic, client gone): the open
+    // session is released and nothing is written.
+    let mut response = match inner.call(request).await {
+        Ok(response) => response.map_into_left_body(),
+        // Handlers' and extractors' errors arrive as responses; an `Err`
+        // comes from another middleware, and goes on as it is (the request
+        // is gone with it, so no header can be added): the session is
+        // finished by the status it will answer with.
+        Err(e) => {
+            let status = status(e.as_response_error().status_code());
+            drop(scope.finish(status, &config.http).await);
+            return Err(e);
+        }
+    };
+    let timed_out = response
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<SessionError>())
+        .and_then(SessionError::lock_timeout);
+    if let Some(waited) = timed_out {
+        response = replace(response, (config.on_lock_timeout)(waited));
+    }
+    let finish = scope.finish(status(response.status()), &config.http).await;
+    if let Some(reply) = finish.replace {
+        return Ok((replace(response, crate::error::response(reply)), finish.conflict));
+    }
+    for header in finish.headers {
+        apply(header, response.headers_mut());
+    }
+    Ok((response, finish.conflict))
 }
 
 /// The same status as an `http` 1 status code.

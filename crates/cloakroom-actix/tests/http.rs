@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use actix_web::dev::Service;
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpResponse, HttpServer};
+use cloakroom::{Expiry, Principal};
 use cloakroom_actix::{Session, SessionError, SessionMiddleware, SessionReader};
-use cloakroom_http_suite::{routes, Backend, Framework, Manager, Running, Setup};
+use cloakroom_http_suite::{routes, Backend, Framework, Manager, Probe, Running, Setup};
 use futures::FutureExt;
 
 /// The actix-web test app.
@@ -81,6 +82,83 @@ async fn logout_flash(session: Session) -> Result<&'static str, SessionError> {
     Ok("ok")
 }
 
+async fn remember(session: Session) -> Result<&'static str, SessionError> {
+    session
+        .set_expiry(Some(Expiry::OnInactivity(routes::REMEMBER_FOR)))
+        .await?;
+    session.set_principal(Some(Principal::new("ann")?)).await?;
+    session.insert("user", "ann").await?;
+    Ok("ok")
+}
+
+async fn browser_close(session: Session) -> Result<&'static str, SessionError> {
+    session.set_expiry(Some(Expiry::OnBrowserClose)).await?;
+    session.insert("user", "ann").await?;
+    Ok("ok")
+}
+
+async fn about(session: Session) -> Result<String, SessionError> {
+    let principal = session.principal().await?;
+    Ok(routes::about(
+        principal.as_ref(),
+        session.expiry().await?,
+        session.expires().await?,
+    ))
+}
+
+async fn release(session: Session, probe: web::Data<Probe>) -> Result<String, SessionError> {
+    let n: u64 = session.get("n").await?.unwrap_or(0) + 1;
+    session.insert("n", &n).await?;
+    session.commit_now().await?;
+    probe.released.open();
+    probe.proceed.wait().await;
+    let after: u64 = session.get("n").await?.unwrap_or(0);
+    let late = session.insert("late", &1u8).await;
+    Ok(format!(
+        "{after} {}",
+        routes::late_outcome(late.as_ref().map(|_| ()).map_err(SessionError::inner))
+    ))
+}
+
+async fn rollback(session: Session, probe: web::Data<Probe>) -> Result<String, SessionError> {
+    session.insert("n", &999u64).await?;
+    session.rollback().await?;
+    let after: u64 = session.get("n").await?.unwrap_or(0);
+    probe.released.open();
+    probe.proceed.wait().await;
+    let late = session.insert("late", &1u8).await;
+    Ok(format!(
+        "{after} {}",
+        routes::late_outcome(late.as_ref().map(|_| ()).map_err(SessionError::inner))
+    ))
+}
+
+async fn flush(session: Session) -> Result<String, SessionError> {
+    Ok(session.flush().await?.to_string())
+}
+
+async fn flush_keep(session: Session) -> Result<&'static str, SessionError> {
+    session.flush().await?;
+    session.insert("user", "guest").await?;
+    Ok("ok")
+}
+
+async fn race(
+    session: Session,
+    manager: web::Data<Manager>,
+    probe: web::Data<Probe>,
+) -> Result<String, SessionError> {
+    probe.race_run();
+    let n: u64 = session.get("n").await?.unwrap_or(0);
+    if !session.get::<bool>("raced").await?.unwrap_or(false) {
+        routes::save_meanwhile(&manager, &session.id().await?).await?;
+    }
+    session.insert("n", &(n + 1)).await?;
+    Ok((n + 1).to_string())
+}
+
+/// The routes; the app data holds the app's `Manager` and `Probe` for the
+/// routes that use them.
 fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(routes::HEALTH, web::get().to(|| async { "ok" }))
         .route(routes::NOOP, web::get().to(|_: Session| async { "ok" }))
@@ -95,11 +173,22 @@ fn configure(cfg: &mut web::ServiceConfig) {
         .route(routes::WHOAMI, web::get().to(whoami))
         .route(routes::LOGIN, web::post().to(login))
         .route(routes::LOGOUT, web::post().to(logout))
-        .route(routes::LOGOUT_FLASH, web::post().to(logout_flash));
+        .route(routes::LOGOUT_FLASH, web::post().to(logout_flash))
+        .route(routes::REMEMBER, web::post().to(remember))
+        .route(routes::BROWSER_CLOSE, web::post().to(browser_close))
+        .route(routes::ABOUT, web::get().to(about))
+        .route(routes::RELEASE, web::get().to(release))
+        .route(routes::ROLLBACK, web::get().to(rollback))
+        .route(routes::FLUSH, web::post().to(flush))
+        .route(routes::FLUSH_KEEP, web::post().to(flush_keep))
+        .route(routes::RACE, web::get().to(race))
+        .route(routes::RACE, web::post().to(race));
 }
 
 fn middleware(manager: Manager, setup: Setup) -> SessionMiddleware {
-    let mut middleware = SessionMiddleware::new(manager).http_config(setup.http);
+    let mut middleware = SessionMiddleware::new(manager)
+        .http_config(setup.http)
+        .retry_conflicts(setup.retry_conflicts);
     if setup.lock_timeout_429 {
         middleware = middleware.on_lock_timeout(|waited| {
             HttpResponse::build(StatusCode::TOO_MANY_REQUESTS)
@@ -120,10 +209,16 @@ fn serve(sessions: Option<(Manager, Setup)>, catch_panics: bool) -> Running {
     std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
             let server = HttpServer::new(move || {
+                let (manager, probe) = match &sessions {
+                    Some((manager, setup)) => (manager.clone(), setup.probe.clone()),
+                    None => (bare_manager(), Probe::default()),
+                };
                 let sessions = sessions
                     .clone()
                     .map(|(manager, setup)| middleware(manager, setup));
                 App::new()
+                    .app_data(web::Data::new(manager))
+                    .app_data(web::Data::new(probe))
                     .configure(configure)
                     .wrap(actix_web::middleware::Condition::new(
                         sessions.is_some(),
@@ -156,14 +251,17 @@ fn serve(sessions: Option<(Manager, Setup)>, catch_panics: bool) -> Running {
     Running::new(addr, move || drop(handle.stop(false)))
 }
 
+/// A manager for the bare app, which has no session middleware.
+fn bare_manager() -> Manager {
+    let store = std::sync::Arc::new(cloakroom::MemoryStore::new());
+    Manager::builder(store, cloakroom_http_suite::fresh_namespace())
+        .build()
+        .unwrap()
+}
+
 /// A middleware for the bare app's type only; `Condition` never runs it.
 fn bare_middleware() -> SessionMiddleware {
-    let store = std::sync::Arc::new(cloakroom::MemoryStore::new());
-    SessionMiddleware::new(
-        Manager::builder(store, cloakroom_http_suite::fresh_namespace())
-            .build()
-            .unwrap(),
-    )
+    SessionMiddleware::new(bare_manager())
 }
 
 impl Framework for Actix {

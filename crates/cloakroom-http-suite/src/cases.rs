@@ -5,11 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use cloakroom::{Policy, SessionId};
+use cloakroom::{Policy, Principal, SessionId, Timestamp};
 
 use crate::{
     attrs, browser, client, cookie_value, routes, set_cookie, set_cookie_named, set_cookies, App, Backend,
-    CookieConfig, CookieLifetime, Framework, HttpConfig, IdCarrier, SameSite, Setup,
+    CookieConfig, CookieLifetime, Framework, HttpConfig, IdCarrier, Probe, SameSite, Setup,
 };
 
 async fn start<F: Framework>(backend: Backend) -> Option<App> {
@@ -784,4 +784,340 @@ pub async fn an_extractor_without_the_middleware_is_a_500_not_a_panic<F: Framewo
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// The `Max-Age` of a `Set-Cookie` line, if it has one.
+fn max_age(line: &str) -> Option<u64> {
+    attrs(line)
+        .iter()
+        .find_map(|a| a.strip_prefix("max-age=").map(|v| v.parse().unwrap()))
+}
+
+/// Seconds from now to `at`.
+fn seconds_until(at: Timestamp) -> i64 {
+    (at.as_millis() - Timestamp::now().as_millis()) / 1000
+}
+
+async fn post(app: &App, c: &reqwest::Client, path: &str, cookie: &str) -> reqwest::Response {
+    c.post(app.url(path))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// How long a case waits for something that must happen promptly: long
+/// enough for a loaded CI machine, far below the 10 s lock wait that a
+/// lock that is still held would cost.
+const PROMPTLY: Duration = Duration::from_secs(5);
+
+/// "Remember me": a session given `OnInactivity(30 days)` gets a cookie
+/// whose `Max-Age` is 30 days, while other sessions keep the manager's
+/// default; the expiry is stored with the session, so later requests keep
+/// it (in the store and in the cookie), and the session is listed under its
+/// principal.
+pub async fn remember_me_gets_a_lasting_cookie_that_stays<F: Framework>(backend: Backend) {
+    const THIRTY_DAYS: u64 = 30 * 86_400;
+    let Some(app) = start::<F>(backend).await else {
+        return;
+    };
+    let c = client();
+    let r = c.get(app.url(routes::INC)).send().await.unwrap();
+    let line = set_cookie(&r).unwrap();
+    assert_eq!(max_age(&line), Some(86_400), "a normal session: {line}");
+    let cookie = line.split(';').next().unwrap().to_owned();
+    let id = SessionId::parse(&cookie_value(&cookie)).unwrap();
+
+    let r = post(&app, &c, routes::REMEMBER, &cookie).await;
+    assert_eq!(r.status(), 200);
+    let line = set_cookie(&r).expect("a new expiry re-sends the cookie");
+    assert_eq!(cookie_value(&line), id.as_str());
+    let days = max_age(&line).expect("a remembered session's cookie lasts");
+    assert!(THIRTY_DAYS.abs_diff(days) <= 2, "Max-Age {days} in {line}");
+    assert_eq!(text(r).await, "ok");
+
+    let stored = app.manager.open_read_only(&id).await.unwrap().unwrap();
+    let left = seconds_until(stored.expires());
+    assert!(
+        (THIRTY_DAYS as i64 - left).abs() <= 5,
+        "stored expiry in {left} s"
+    );
+    let about = text(get(&app, &c, routes::ABOUT, &cookie).await).await;
+    let (head, left) = about.rsplit_once('|').unwrap();
+    assert_eq!(head, format!("ann|inactivity:{THIRTY_DAYS}"), "{about}");
+    assert!(THIRTY_DAYS.abs_diff(left.parse::<u64>().unwrap()) <= 5, "{about}");
+    let listed = app
+        .manager
+        .sessions_of(&Principal::new("ann").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].id, app.manager.key(&id).id);
+
+    // A later request keeps the session's own expiry.
+    let r = get(&app, &c, routes::INC, &cookie).await;
+    let line = set_cookie(&r).expect("a save slides the expiry");
+    let days = max_age(&line).unwrap();
+    assert!(THIRTY_DAYS.abs_diff(days) <= 2, "the expiry was lost: {line}");
+    assert_eq!(text(r).await, "2");
+
+    // Another visitor of the same app still gets the default.
+    let r = c.get(app.url(routes::INC)).send().await.unwrap();
+    assert_eq!(max_age(&set_cookie(&r).unwrap()), Some(86_400));
+}
+
+/// A session set to `OnBrowserClose` gets a cookie without `Max-Age` or
+/// `Expires` although the app's cookies are persistent; the store keeps it
+/// for the idle timeout, and later requests do not turn the cookie back
+/// into a lasting one.
+pub async fn a_browser_close_session_gets_a_cookie_without_max_age<F: Framework>(backend: Backend) {
+    let Some(app) = start::<F>(backend).await else {
+        return;
+    };
+    let c = client();
+    let cookie = new_visitor(&app, &c).await;
+    let id = cookie_value(&cookie);
+    let r = post(&app, &c, routes::BROWSER_CLOSE, &cookie).await;
+    assert_eq!(r.status(), 200);
+    let line = set_cookie(&r).expect("the changed expiry re-sends the cookie");
+    assert_eq!(cookie_value(&line), id);
+    assert!(
+        !attrs(&line)
+            .iter()
+            .any(|a| a.starts_with("max-age") || a.starts_with("expires")),
+        "{line}"
+    );
+    let about = text(get(&app, &c, routes::ABOUT, &cookie).await).await;
+    let (head, left) = about.rsplit_once('|').unwrap();
+    assert_eq!(head, "-|browser-close", "{about}");
+    assert!((86_400 - left.parse::<i64>().unwrap()).abs() <= 5, "{about}");
+    let r = get(&app, &c, routes::INC, &cookie).await;
+    assert_eq!(r.status(), 200);
+    for line in set_cookies(&r) {
+        assert!(
+            max_age(&line).is_none(),
+            "the cookie became persistent again: {line}"
+        );
+    }
+    assert_eq!(text(r).await, "2");
+}
+
+/// `commit_now` releases the session in the middle of a handler: another
+/// request on the same cookie gets the lock and completes while the first
+/// one still waits, and sees its write; the first one's reads still see
+/// what it committed, a later change is refused with `Error::Released`,
+/// and its end writes nothing over the other request's save.
+pub async fn commit_now_lets_the_next_request_in_while_the_handler_runs<F: Framework>(backend: Backend) {
+    let probe = Probe::default();
+    let setup = Setup {
+        probe: probe.clone(),
+        ..Setup::default()
+    };
+    let Some(app) = App::start::<F>(backend, |b| b, setup).await else {
+        return;
+    };
+    let c = client();
+    let cookie = new_visitor(&app, &c).await;
+    let a = tokio::spawn(
+        c.get(app.url(routes::RELEASE))
+            .header("cookie", cookie.clone())
+            .send(),
+    );
+    tokio::time::timeout(PROMPTLY, probe.released.wait())
+        .await
+        .expect("the handler reached commit_now");
+    // The default lock wait is 10 s: a lock still held would make this time
+    // out (or answer 503).
+    let b = tokio::time::timeout(PROMPTLY, get(&app, &c, routes::INC, &cookie))
+        .await
+        .expect("a request on the same session waited for a released handler");
+    assert_eq!(b.status(), 200);
+    assert_eq!(text(b).await, "3", "B sees A's committed write");
+    assert!(!a.is_finished(), "A must still be waiting for the signal");
+    probe.proceed.open();
+    let a = tokio::time::timeout(PROMPTLY, a).await.unwrap().unwrap().unwrap();
+    assert_eq!(a.status(), 200);
+    assert_eq!(
+        text(a).await,
+        "2 released",
+        "A reads what it committed, and a change after commit_now is refused"
+    );
+    assert_eq!(
+        text(get(&app, &c, routes::READ, &cookie).await).await,
+        "3",
+        "the end of A committed again over B"
+    );
+}
+
+/// A session created by the handler and committed early still gets its
+/// cookie at the end of the request.
+pub async fn an_early_commit_of_a_new_session_still_sets_its_cookie<F: Framework>(backend: Backend) {
+    let probe = Probe::default();
+    probe.proceed.open();
+    let setup = Setup {
+        probe: probe.clone(),
+        ..Setup::default()
+    };
+    let Some(app) = App::start::<F>(backend, |b| b, setup).await else {
+        return;
+    };
+    let c = client();
+    let r = c.get(app.url(routes::RELEASE)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let line = set_cookie(&r).expect("the early-committed new session needs its id");
+    assert_eq!(max_age(&line), Some(86_400), "{line}");
+    assert_eq!(text(r).await, "1 released");
+    let cookie = line.split(';').next().unwrap().to_owned();
+    assert_eq!(text(get(&app, &c, routes::READ, &cookie).await).await, "1");
+    assert_eq!(app.rows().await, 1);
+}
+
+/// `rollback` mid-handler discards the handler's change and releases the
+/// lock at once: another request proceeds while the first still runs and
+/// sees the old value; the first reads the stored value and cannot change
+/// the session any more; nothing is written at its end.
+pub async fn rollback_discards_and_releases_early<F: Framework>(backend: Backend) {
+    let probe = Probe::default();
+    let setup = Setup {
+        probe: probe.clone(),
+        ..Setup::default()
+    };
+    let Some(app) = App::start::<F>(backend, |b| b, setup).await else {
+        return;
+    };
+    let c = client();
+    let cookie = new_visitor(&app, &c).await;
+    let a = tokio::spawn(
+        c.get(app.url(routes::ROLLBACK))
+            .header("cookie", cookie.clone())
+            .send(),
+    );
+    tokio::time::timeout(PROMPTLY, probe.released.wait())
+        .await
+        .expect("the handler reached rollback");
+    let b = tokio::time::timeout(PROMPTLY, get(&app, &c, routes::INC, &cookie))
+        .await
+        .expect("a request on the same session waited for a rolled-back handler");
+    assert_eq!(text(b).await, "2", "the rolled-back 999 must not be seen");
+    assert!(!a.is_finished());
+    probe.proceed.open();
+    let a = tokio::time::timeout(PROMPTLY, a).await.unwrap().unwrap().unwrap();
+    assert_eq!(a.status(), 200);
+    assert!(
+        set_cookies(&a).is_empty(),
+        "a rolled-back session sends no cookie"
+    );
+    assert_eq!(text(a).await, "1 released");
+    assert_eq!(text(get(&app, &c, routes::READ, &cookie).await).await, "2");
+}
+
+/// `flush` deletes the stored session and goes on with a fresh one: with
+/// nothing written after, the response only clears the old id; with a
+/// write after, it carries only the new id. The old id is dead either way.
+pub async fn flush_deletes_and_goes_on_with_a_fresh_session<F: Framework>(backend: Backend) {
+    let Some(app) = start::<F>(backend).await else {
+        return;
+    };
+    let c = client();
+    let cookie = new_visitor(&app, &c).await;
+    let old = cookie_value(&cookie);
+    let r = post(&app, &c, routes::FLUSH, &cookie).await;
+    assert_eq!(r.status(), 200);
+    let lines = set_cookies(&r);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(cookie_value(&lines[0]), "", "only a removal: {lines:?}");
+    assert!(attrs(&lines[0]).iter().any(|a| a == "max-age=0"), "{lines:?}");
+    assert_eq!(text(r).await, "true");
+    assert_eq!(app.rows().await, 0);
+    assert_eq!(text(get(&app, &c, routes::READ, &cookie).await).await, "0");
+
+    let cookie = new_visitor(&app, &c).await;
+    let old_too = cookie_value(&cookie);
+    let r = post(&app, &c, routes::FLUSH_KEEP, &cookie).await;
+    assert_eq!(r.status(), 200);
+    let lines = set_cookies(&r);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let fresh = cookie_value(&lines[0]);
+    assert!(fresh != old && fresh != old_too && !fresh.is_empty(), "{lines:?}");
+    SessionId::parse(&fresh).unwrap();
+    assert_eq!(
+        app.rows().await,
+        1,
+        "the old session is gone, the fresh one stored"
+    );
+    assert_eq!(text(get(&app, &c, routes::READ, &cookie).await).await, "0");
+    let fresh = format!("id={fresh}");
+    assert_eq!(text(get(&app, &c, routes::USER, &fresh).await).await, "guest");
+    assert_eq!(text(get(&app, &c, routes::READ, &fresh).await).await, "0");
+}
+
+/// Under the optimistic policy, a request whose session another writer
+/// saved meanwhile answers `409 Conflict` (not `500`), saves nothing, and
+/// is not run again unless the app asks for it.
+pub async fn an_optimistic_conflict_at_commit_answers_409<F: Framework>(backend: Backend) {
+    let probe = Probe::default();
+    let setup = Setup {
+        probe: probe.clone(),
+        ..Setup::default()
+    };
+    let Some(app) = App::start::<F>(backend, |b| b.policy(Policy::Optimistic), setup).await else {
+        return;
+    };
+    let c = client();
+    let cookie = new_visitor(&app, &c).await;
+    let id = SessionId::parse(&cookie_value(&cookie)).unwrap();
+    let r = get(&app, &c, routes::RACE, &cookie).await;
+    assert_eq!(r.status(), 409);
+    assert!(r.headers().get("retry-after").is_none());
+    assert_eq!(probe.race_runs(), 1, "no retry unless asked for");
+    let stored = app.manager.open_read_only(&id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.get::<u64>("n").unwrap(),
+        Some(1),
+        "the conflicting save was dropped"
+    );
+    assert_eq!(
+        stored.get::<bool>("raced").unwrap(),
+        Some(true),
+        "the other writer's save stands"
+    );
+    // Sent again by the client, it goes through.
+    let r = get(&app, &c, routes::RACE, &cookie).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(text(r).await, "2");
+    assert_eq!(probe.race_runs(), 2);
+}
+
+/// With `retry_conflicts`, a safe request whose commit conflicts is run
+/// again on a fresh session and succeeds, the handler having run twice; an
+/// unsafe one is not run again and answers `409`.
+pub async fn retry_conflicts_runs_a_safe_request_again<F: Framework>(backend: Backend) {
+    let probe = Probe::default();
+    let setup = Setup {
+        probe: probe.clone(),
+        retry_conflicts: 2,
+        ..Setup::default()
+    };
+    let Some(app) = App::start::<F>(backend, |b| b.policy(Policy::Optimistic), setup).await else {
+        return;
+    };
+    let c = client();
+    let cookie = new_visitor(&app, &c).await;
+    let id = SessionId::parse(&cookie_value(&cookie)).unwrap();
+    let r = get(&app, &c, routes::RACE, &cookie).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(text(r).await, "2");
+    assert_eq!(
+        probe.race_runs(),
+        2,
+        "the handler ran twice: a conflict, then a clean run"
+    );
+    let stored = app.manager.open_read_only(&id).await.unwrap().unwrap();
+    assert_eq!(stored.get::<u64>("n").unwrap(), Some(2), "counted once");
+    assert_eq!(stored.get::<bool>("raced").unwrap(), Some(true));
+
+    let other = new_visitor(&app, &c).await;
+    let r = post(&app, &c, routes::RACE, &other).await;
+    assert_eq!(r.status(), 409, "a POST is never run again");
+    assert_eq!(probe.race_runs(), 3);
 }

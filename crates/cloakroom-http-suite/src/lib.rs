@@ -68,12 +68,137 @@ pub mod routes {
     /// request); answers `ok`.
     pub const LOGOUT_FLASH: &str = "/logout-flash";
 
+    /// `POST`: "remember me": `set_expiry(OnInactivity(`[`REMEMBER_FOR`]`))`,
+    /// `set_principal("ann")`, `user = "ann"`; answers `ok`.
+    pub const REMEMBER: &str = "/remember";
+    /// `POST`: `set_expiry(OnBrowserClose)`, `user = "ann"`; answers `ok`.
+    pub const BROWSER_CLOSE: &str = "/browser-close";
+    /// `GET`: the session's principal, own expiry and time to expiry,
+    /// through the locking handle, as [`about`] formats them.
+    pub const ABOUT: &str = "/about";
+    /// `GET`: `n += 1`, `commit_now`, open [`Probe::released`](crate::Probe),
+    /// wait for [`Probe::proceed`](crate::Probe), read `n` again, try to
+    /// insert `late`; answers `"{n read after the wait} {late_outcome}"`
+    /// (see [`late_outcome`]).
+    pub const RELEASE: &str = "/release";
+    /// `GET`: `n = 999`, `rollback`, read `n` (the stored one), open
+    /// [`Probe::released`](crate::Probe), wait for
+    /// [`Probe::proceed`](crate::Probe), try to insert `late`; answers
+    /// `"{n read after the rollback} {late_outcome}"`.
+    pub const ROLLBACK: &str = "/rollback";
+    /// `POST`: `flush`; answers whether a stored session was deleted.
+    pub const FLUSH: &str = "/flush";
+    /// `POST`: `flush`, then `user = "guest"` in the fresh session; answers
+    /// `ok`.
+    pub const FLUSH_KEEP: &str = "/flush-keep";
+    /// `GET` and `POST`, for apps under `Policy::Optimistic` only: counts the
+    /// run in [`Probe::race_runs`](crate::Probe), reads `n`; unless the
+    /// session holds `raced`, another writer saves it meanwhile
+    /// ([`save_meanwhile`]: `raced = true`); then `n += 1`; answers the new
+    /// `n`. So the first run on a session conflicts at commit, and a second
+    /// run does not.
+    pub const RACE: &str = "/race";
+
+    /// How long [`REMEMBER`] keeps an unused session: 30 days.
+    pub const REMEMBER_FOR: Duration = Duration::from_secs(30 * 86_400);
+
     /// How long [`SLOW`] holds the session.
     pub const SLOW_FOR: Duration = Duration::from_millis(300);
     /// How long [`HOLD`] holds the session.
     pub const HOLD_FOR: Duration = Duration::from_millis(500);
     /// How long [`HANG`] waits.
     pub const HANG_FOR: Duration = Duration::from_secs(30);
+
+    /// The answer of [`ABOUT`]: `principal|expiry|seconds to expiry`, with
+    /// `-` for no principal and the expiry as `default`,
+    /// `inactivity:{seconds}`, `instant` or `browser-close`.
+    pub fn about(
+        principal: Option<&cloakroom::Principal>,
+        expiry: Option<cloakroom::Expiry>,
+        expires: cloakroom::Timestamp,
+    ) -> String {
+        let expiry = match expiry {
+            None => "default".to_owned(),
+            Some(cloakroom::Expiry::OnInactivity(d)) => format!("inactivity:{}", d.as_secs()),
+            Some(cloakroom::Expiry::AtInstant(_)) => "instant".to_owned(),
+            Some(cloakroom::Expiry::OnBrowserClose) => "browser-close".to_owned(),
+            Some(_) => "other".to_owned(),
+        };
+        let left = (expires.as_millis() - cloakroom::Timestamp::now().as_millis() + 500) / 1000;
+        format!("{}|{expiry}|{left}", principal.map_or("-", |p| p.as_str()))
+    }
+
+    /// How a change after `commit_now` or `rollback` ended: `released`
+    /// for [`Error::Released`](cloakroom::Error::Released), `accepted` if it
+    /// was not refused, `error` for any other error.
+    pub fn late_outcome(result: Result<(), &cloakroom::Error>) -> &'static str {
+        match result {
+            Ok(()) => "accepted",
+            Err(cloakroom::Error::Released) => "released",
+            Err(_) => "error",
+        }
+    }
+
+    /// Another writer saves the session `id` while a request holds it:
+    /// opened, `raced = true`, committed (optimistic policy: no lock).
+    pub async fn save_meanwhile(
+        manager: &super::Manager,
+        id: &super::SessionId,
+    ) -> Result<(), cloakroom::Error> {
+        let mut other = manager.open(Some(id)).await?;
+        other.insert("raced", &true)?;
+        other.commit().await.map(drop)
+    }
+}
+
+/// A one-way signal between a case and its app's handlers: closed until
+/// [`open`](Gate::open)ed, then open for good.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+}
+
+impl Gate {
+    /// Let every waiter through, now and later.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Wait until the gate is open (at once if it is).
+    pub async fn wait(&self) {
+        let mut open = self.0.subscribe();
+        // The sender lives as long as `self`, so this only returns open.
+        let _ = open.wait_for(|open| *open).await;
+    }
+}
+
+/// What a case shares with its app's handlers.
+#[derive(Clone, Debug, Default)]
+pub struct Probe {
+    /// Opened by [`routes::RELEASE`] and [`routes::ROLLBACK`] once the
+    /// session is released.
+    pub released: Gate,
+    /// Opened by the case to let [`routes::RELEASE`] and
+    /// [`routes::ROLLBACK`] finish.
+    pub proceed: Gate,
+    /// Runs of [`routes::RACE`]'s handler.
+    pub race_runs: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Probe {
+    /// Count one run of [`routes::RACE`].
+    pub fn race_run(&self) {
+        self.race_runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Runs of [`routes::RACE`] so far.
+    pub fn race_runs(&self) -> u64 {
+        self.race_runs.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// How the session middleware of a test app is configured.
@@ -84,6 +209,12 @@ pub struct Setup {
     /// Answer a lock timeout with `429` and the body `busy after {ms}ms`
     /// instead of the default.
     pub lock_timeout_429: bool,
+    /// Run replayable requests again up to this many times on a conflict
+    /// at commit (the middleware's `retry_conflicts`; 0: off).
+    pub retry_conflicts: u32,
+    /// Shared with the handlers of [`routes::RELEASE`],
+    /// [`routes::ROLLBACK`] and [`routes::RACE`].
+    pub probe: Probe,
 }
 
 /// A web framework's test app, as the suite starts it.
@@ -320,6 +451,14 @@ macro_rules! http_suite {
                 a_failed_handler_saves_nothing_and_unlocks,
                 a_panic_saves_nothing_and_unlocks,
                 a_client_that_disconnects_does_not_leave_the_session_locked,
+                remember_me_gets_a_lasting_cookie_that_stays,
+                a_browser_close_session_gets_a_cookie_without_max_age,
+                commit_now_lets_the_next_request_in_while_the_handler_runs,
+                an_early_commit_of_a_new_session_still_sets_its_cookie,
+                rollback_discards_and_releases_early,
+                flush_deletes_and_goes_on_with_a_fresh_session,
+                an_optimistic_conflict_at_commit_answers_409,
+                retry_conflicts_runs_a_safe_request_again,
             );
         }
     };

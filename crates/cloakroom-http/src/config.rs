@@ -16,16 +16,25 @@ pub enum IdCarrier {
     Header(HeaderName),
 }
 
-/// How long the browser keeps the cookie.
+/// How long the browser keeps the cookie, for sessions without an expiry of
+/// their own.
 ///
 /// The server-side lifetime always comes from the [`Manager`](cloakroom_core::Manager)'s
-/// `idle_timeout` and `absolute_timeout`; this only decides what the cookie says.
+/// `idle_timeout` and `absolute_timeout`, or from the session's own
+/// [`Expiry`](cloakroom_core::Expiry); this only decides what the cookie says.
 ///
-/// | expiry mode | manager | cookie |
+/// | session's expiry | manager | cookie |
 /// |---|---|---|
-/// | idle | `idle_timeout` | `Persistent`: Max-Age slides on every request that uses the session |
-/// | absolute | `absolute_timeout` | `Persistent`: Max-Age counts down to the absolute deadline |
-/// | browser session | either | `BrowserSession`: no Max-Age, gone when the browser closes |
+/// | none | `idle_timeout` | `Persistent`: Max-Age slides on every request that moves the stored expiry |
+/// | none | `absolute_timeout` | `Persistent`: Max-Age counts down to the absolute deadline |
+/// | none | either | `BrowserSession`: no Max-Age, gone when the browser closes |
+/// | `OnInactivity(d)` ("remember me") or `AtInstant(t)` | capped by `absolute_timeout` | always persistent: Max-Age is the stored expiry minus now, whatever this setting |
+/// | `OnBrowserClose` | `idle_timeout` | never persistent: no Max-Age or Expires, whatever this setting |
+///
+/// A session's own expiry wins because it is a decision about that one
+/// session ("remember me" ticked, or not): an application whose cookies are
+/// browser-session cookies by default still gets a lasting cookie for the
+/// session it was asked to remember.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CookieLifetime {

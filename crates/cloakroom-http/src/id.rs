@@ -7,7 +7,7 @@ use cloakroom_core::SessionId;
 use cookie::Cookie;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{CookieConfig, CookieLifetime, HttpConfig, IdCarrier};
+use crate::config::{CookieConfig, HttpConfig, IdCarrier};
 
 /// What the client offered as its session id.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,13 +109,18 @@ impl HeaderWrite {
     }
 }
 
-/// Tell the client its session id; `remaining` is how long the session
-/// lives if unused (the cookie's Max-Age in [`CookieLifetime::Persistent`]).
-pub(crate) fn write_id(config: &HttpConfig, id: &SessionId, remaining: Duration) -> Option<HeaderWrite> {
+/// Tell the client its session id. `max_age` is how long the stored session
+/// lives if unused, for a persistent cookie; `None` makes a cookie the
+/// browser drops when it closes. A header carrier ignores it.
+pub(crate) fn write_id(
+    config: &HttpConfig,
+    id: &SessionId,
+    max_age: Option<Duration>,
+) -> Option<HeaderWrite> {
     match &config.carrier {
         IdCarrier::Cookie => {
             let mut cookie = base_cookie(&config.cookie, id.as_str().to_owned());
-            if config.cookie.lifetime == CookieLifetime::Persistent {
+            if let Some(remaining) = max_age {
                 // To the nearest second: the millisecond between computing
                 // the expiry and this must not turn 86400 into 86399.
                 let seconds = (remaining.as_millis() + 500) / 1000;
@@ -218,7 +223,7 @@ mod tests {
         assert_eq!(Offered::from_request(&h, &config), Offered::Id(id.clone()));
         let h = headers(&[("x-session", "../../etc")]);
         assert_eq!(Offered::from_request(&h, &config), Offered::Malformed);
-        let write = write_id(&config, &id, Duration::from_secs(5)).unwrap();
+        let write = write_id(&config, &id, Some(Duration::from_secs(5))).unwrap();
         assert_eq!(write.value, id.as_str());
         assert!(!write.append);
         assert_eq!(clear_id(&config), None, "a header cannot be taken back");
@@ -228,7 +233,7 @@ mod tests {
     fn cookies_carry_the_secure_defaults_and_removal_matches_them() {
         let config = HttpConfig::default();
         let id = SessionId::generate();
-        let line = write_id(&config, &id, Duration::from_secs(90)).unwrap();
+        let line = write_id(&config, &id, Some(Duration::from_secs(90))).unwrap();
         assert_eq!(line.name, header::SET_COOKIE);
         let line = line.value.to_str().unwrap().to_owned();
         assert!(line.starts_with(&format!("id={id}")), "{line}");

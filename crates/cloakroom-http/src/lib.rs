@@ -12,9 +12,22 @@
 //!   commit rules once the response's status is known and says which
 //!   headers to add ([`Finish`]); dropping a scope unfinished (panic, client
 //!   gone) releases the lock and writes nothing.
+//! - Early release: [`RequestSession::commit_now`] commits the session in
+//!   the middle of the handler and releases its lock (PHP's
+//!   `session_write_close`), [`RequestSession::rollback`] releases it
+//!   writing nothing; afterwards reads see the committed (or stored) data,
+//!   changes fail with [`Error::Released`](cloakroom_core::Error::Released),
+//!   and [`Scope::finish`] writes nothing more but still sends the id of a
+//!   session the early commit created.
+//! - The cookie follows the session's stored expiry: `Max-Age` is that
+//!   expiry minus now, from the manager's timeouts or the session's own
+//!   [`Expiry`](cloakroom_core::Expiry) ("remember me"); a session set to
+//!   `Expiry::OnBrowserClose` gets no `Max-Age` (see [`CookieLifetime`]).
 //! - [`Reply`]: the status a session error answers with (`503` +
-//!   `Retry-After` for a lock timeout or an unavailable store, `500`
-//!   otherwise).
+//!   `Retry-After` for a lock timeout or an unavailable store, `409` for an
+//!   optimistic conflict, `500` otherwise).
+//! - [`Finish::conflict`] and [`replayable`]: what an integration needs to
+//!   run a safe, body-less request again when its commit conflicts.
 //! - [`session_methods!`], [`reader_methods!`], [`cookie_setters!`]: the
 //!   handler-facing API, so every integration has the same methods.
 //!
@@ -66,13 +79,13 @@ pub use cookie::SameSite;
 pub use http;
 pub use id::{HeaderWrite, Offered, RequestHeaders};
 pub use reply::Reply;
-pub use request::{Finish, RequestSession, Scope};
+pub use request::{replayable, Finish, RequestSession, Scope};
 
 /// What the macros need, under paths that do not depend on the caller's
 /// dependencies.
 #[doc(hidden)]
 pub mod __private {
-    pub use cloakroom_core::SessionId;
+    pub use cloakroom_core::{Expiry, Principal, SessionId, Timestamp};
     pub use serde::de::DeserializeOwned;
     pub use serde::Serialize;
 }

@@ -68,6 +68,105 @@ macro_rules! session_methods {
             ::core::result::Result::Ok(self.inner.delete().await?)
         }
 
+        /// Delete the stored session now and go on with a fresh, empty one
+        /// under a new id, in the same request ("log out, keep the cart"):
+        /// the response clears the old id, or carries the new one if
+        /// something was written to the fresh session. Returns whether a
+        /// stored session was deleted.
+        pub async fn flush(&self) -> ::core::result::Result<bool, $err> {
+            ::core::result::Result::Ok(self.inner.flush().await?)
+        }
+
+        /// The session's own expiry; `None` means the manager's default.
+        pub async fn expiry(
+            &self,
+        ) -> ::core::result::Result<::core::option::Option<$crate::__private::Expiry>, $err> {
+            ::core::result::Result::Ok(self.inner.expiry().await?)
+        }
+
+        /// Give this session an expiry of its own, stored with it and kept on
+        /// every later request: `Some(Expiry::OnInactivity(30 days))` for
+        /// "remember me", `Some(Expiry::OnBrowserClose)` for a cookie the
+        /// browser forgets when it closes, `None` for the manager's default.
+        /// The cookie follows it: `Max-Age` is the stored expiry minus now
+        /// for `OnInactivity` and `AtInstant` (whatever the cookie lifetime
+        /// setting), and there is no `Max-Age` for `OnBrowserClose`. The
+        /// manager's absolute timeout still caps every session.
+        pub async fn set_expiry(
+            &self,
+            expiry: ::core::option::Option<$crate::__private::Expiry>,
+        ) -> ::core::result::Result<(), $err> {
+            ::core::result::Result::Ok(self.inner.set_expiry(expiry).await?)
+        }
+
+        /// Who the session belongs to (see `set_principal`).
+        pub async fn principal(
+            &self,
+        ) -> ::core::result::Result<::core::option::Option<$crate::__private::Principal>, $err> {
+            ::core::result::Result::Ok(self.inner.principal().await?)
+        }
+
+        /// Tag the session with its user on login (`None` on logout), so the
+        /// manager can list a user's sessions (`Manager::sessions_of`) and
+        /// end them all (`Manager::revoke_all`). Stored at commit; call
+        /// `cycle_id` with it.
+        pub async fn set_principal(
+            &self,
+            principal: ::core::option::Option<$crate::__private::Principal>,
+        ) -> ::core::result::Result<(), $err> {
+            ::core::result::Result::Ok(self.inner.set_principal(principal).await?)
+        }
+
+        /// When the session was created (now, for a new one).
+        pub async fn created(&self) -> ::core::result::Result<$crate::__private::Timestamp, $err> {
+            ::core::result::Result::Ok(self.inner.created().await?)
+        }
+
+        /// When the session was last used before this request (now, for a
+        /// new one); after `commit_now`, when that commit used it.
+        pub async fn accessed(&self) -> ::core::result::Result<$crate::__private::Timestamp, $err> {
+            ::core::result::Result::Ok(self.inner.accessed().await?)
+        }
+
+        /// When the session expires if it is committed now (its own expiry,
+        /// or the manager's timeouts); after `commit_now`, the expiry that
+        /// commit computed.
+        pub async fn expires(&self) -> ::core::result::Result<$crate::__private::Timestamp, $err> {
+            ::core::result::Result::Ok(self.inner.expires().await?)
+        }
+
+        /// Commit the session now and release its lock, before a long
+        /// operation (PHP's `session_write_close`): the visitor's other
+        /// requests proceed while this handler keeps running.
+        ///
+        /// Afterwards `get` (and the other reads) still see the committed
+        /// data, and every change — `insert`, `remove`, `clear`,
+        /// `cycle_id`, `set_expiry`, `set_principal`, `delete`, `flush` —
+        /// fails with `Error::Released` (a `500` if the handler returns
+        /// it), since it could no longer be saved. The end of the request
+        /// commits nothing more, but still sends the id of a session this
+        /// commit created. Calling it again, or after `rollback`, does
+        /// nothing.
+        ///
+        /// A failed commit is returned as the end-of-request commit's
+        /// would be (the lock is released all the same): `Error::Gone` if
+        /// the session was deleted meanwhile (the response then clears the
+        /// id), `Error::Conflict` under the optimistic policy (nothing was
+        /// saved; `409` if returned).
+        pub async fn commit_now(&self) -> ::core::result::Result<(), $err> {
+            ::core::result::Result::Ok(self.inner.commit_now().await?)
+        }
+
+        /// Discard this request's changes to the session and release its
+        /// lock now, rather than at the end of the request. Afterwards reads
+        /// see the session as stored, changes fail with `Error::Released`,
+        /// and the end of the request writes nothing. A `delete` or `flush`
+        /// done before is not undone (it reached the store at once).
+        /// Calling it again, or after `commit_now`, does nothing.
+        pub async fn rollback(&self) -> ::core::result::Result<(), $err> {
+            ::core::result::Result::Ok(self.inner.rollback().await?)
+        }
+
         /// A reader over the same request's session that never locks.
         pub fn reader(&self) -> $reader {
             $reader {

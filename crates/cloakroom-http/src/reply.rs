@@ -13,7 +13,15 @@ use http::{header, HeaderName, HeaderValue, StatusCode};
 /// |---|---|---|
 /// | [`Error::LockTimeout`] | `503` (the integration's lock-timeout response, configurable) | `1` |
 /// | [`Error::Unavailable`] | `503` | `1` |
+/// | [`Error::Conflict`] | `409` | — |
+/// | [`Error::Released`] | `500` (a bug in the handler, logged as one) | — |
 /// | anything else | `500` | — |
+///
+/// `409 Conflict` is what an optimistic session answers when another
+/// request saved the same session between this one's load and its commit
+/// (under `Policy::Optimistic`): nothing of this request's session changes
+/// was saved, and the client may simply send the request again. The web
+/// layers can do that themselves for safe requests (`retry_conflicts`).
 ///
 /// Details go to the log, never to the client.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,10 +56,34 @@ impl Reply {
                 tracing::warn!(%error, "session store unavailable");
                 Reply::status(StatusCode::SERVICE_UNAVAILABLE, true)
             }
+            Error::Conflict { .. } => {
+                tracing::warn!(%error, "another request saved this session first; answering 409");
+                Reply::status(StatusCode::CONFLICT, false)
+            }
+            Error::Released => {
+                tracing::error!(
+                    %error,
+                    "the handler changed its session after committing or rolling it back early \
+                     (commit_now/rollback); the change was refused"
+                );
+                Reply::status(StatusCode::INTERNAL_SERVER_ERROR, false)
+            }
             _ => {
                 tracing::error!(%error, "session error");
                 Reply::status(StatusCode::INTERNAL_SERVER_ERROR, false)
             }
+        }
+    }
+
+    /// The status [`for_error`](Reply::for_error) answers `error` with, without
+    /// logging (for frameworks that ask an error for its status apart from
+    /// its response). A lock timeout is the default `503` here; the
+    /// integration's configured lock-timeout response may differ.
+    pub fn status_for(error: &Error) -> StatusCode {
+        match error {
+            Error::LockTimeout { .. } | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Conflict { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -65,6 +97,7 @@ impl Reply {
     pub(crate) fn status(status: StatusCode, retry: bool) -> Reply {
         let body = match status {
             StatusCode::SERVICE_UNAVAILABLE => "Service Unavailable\n",
+            StatusCode::CONFLICT => "Conflict: the session was changed by another request; try again\n",
             _ => "Internal Server Error\n",
         };
         Reply { status, retry, body }
@@ -107,6 +140,26 @@ mod tests {
             (broken.status, broken.retry),
             (StatusCode::INTERNAL_SERVER_ERROR, false)
         );
+        let conflict = Reply::for_error(&Error::Conflict {
+            expected: 1,
+            found: 2,
+        });
+        assert_eq!((conflict.status, conflict.retry), (StatusCode::CONFLICT, false));
+        let released = Reply::for_error(&Error::Released);
+        assert_eq!(released.status, StatusCode::INTERNAL_SERVER_ERROR);
+        for e in [
+            Error::Conflict {
+                expected: 1,
+                found: 2,
+            },
+            Error::Released,
+            Error::Gone,
+            Error::LockTimeout {
+                waited: Duration::from_secs(1),
+            },
+        ] {
+            assert_eq!(Reply::status_for(&e), Reply::for_error(&e).status, "{e}");
+        }
         let response: http::Response<String> = busy.into_http();
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
         assert_eq!(response.body(), "session busy, retry shortly\n");

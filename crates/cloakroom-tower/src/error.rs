@@ -14,6 +14,11 @@ use cloakroom_http::Reply;
 ///   with `Retry-After: 1`, see
 ///   [`SessionLayer::on_lock_timeout`](crate::SessionLayer::on_lock_timeout));
 /// - [`Error::Unavailable`]: `503` with `Retry-After: 1`;
+/// - [`Error::Conflict`]: `409 Conflict` (an optimistic session that
+///   another request saved first; the client may send the request again);
+/// - [`Error::Released`]: `500`, logged as the bug it is (a change after
+///   [`Session::commit_now`](crate::Session::commit_now) or
+///   [`Session::rollback`](crate::Session::rollback));
 /// - anything else: `500`. Details go to the log, never to the client.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
