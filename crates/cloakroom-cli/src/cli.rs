@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use cloakroom::{Key, Keyring, Manager, Namespace, Registry, SessionId, SessionKey, SessionStore};
+use cloakroom::{
+    Key, Keyring, Manager, Namespace, Registry, SessionId, SessionKey, SessionListener, SessionStore,
+};
 
 use crate::bench::BenchArgs;
 
@@ -248,11 +250,23 @@ pub async fn run(cli: Cli) -> Result<()> {
 /// third-party backend crate can ship this CLI with its own URL scheme
 /// (see [`main_with`]).
 pub async fn run_with(cli: Cli, registry: &Registry) -> Result<()> {
+    run_with_listeners(cli, registry, &[]).await
+}
+
+/// [`run_with`], with the application's session listeners: `rm` runs their
+/// `on_delete` and `gc` their `on_expire` for each session it ends, with the
+/// session's data, as the application's own manager would (see
+/// [`main_with_listeners`]).
+pub async fn run_with_listeners(
+    cli: Cli,
+    registry: &Registry,
+    listeners: &[Arc<dyn SessionListener>],
+) -> Result<()> {
     match cli.command {
         Command::Ls(a) => crate::ls::run(a, registry).await,
         Command::Show(a) => crate::show::run(a, registry).await,
-        Command::Rm(a) => crate::rm::run(a, registry).await,
-        Command::Gc(a) => crate::gc::run(a, registry).await,
+        Command::Rm(a) => crate::rm::run(a, registry, listeners).await,
+        Command::Gc(a) => crate::gc::run(a, registry, listeners).await,
         Command::Migrate(a) => crate::migrate::run(a, registry).await,
         Command::Rekey(a) => crate::rekey::run(a, registry).await,
         Command::Bench(a) => crate::bench::run_cli(a, registry).await,
@@ -272,6 +286,23 @@ pub async fn run_with(cli: Cli, registry: &Registry) -> Result<()> {
 ///
 /// Exit status: 0 ok, 1 error, 2 usage error.
 pub fn main_with(registry: Registry) -> ExitCode {
+    main_with_listeners(registry, Vec::new())
+}
+
+/// [`main_with`], with the application's session listeners, so that
+/// `cloakroom rm` and `cloakroom gc` clean up after the sessions they end
+/// (remove the upload a session names, say) exactly as the application
+/// does:
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # struct RemoveUploads;
+/// # #[cloakroom::async_trait] impl cloakroom::SessionListener for RemoveUploads {}
+/// fn main() -> std::process::ExitCode {
+///     cloakroom_cli::main_with_listeners(cloakroom::registry(), vec![Arc::new(RemoveUploads)])
+/// }
+/// ```
+pub fn main_with_listeners(registry: Registry, listeners: Vec<Arc<dyn SessionListener>>) -> ExitCode {
     // clap prints usage errors itself and exits with status 2.
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -281,7 +312,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_with(cli, &registry)) {
+    match runtime.block_on(run_with_listeners(cli, &registry, &listeners)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -297,8 +328,20 @@ pub(crate) struct Keys(Manager);
 
 impl Keys {
     pub(crate) fn new(store: &Arc<dyn SessionStore>, sessions: &SessionsArgs) -> Result<Self> {
+        Self::with_listeners(store, sessions, &[])
+    }
+
+    /// As [`Keys::new`], with a manager that runs `listeners`.
+    pub(crate) fn with_listeners(
+        store: &Arc<dyn SessionStore>,
+        sessions: &SessionsArgs,
+        listeners: &[Arc<dyn SessionListener>],
+    ) -> Result<Self> {
         let mut builder =
             Manager::builder(Arc::clone(store), sessions.store.namespace.clone()).hash_ids(sessions.hash_ids);
+        for listener in listeners {
+            builder = builder.listener(Arc::clone(listener));
+        }
         if let Some((first, old)) = sessions.keys.split_first() {
             let keyring = old.iter().fold(Keyring::new(first.0.clone()), |ring, key| {
                 ring.with_old(key.0.clone())

@@ -17,4 +17,4 @@ mod rekey;
 mod rm;
 mod show;
 
-pub use cli::{main_with, run, run_with, Cli, Command};
+pub use cli::{main_with, main_with_listeners, run, run_with, run_with_listeners, Cli, Command};

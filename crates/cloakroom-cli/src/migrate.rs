@@ -78,6 +78,7 @@ async fn copy_one(
         created: record.created,
         accessed: record.accessed,
         expires: record.expires,
+        principal: record.principal,
     };
     match to.create(&key, write.clone()).await {
         Ok(_) => Ok(Outcome::Copied),

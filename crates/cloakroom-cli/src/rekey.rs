@@ -96,6 +96,7 @@ async fn reseal(keys: &Keys, key: &SessionKey) -> cloakroom::Result<Resealed> {
         created: record.created,
         accessed: record.accessed,
         expires: record.expires,
+        principal: record.principal.clone(),
     };
     match guard.save_and_unlock(write).await {
         Ok(_) => Ok(Resealed::Now),

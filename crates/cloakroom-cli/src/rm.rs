@@ -3,17 +3,26 @@
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use cloakroom::Registry;
+use std::sync::Arc;
+
+use cloakroom::{Registry, SessionListener};
 
 use crate::cli::{open_store, Keys, RmArgs};
 
-pub(crate) async fn run(args: RmArgs, registry: &Registry) -> Result<()> {
+pub(crate) async fn run(
+    args: RmArgs,
+    registry: &Registry,
+    listeners: &[Arc<dyn SessionListener>],
+) -> Result<()> {
     let store = open_store(registry, &args.sessions.store.url, "the store").await?;
-    let keys = Keys::new(&store, &args.sessions)?;
+    let keys = Keys::with_listeners(&store, &args.sessions, listeners)?;
     let mut missing = 0usize;
     for id in &args.ids {
-        let deleted = store
-            .delete(&keys.key(id))
+        // The manager's delete runs the listeners (with the record as it
+        // was) and maps the id as the application does.
+        let deleted = keys
+            .manager()
+            .delete(id)
             .await
             .with_context(|| format!("deleting {id}"))?;
         if args.json {

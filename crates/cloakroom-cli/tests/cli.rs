@@ -137,6 +137,7 @@ fn write(data: &[u8], ttl_secs: i64) -> RecordWrite {
         created: Timestamp::from_millis(now.as_millis() - 5_000),
         accessed: Timestamp::from_millis(now.as_millis() - 1_000),
         expires: Timestamp::from_millis(now.as_millis() + ttl_secs * 1000),
+        principal: None,
     }
 }
 

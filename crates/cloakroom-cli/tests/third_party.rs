@@ -43,9 +43,83 @@ async fn put(ns: &Namespace) -> SessionKey {
         created: now,
         accessed: now,
         expires: Timestamp::from_millis(now.as_millis() + 60_000),
+        principal: None,
     };
     shared().create(&key, write).await.unwrap();
     key
+}
+
+/// Hears what the CLI ends: `(on_delete?, the session's upload)`.
+#[derive(Default)]
+struct Uploads(std::sync::Mutex<Vec<(bool, Option<String>)>>);
+
+#[cloakroom::async_trait]
+impl cloakroom::SessionListener for Uploads {
+    async fn on_delete(&self, ended: &cloakroom::EndedSession) {
+        let upload = ended.data().and_then(|d| d.get::<String>("upload").unwrap());
+        self.0.lock().unwrap().push((true, upload));
+    }
+    async fn on_expire(&self, ended: &cloakroom::EndedSession) {
+        let upload = ended.data().and_then(|d| d.get::<String>("upload").unwrap());
+        self.0.lock().unwrap().push((false, upload));
+    }
+}
+
+/// `rm` and `gc` built with the application's listeners run them with each
+/// ended session's data, so uploads named in sessions are cleaned up
+/// whoever ends the session.
+#[tokio::test(flavor = "multi_thread")]
+async fn rm_and_gc_run_the_applications_listeners() {
+    let registry = cloakroom::registry().with(VAULT);
+    let ns = Namespace::new("third-party-listeners").unwrap();
+    let stored = |upload: &str, ttl_ms: i64| {
+        let mut data = SessionData::new();
+        data.insert("upload", upload).unwrap();
+        let now = Timestamp::now();
+        RecordWrite {
+            data: data.encode(),
+            created: now,
+            accessed: now,
+            expires: Timestamp::from_millis(now.as_millis() + ttl_ms),
+            principal: None,
+        }
+    };
+    let removed = SessionKey::new(ns.clone(), SessionId::generate());
+    shared()
+        .create(&removed, stored("/uploads/a", 60_000))
+        .await
+        .unwrap();
+    let expired = SessionKey::new(ns.clone(), SessionId::generate());
+    shared()
+        .create(&expired, stored("/uploads/b", -1_000))
+        .await
+        .unwrap();
+    let uploads = Arc::new(Uploads::default());
+    let listeners: Vec<Arc<dyn cloakroom::SessionListener>> = vec![uploads.clone()];
+    for args in [
+        vec![
+            "cloakroom",
+            "rm",
+            "--store",
+            "vault:",
+            "--namespace",
+            ns.as_str(),
+            removed.id.as_str(),
+        ],
+        vec!["cloakroom", "gc", "--store", "vault:", "--namespace", ns.as_str()],
+    ] {
+        let cli = cloakroom_cli::Cli::try_parse_from(args).unwrap();
+        cloakroom_cli::run_with_listeners(cli, &registry, &listeners)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        *uploads.0.lock().unwrap(),
+        vec![
+            (true, Some("/uploads/a".to_owned())),
+            (false, Some("/uploads/b".to_owned()))
+        ]
+    );
 }
 
 #[tokio::test]

@@ -132,6 +132,7 @@ async fn create_expiring(store: &Arc<dyn SessionStore>, namespace: &Namespace, n
                         created: now,
                         accessed: now,
                         expires,
+                        principal: None,
                     };
                     store
                         .create(&SessionKey::new(ns.clone(), SessionId::generate()), write)
