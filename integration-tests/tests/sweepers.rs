@@ -3,16 +3,16 @@
 //! once; a session whose lock is held past its expiry is left until it is
 //! released, and one renewed before it expired is never deleted.
 //!
-//! Redis is not here: it expires records itself (key TTLs), so its sweeps
-//! delete nothing and run no expiry listener.
+//! Redis is here too: it keeps an expired record for `expired_grace` (1 h
+//! by default) for a sweep to find and hand to the expiry listeners.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloakroom::{
-    async_trait, LockOptions, Manager, Namespace, RecordWrite, SessionId, SessionKey, SessionListener,
-    SessionStore, Timestamp,
+    async_trait, LockOptions, Manager, Namespace, RecordWrite, SessionId, SessionListener, SessionStore,
+    Timestamp,
 };
 use cloakroom_conformance::support::{skip_or_fail, Server, TempDir};
 use cloakroom_conformance::{expired_write, Unreachable};
@@ -24,7 +24,7 @@ struct Expiries(AtomicU64);
 
 #[async_trait]
 impl SessionListener for Expiries {
-    async fn on_expire(&self, _key: &SessionKey) {
+    async fn on_expire(&self, _ended: &cloakroom::EndedSession) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -36,6 +36,7 @@ fn expiring_in(ms: u64) -> RecordWrite {
         created: now,
         accessed: now,
         expires: now.saturating_add(Duration::from_millis(ms)),
+        principal: None,
     }
 }
 
@@ -162,4 +163,14 @@ async fn postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysql() {
     two_sweepers_share_one_store(&Server::Mysql.url(), Some(Server::Mysql)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis() {
+    two_sweepers_share_one_store(&Server::Redis.url(), Some(Server::Redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster() {
+    two_sweepers_share_one_store(&Server::RedisCluster.url(), Some(Server::RedisCluster)).await;
 }

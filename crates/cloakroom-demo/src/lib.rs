@@ -13,7 +13,9 @@
 //! | `GET /` | counts a hit (locks the visitor's session), shows count and id prefix, and the experiment |
 //! | `GET /slow` | reads the count, sleeps 300 ms holding the lock, writes count + 1 |
 //! | `GET /hits` | JSON `{hits, user, session}`, read-only: never locks, never writes |
-//! | `POST /login` | cycles the session id (fixation defence), remembers a user name |
+//! | `POST /login` | cycles the session id (fixation defence), tags the session with the user (its principal); "remember me" keeps it 30 days, otherwise the cookie ends with the browser |
+//! | `GET /sessions` | the user's sessions on every device (hash prefix, created, last used, expires), with "log out everywhere else"; `GET /sessions.json` the same as JSON |
+//! | `POST /sessions/revoke-others` | ends every other session of the user, each under its lock |
 //! | `POST /logout` | deletes the session and clears the cookie |
 //! | `GET /panic` | changes the session, then panics: nothing saved, lock released |
 //! | `GET /health` | never touches the session: no store call at all |
@@ -33,7 +35,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cloakroom::{Manager, Namespace, Policy, SessionStore};
+use cloakroom::{Expiry, Manager, Namespace, Policy, Principal, SessionStore, SessionSummary, Timestamp};
 use cloakroom_tower::{Session, SessionError, SessionLayer, SessionReader};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
@@ -68,6 +70,9 @@ pub const LOSSY_PREFIX: &str = "/lossy";
 /// The cookie of the `Lossy` sessions: a name of its own (and the path
 /// [`LOSSY_PREFIX`]), so it never overwrites the visitor's session cookie.
 pub const LOSSY_COOKIE: &str = "id-lossy";
+
+/// How long "remember me" keeps a login without a visit.
+pub const REMEMBER_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The session key of the experiment's counter.
 const COUNT_KEY: &str = "count";
@@ -112,6 +117,8 @@ pub struct Sessions {
     main: SessionLayer,
     lossy: SessionLayer,
     store: PageFacts,
+    /// The visitor's manager, for the sessions page.
+    manager: Manager,
 }
 
 /// What the page says about the managers.
@@ -138,11 +145,12 @@ impl Sessions {
             lossy_namespace: lossy.namespace().as_str().to_owned(),
         };
         Sessions {
-            main: SessionLayer::new(main),
+            main: SessionLayer::new(main.clone()),
             lossy: SessionLayer::new(lossy)
                 .cookie_name(LOSSY_COOKIE)
                 .cookie_path(LOSSY_PREFIX),
             store,
+            manager: main,
         }
     }
 
@@ -151,7 +159,7 @@ impl Sessions {
         Sessions {
             main: self.main.secure(on),
             lossy: self.lossy.secure(on),
-            store: self.store,
+            ..self
         }
     }
 
@@ -179,10 +187,14 @@ pub fn app(sessions: Sessions) -> Router {
         .route("/hits", get(hits))
         .route("/login", post(login))
         .route("/logout", post(logout))
+        .route("/sessions", get(sessions_page))
+        .route("/sessions.json", get(sessions_json))
+        .route("/sessions/revoke-others", post(revoke_others))
         .route("/panic", get(panic_holding_session))
         .route("/health", get(health))
         .merge(counter())
         .layer(axum::Extension(labels))
+        .layer(axum::Extension(sessions.manager))
         .layer(sessions.main);
     let lossy = counter().layer(sessions.lossy);
     Router::new()
@@ -278,11 +290,12 @@ async fn index(
     let who = match &user {
         Some(u) => format!(
             "<form method=post action=/logout class=who>logged in as <b id=user-name>{}</b> \
-             <button id=logout>log out</button></form>",
+             <button id=logout>log out</button> · <a href=/sessions id=your-sessions>your sessions</a></form>",
             html_escape(u)
         ),
         None => "<form method=post action=/login class=who><label for=user>Your name</label> \
                  <input id=user name=user maxlength=64 autocomplete=username> \
+                 <label><input type=checkbox name=remember id=remember> remember me for 30 days</label> \
                  <button id=login>log in</button></form>"
             .to_owned(),
     };
@@ -392,19 +405,154 @@ pub struct LoginForm {
     /// Who logs in; any name will do in a demo.
     #[serde(default)]
     pub user: String,
+    /// "Remember me": present (any value) when the box is ticked.
+    #[serde(default)]
+    pub remember: Option<String>,
 }
 
 async fn login(session: Session, Form(form): Form<LoginForm>) -> Result<Response, SessionError> {
     let user = form.user.trim();
     let user = if user.is_empty() { "visitor" } else { user };
-    if user.len() > 64 {
-        return Ok((StatusCode::BAD_REQUEST, "user name too long\n").into_response());
-    }
+    let principal = match (user.len() <= 64).then(|| Principal::new(user)) {
+        Some(Ok(principal)) => principal,
+        _ => {
+            return Ok((
+                StatusCode::BAD_REQUEST,
+                "user names are 1 to 64 printable characters\n",
+            )
+                .into_response())
+        }
+    };
     // New privileges, new id: whoever knew the id before login (a planted
     // cookie, a shared computer) learns nothing useful.
     session.cycle_id().await?;
     session.insert("user", user).await?;
+    session.set_principal(Some(principal)).await?;
+    // Remembered: a 30-day sliding session and a cookie that lasts as
+    // long. Otherwise the cookie goes when the browser closes.
+    let expiry = match form.remember {
+        Some(_) => Expiry::OnInactivity(REMEMBER_FOR),
+        None => Expiry::OnBrowserClose,
+    };
+    session.set_expiry(Some(expiry)).await?;
     Ok(Redirect::to("/").into_response())
+}
+
+/// One of the user's sessions, as the sessions page shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSession {
+    /// The first characters of the SHA-256 of the session's id: enough to
+    /// tell sessions apart, useless as a cookie (another device's id is a
+    /// credential and is never shown).
+    pub label: String,
+    /// Whether this is the session making the request.
+    pub current: bool,
+    /// Creation, last use and expiry, in milliseconds since the epoch.
+    pub created: i64,
+    /// Last use.
+    pub accessed: i64,
+    /// Expiry.
+    pub expires: i64,
+}
+
+/// The logged-in user's sessions on every device, oldest first; `None`
+/// when nobody is logged in.
+async fn devices(session: &Session, manager: &Manager) -> Result<Option<Vec<DeviceSession>>, SessionError> {
+    let Some(principal) = session.principal().await? else {
+        return Ok(None);
+    };
+    let current = manager.key(&session.id().await?).id;
+    let listed = manager.sessions_of(&principal).await?;
+    Ok(Some(
+        listed
+            .into_iter()
+            .map(|s: SessionSummary| DeviceSession {
+                label: prefix(&s.id.hashed()),
+                current: s.id == current,
+                created: s.created.as_millis(),
+                accessed: s.accessed.as_millis(),
+                expires: s.expires.as_millis(),
+            })
+            .collect(),
+    ))
+}
+
+async fn sessions_json(
+    session: Session,
+    axum::Extension(manager): axum::Extension<Manager>,
+) -> Result<Response, SessionError> {
+    Ok(match devices(&session, &manager).await? {
+        Some(list) => Json(list).into_response(),
+        None => (StatusCode::UNAUTHORIZED, "not logged in\n").into_response(),
+    })
+}
+
+async fn sessions_page(
+    session: Session,
+    axum::Extension(manager): axum::Extension<Manager>,
+) -> Result<Response, SessionError> {
+    let Some(list) = devices(&session, &manager).await? else {
+        return Ok(Redirect::to("/").into_response());
+    };
+    let now = Timestamp::now().as_millis();
+    let rows: String = list
+        .iter()
+        .map(|d| {
+            format!(
+                "<tr{}><td><code>{}…</code>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                if d.current { " class=current" } else { "" },
+                html_escape(&d.label),
+                if d.current { " (this browser)" } else { "" },
+                ago(now - d.created),
+                ago(now - d.accessed),
+                ahead(d.expires - now),
+            )
+        })
+        .collect();
+    let others = list.iter().filter(|d| !d.current).count();
+    let page = format!(
+        "<!doctype html><html lang=en><meta charset=utf-8><title>your sessions</title>\
+         <link rel=stylesheet href=/assets/demo.css><h1>Your sessions</h1>\
+         <table id=sessions><tr><th>session</th><th>created</th><th>last used</th><th>expires</th></tr>{rows}</table>\
+         <form method=post action=/sessions/revoke-others><button id=revoke-others{}>log out everywhere else ({others})</button></form>\
+         <p><a href=/>back</a></p>",
+        if others == 0 { " disabled" } else { "" },
+    );
+    Ok(Html(page).into_response())
+}
+
+async fn revoke_others(
+    session: Session,
+    axum::Extension(manager): axum::Extension<Manager>,
+) -> Result<Response, SessionError> {
+    let Some(principal) = session.principal().await? else {
+        return Ok((StatusCode::UNAUTHORIZED, "not logged in\n").into_response());
+    };
+    let here = session.id().await?;
+    // This request holds its own session's lock; `except` spares it, and
+    // every other session is deleted under its own lock.
+    manager.revoke_all(&principal, Some(&here)).await?;
+    Ok(Redirect::to("/sessions").into_response())
+}
+
+/// "3 min ago".
+fn ago(ms: i64) -> String {
+    format!("{} ago", span(ms))
+}
+
+/// "in 29 days".
+fn ahead(ms: i64) -> String {
+    format!("in {}", span(ms))
+}
+
+fn span(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min", s / 60),
+        3600..=86_399 => format!("{} h", s / 3600),
+        _ => format!("{} days", s / 86_400),
+    }
 }
 
 async fn logout(session: Session) -> Result<Redirect, SessionError> {

@@ -17,6 +17,10 @@
 //! cloakroom-worker churn <store-url> <namespace> <id>
 //!     saves the session over and over with records of varying size,
 //!     printing "churning" first, until it is killed mid-save.
+//! cloakroom-worker rotate <store-url> <namespace> <id>
+//!     gives the session a new id over and over (`cycle_id` + commit),
+//!     printing "rotating <old> <new>" before each commit and "rotated
+//!     <new>" after it, until it is killed, possibly mid-rotation.
 //! ```
 
 use std::io::{BufRead as _, Write as _};
@@ -129,7 +133,25 @@ async fn run(args: &[String]) -> BoxResult<()> {
             }
             Ok(())
         }
-        _ => Err("usage: cloakroom-worker increment URL NS ID TASKS CYCLES | hold URL NS ID LEASE_MS | hold-then-save URL NS ID LEASE_MS VALUE | churn URL NS ID".into()),
+        [cmd, url, ns, id] if cmd == "rotate" => {
+            let mut id = SessionId::parse(id)?;
+            let manager = manager(url, ns, Duration::from_millis(500)).await?;
+            loop {
+                let mut s = manager.open(Some(&id)).await?;
+                if s.is_new() {
+                    return Err(format!("session {} vanished", id.as_str()).into());
+                }
+                s.cycle_id();
+                let new = s.id().clone();
+                println!("rotating {} {}", id.as_str(), new.as_str());
+                std::io::stdout().flush()?;
+                s.commit().await?;
+                println!("rotated {}", new.as_str());
+                std::io::stdout().flush()?;
+                id = new;
+            }
+        }
+        _ => Err("usage: cloakroom-worker increment URL NS ID TASKS CYCLES | hold URL NS ID LEASE_MS | hold-then-save URL NS ID LEASE_MS VALUE | churn URL NS ID | rotate URL NS ID".into()),
     }
 }
 
