@@ -152,6 +152,50 @@ impl EndedSession {
 /// Listeners run on the task that deleted or swept, after the record is
 /// gone; keep them short or spawn. Both methods do nothing by default.
 ///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> cloakroom_core::Result<()> {
+/// use std::sync::Arc;
+/// use cloakroom_core::{async_trait, EndedSession, Manager, MemoryStore, Namespace, SessionListener};
+///
+/// /// Removes the upload a session names when the session ends, however it ends.
+/// struct RemoveUpload;
+///
+/// #[async_trait]
+/// impl SessionListener for RemoveUpload {
+///     async fn on_delete(&self, ended: &EndedSession) {
+///         self.remove(ended).await
+///     }
+///     async fn on_expire(&self, ended: &EndedSession) {
+///         self.remove(ended).await
+///     }
+/// }
+///
+/// impl RemoveUpload {
+///     async fn remove(&self, ended: &EndedSession) {
+///         let upload = ended.data().and_then(|d| d.get::<String>("upload").ok().flatten());
+///         if let Some(path) = upload {
+///             // A short blocking call; a slow disk would call for spawn_blocking.
+///             let _ = std::fs::remove_file(path);
+///         }
+///     }
+/// }
+///
+/// let manager = Manager::builder(Arc::new(MemoryStore::new()), Namespace::new("shop")?)
+///     .listener(Arc::new(RemoveUpload))
+///     .build()?;
+/// let upload = std::env::temp_dir().join(format!("upload-{}", std::process::id()));
+/// std::fs::write(&upload, b"half a video").unwrap();
+///
+/// let mut session = manager.open(None).await?;
+/// session.insert("upload", &upload.display().to_string())?;
+/// let id = session.id().clone();
+/// session.commit().await?;
+///
+/// manager.delete(&id).await?; // a logout from elsewhere, say
+/// assert!(!upload.exists(), "the listener removed the upload");
+/// # Ok(()) }
+/// ```
+///
 /// - `on_delete` runs for [`Session::delete`], [`Session::flush`],
 ///   [`Manager::delete`], [`Manager::revoke_all`] and the per-principal cap,
 ///   and for `cloakroom rm` when the CLI is built with the listener.
