@@ -310,6 +310,16 @@ pub struct SessionSummary {
     pub expires: Timestamp,
 }
 
+impl SessionSummary {
+    /// A short name for this session that is safe to show on a page: the
+    /// first 8 characters of the SHA-256 of its stored id. Enough to tell a
+    /// user's sessions apart; useless as a cookie, unlike the id itself,
+    /// which is a credential of another device.
+    pub fn label(&self) -> String {
+        self.id.hashed().as_str().chars().take(8).collect()
+    }
+}
+
 /// A session store: records keyed by `(namespace, id)`, with per-session
 /// locks.
 ///

@@ -467,7 +467,7 @@ async fn devices(session: &Session, manager: &Manager) -> Result<Option<Vec<Devi
         listed
             .into_iter()
             .map(|s: SessionSummary| DeviceSession {
-                label: prefix(&s.id.hashed()),
+                label: s.label(),
                 current: s.id == current,
                 created: s.created.as_millis(),
                 accessed: s.accessed.as_millis(),
