@@ -418,24 +418,14 @@ impl SessionStore for RedisStore {
         let mut conn = self.conn().await?;
         // Keep scanning after the page is full until one more id turns up (it
         // waits in the cursor) or the scan ends, so the last page says `None`.
-        while let Some(node) = nodes.get(pos.node) {
+        loop {
             let room = limit - ids.len();
-            // COUNT bounds the keys a call collects, so a batch rarely
-            // outgrows the room left on the page.
-            let count = room.clamp(10, 1000);
-            let (next_scan, keys) = conn.scan(node.as_ref(), pos.scan, &pattern, count).await?;
-            if next_scan == 0 {
-                pos.node += 1;
-                pos.scan = 0;
-            } else {
-                pos.scan = next_scan;
-            }
-            let mut batch: Vec<SessionId> = keys
-                .iter()
-                .filter_map(|k| self.inner.keys.id_of(namespace, k))
-                .collect();
-            batch.sort();
-            batch.dedup();
+            let Some(batch) = self
+                .scan_step(&mut conn, &nodes, &mut pos, &pattern, namespace, room)
+                .await?
+            else {
+                break;
+            };
             let mut batch = self.live_only(&conn, namespace, batch).await?;
             if batch.len() > room {
                 pos.pending = batch.split_off(room);
@@ -510,24 +500,14 @@ impl SessionStore for RedisStore {
         // one call stays short in a large keyspace.
         let mut scans = 0;
         while pos.pending.is_empty() && candidates.len() < limit && scans < MAX_SCANS_PER_SWEEP {
-            let Some(node) = nodes.get(pos.node) else { break };
             let room = limit - candidates.len();
-            let (next_scan, keys) = conn
-                .scan(node.as_ref(), pos.scan, &pattern, room.clamp(10, 1000))
-                .await?;
+            let Some(mut batch) = self
+                .scan_step(&mut conn, &nodes, &mut pos, &pattern, namespace, room)
+                .await?
+            else {
+                break;
+            };
             scans += 1;
-            if next_scan == 0 {
-                pos.node += 1;
-                pos.scan = 0;
-            } else {
-                pos.scan = next_scan;
-            }
-            let mut batch: Vec<SessionId> = keys
-                .iter()
-                .filter_map(|k| self.inner.keys.id_of(namespace, k))
-                .collect();
-            batch.sort();
-            batch.dedup();
             if batch.len() > room {
                 pos.pending = batch.split_off(room);
             }
@@ -598,6 +578,42 @@ pub(crate) fn until_arg(until: Option<i64>) -> String {
 }
 
 impl RedisStore {
+    /// One `SCAN` call on the node `pos` is at, for about `room` record keys
+    /// of `namespace`: their ids, sorted and without repeats, with `pos`
+    /// moved on (to the next node once this one is done). `None` once every
+    /// node is done. Listing and sweeping page through a namespace with it.
+    async fn scan_step(
+        &self,
+        conn: &mut SharedConn,
+        nodes: &[Option<SlotRange>],
+        pos: &mut ListPosition,
+        pattern: &str,
+        namespace: &Namespace,
+        room: usize,
+    ) -> Result<Option<Vec<SessionId>>> {
+        let Some(node) = nodes.get(pos.node) else {
+            return Ok(None);
+        };
+        // COUNT bounds the keys a call collects, so a batch rarely outgrows
+        // the room left.
+        let (next_scan, keys) = conn
+            .scan(node.as_ref(), pos.scan, pattern, room.clamp(10, 1000))
+            .await?;
+        if next_scan == 0 {
+            pos.node += 1;
+            pos.scan = 0;
+        } else {
+            pos.scan = next_scan;
+        }
+        let mut batch: Vec<SessionId> = keys
+            .iter()
+            .filter_map(|k| self.inner.keys.id_of(namespace, k))
+            .collect();
+        batch.sort();
+        batch.dedup();
+        Ok(Some(batch))
+    }
+
     /// The ids among `ids` whose record is live. Without a grace, Redis
     /// hides expired keys from `SCAN` itself, so every id found is live;
     /// with one, expired records stay until swept and are left out here.
