@@ -908,34 +908,12 @@ pub async fn a_browser_close_session_gets_a_cookie_without_max_age<F: Framework>
 /// what it committed, a later change is refused with `Error::Released`,
 /// and its end writes nothing over the other request's save.
 pub async fn commit_now_lets_the_next_request_in_while_the_handler_runs<F: Framework>(backend: Backend) {
-    let probe = Probe::default();
-    let setup = Setup {
-        probe: probe.clone(),
-        ..Setup::default()
-    };
-    let Some(app) = App::start::<F>(backend, |b| b, setup).await else {
+    let Some(midway) = released_midway::<F>(backend, routes::RELEASE).await else {
         return;
     };
-    let c = client();
-    let cookie = new_visitor(&app, &c).await;
-    let a = tokio::spawn(
-        c.get(app.url(routes::RELEASE))
-            .header("cookie", cookie.clone())
-            .send(),
-    );
-    tokio::time::timeout(PROMPTLY, probe.released.wait())
-        .await
-        .expect("the handler reached commit_now");
-    // The default lock wait is 10 s: a lock still held would make this time
-    // out (or answer 503).
-    let b = tokio::time::timeout(PROMPTLY, get(&app, &c, routes::INC, &cookie))
-        .await
-        .expect("a request on the same session waited for a released handler");
-    assert_eq!(b.status(), 200);
-    assert_eq!(text(b).await, "3", "B sees A's committed write");
-    assert!(!a.is_finished(), "A must still be waiting for the signal");
-    probe.proceed.open();
-    let a = tokio::time::timeout(PROMPTLY, a).await.unwrap().unwrap().unwrap();
+    let (app, c, cookie) = (&midway.app, &midway.client, &midway.cookie);
+    assert_eq!(text(midway.second).await, "3", "B sees A's committed write");
+    let a = midway.first.finish().await;
     assert_eq!(a.status(), 200);
     assert_eq!(
         text(a).await,
@@ -943,10 +921,77 @@ pub async fn commit_now_lets_the_next_request_in_while_the_handler_runs<F: Frame
         "A reads what it committed, and a change after commit_now is refused"
     );
     assert_eq!(
-        text(get(&app, &c, routes::READ, &cookie).await).await,
+        text(get(app, c, routes::READ, cookie).await).await,
         "3",
         "the end of A committed again over B"
     );
+}
+
+/// A request to `route` ([`routes::RELEASE`] or [`routes::ROLLBACK`]) that
+/// let its session go and now waits, and a second request on the same
+/// session that completed meanwhile.
+struct ReleasedMidway {
+    app: App,
+    client: reqwest::Client,
+    cookie: String,
+    first: Waiting,
+    second: reqwest::Response,
+}
+
+/// The first request, still running until told to finish.
+struct Waiting {
+    response: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    proceed: crate::Gate,
+}
+
+impl Waiting {
+    /// Let the handler finish, and its response.
+    async fn finish(self) -> reqwest::Response {
+        self.proceed.open();
+        tokio::time::timeout(PROMPTLY, self.response)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    }
+}
+
+/// Start the app, make a visitor with a stored session, send it to `route`
+/// and, once its handler has released the session, send a second request
+/// on the same cookie: it must complete (200) while the first still waits.
+/// The default lock wait is 10 s, so a lock still held would make it time
+/// out (or answer 503).
+async fn released_midway<F: Framework>(backend: Backend, route: &str) -> Option<ReleasedMidway> {
+    let probe = Probe::default();
+    let setup = Setup {
+        probe: probe.clone(),
+        ..Setup::default()
+    };
+    let app = App::start::<F>(backend, |b| b, setup).await?;
+    let client = client();
+    let cookie = new_visitor(&app, &client).await;
+    let response = tokio::spawn(client.get(app.url(route)).header("cookie", cookie.clone()).send());
+    tokio::time::timeout(PROMPTLY, probe.released.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the handler of {route} did not release its session"));
+    let second = tokio::time::timeout(PROMPTLY, get(&app, &client, routes::INC, &cookie))
+        .await
+        .unwrap_or_else(|_| panic!("a request on the same session waited for the handler of {route}"));
+    assert_eq!(second.status(), 200);
+    assert!(
+        !response.is_finished(),
+        "the first request must still be waiting for the signal"
+    );
+    Some(ReleasedMidway {
+        app,
+        client,
+        cookie,
+        first: Waiting {
+            response,
+            proceed: probe.proceed,
+        },
+        second,
+    })
 }
 
 /// A session created by the handler and committed early still gets its
@@ -977,38 +1022,23 @@ pub async fn an_early_commit_of_a_new_session_still_sets_its_cookie<F: Framework
 /// sees the old value; the first reads the stored value and cannot change
 /// the session any more; nothing is written at its end.
 pub async fn rollback_discards_and_releases_early<F: Framework>(backend: Backend) {
-    let probe = Probe::default();
-    let setup = Setup {
-        probe: probe.clone(),
-        ..Setup::default()
-    };
-    let Some(app) = App::start::<F>(backend, |b| b, setup).await else {
+    let Some(midway) = released_midway::<F>(backend, routes::ROLLBACK).await else {
         return;
     };
-    let c = client();
-    let cookie = new_visitor(&app, &c).await;
-    let a = tokio::spawn(
-        c.get(app.url(routes::ROLLBACK))
-            .header("cookie", cookie.clone())
-            .send(),
+    let (app, c, cookie) = (&midway.app, &midway.client, &midway.cookie);
+    assert_eq!(
+        text(midway.second).await,
+        "2",
+        "the rolled-back 999 must not be seen"
     );
-    tokio::time::timeout(PROMPTLY, probe.released.wait())
-        .await
-        .expect("the handler reached rollback");
-    let b = tokio::time::timeout(PROMPTLY, get(&app, &c, routes::INC, &cookie))
-        .await
-        .expect("a request on the same session waited for a rolled-back handler");
-    assert_eq!(text(b).await, "2", "the rolled-back 999 must not be seen");
-    assert!(!a.is_finished());
-    probe.proceed.open();
-    let a = tokio::time::timeout(PROMPTLY, a).await.unwrap().unwrap().unwrap();
+    let a = midway.first.finish().await;
     assert_eq!(a.status(), 200);
     assert!(
         set_cookies(&a).is_empty(),
         "a rolled-back session sends no cookie"
     );
     assert_eq!(text(a).await, "1 released");
-    assert_eq!(text(get(&app, &c, routes::READ, &cookie).await).await, "2");
+    assert_eq!(text(get(app, c, routes::READ, cookie).await).await, "2");
 }
 
 /// `flush` deletes the stored session and goes on with a fresh one: with
