@@ -318,9 +318,10 @@ impl Session {
             (Some(p), _) => Some(p.clone()),
             (None, _) => None,
         };
-        let stored_id = manager.key(&self.id).id;
+        // Only a login needs the stored id afterwards; most commits skip it.
+        let newly_owned = newly_owned.map(|p| (p, manager.key(&self.id).id));
         let committed = self.commit_record().await?;
-        if let Some(principal) = newly_owned.filter(|_| committed.is_stored()) {
+        if let Some((principal, stored_id)) = newly_owned.filter(|_| committed.is_stored()) {
             // The commit stands whatever happens here: the session is saved,
             // and a failed revocation of older ones is not this request's
             // failure.
